@@ -1,0 +1,334 @@
+"""Streaming-attention ops: the contract shared by the CPU C++ twin, the CUDA kernels, the SDPA
+path and the pure-PyTorch reference (:mod:`reward_forcing.reference`).
+
+Storage (DESIGN §3), per layer — ``B`` batch, ``H`` heads, ``D`` head dim, ``T`` tokens per frame,
+``S`` sink frames, ``W`` window frames, ``C`` chunk frames, ring ``R = W + C`` frames:
+
+* ``k_cache, v_cache``: ``[B, (S + R) * T, H, D]``, the compute dtype (float32/64, bfloat16, float16),
+  contiguous. Frame slot ``s`` holds tokens ``[s*T, (s+1)*T)``. Slots ``[0, S)`` hold the sink's
+  *rotated* compute-dtype copy; slots ``[S, S + R)`` are the ring: stream frame ``f >= S`` lives in
+  slot ``S + (f - S) mod R`` with its key rotated at its absolute time index ``f``.
+* ``sink_k, sink_v``: ``[B, S * T, H, D]``, float32 (any float dtype: the ``sink_dtype``), the
+  running EMA of *un-rotated* keys and of values.
+* ``state``: int64 ``[1]`` on the cache's device: ``n``, the frames appended so far. All positions
+  derive from it on the device, so the ops never synchronise with the host on CUDA.
+* RoPE (optional): ``rope_freqs`` float64 ``[D/2]`` and ``rope_spatial`` float64 ``[T, D/2]``; the
+  angle of pair ``(2i, 2i+1)`` of token ``t`` of a frame at time ``pos`` is
+  ``pos * rope_freqs[i] + rope_spatial[t, i]`` (:func:`reward_forcing.rope.wan_rope_tables`).
+  Without them (both ``None``) nothing is rotated.
+
+Derived from ``n``: the sink holds ``s_f = min(n, S)`` frames; the window is the frames
+``[max(S, n - W), n)`` (``n_w`` of them); the sink copy is rotated to positions ``p0 - s_f + j``
+(``p0 = n - n_w``), so the relative time indices are DESIGN §2's: sink, window oldest first, chunk.
+
+Op schemas (``torch.ops.reward_forcing``):
+
+``ring_append(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor(c!) sink_k, Tensor(d!) sink_v,
+Tensor(e!) state, Tensor k, Tensor v, int frame_tokens, int sink_frames, int window_frames,
+float alpha, Tensor? rope_freqs, Tensor? rope_spatial) -> ()``
+    Appends the chunk ``k, v`` (``[B, c*T, H, D]``, ``1 <= c <= R - W``, un-rotated, cache dtype)
+    frame by frame: frame ``f = n + i`` with ``f < S`` is copied into sink slot ``f``; otherwise its
+    key is rotated at ``f`` and written with its value to its ring slot, and when the window then
+    holds more than ``W`` frames the oldest, ``e = f - W``, leaves: its key is un-rotated (read from
+    the cache) and sink slot ``j = (e - S) mod S`` becomes ``alpha*sink + (1-alpha)*frame`` (keys and
+    values; dropped when ``S = 0``). Then the sink's rotated copy in slots ``[0, s_f)`` is refreshed
+    and ``state += c``. Eviction is eager (at append), so the ``C`` ring slots after the window are
+    free while the next chunk is denoised.
+
+``sink_window_attention(Tensor q, Tensor k, Tensor v, Tensor k_cache, Tensor v_cache, Tensor state,
+int frame_tokens, int sink_frames, int window_frames, float scale, Tensor? rope_freqs,
+Tensor? rope_spatial) -> Tensor``
+    ``q, k, v``: the chunk ``[B, c*T, H, D]``, un-rotated (rotated inside at ``n, n+1, ...``).
+    Softmax attention (fp32 accumulate; fp64 for fp64) of the chunk's queries over the filled
+    sink slots, the window (read in place) and the chunk itself (full attention inside the chunk).
+    Returns ``[B, c*T, H, D]`` in q's dtype. Differentiable w.r.t. ``q, k, v``; the cache is a
+    constant (backward works on a copy of the context taken at forward time, so later in-place
+    appends cannot corrupt it).
+"""
+from __future__ import annotations
+
+
+import torch
+import torch.nn.functional as F
+
+from . import reference
+from ._extension import HAS_CPP, HAS_CUDA_KERNELS
+from .rope import rope_cos_sin, rope_rotate
+
+BACKENDS = ("auto", "kernel", "sdpa", "reference")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# ----------------------------------------------------------------------------- validation
+def _check_4d(name: str, x) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be 4-D [B, tokens, H, D], got shape {tuple(x.shape)}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16/bfloat16/float32/float64, got {x.dtype}")
+
+
+def check_sizes(frame_tokens: int, sink_frames: int, window_frames: int,
+                chunk_frames: int | None = None, alpha: float | None = None) -> None:
+    """Raises ValueError naming the first impossible size or alpha."""
+    for name, value, low in (("frame_tokens", frame_tokens, 1), ("sink_frames", sink_frames, 0),
+                             ("window_frames", window_frames, 0),
+                             ("chunk_frames", chunk_frames, 1)):
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    if alpha is not None and not (0.0 <= float(alpha) <= 1.0):
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+
+
+def _check_chunk(chunk: dict, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames,
+                 rope_freqs, rope_spatial) -> None:
+    check_sizes(frame_tokens, sink_frames, window_frames)
+    _check_4d("k_cache", k_cache)
+    _check_4d("v_cache", v_cache)
+    if k_cache.shape != v_cache.shape:
+        raise ValueError(f"k_cache {tuple(k_cache.shape)} and v_cache {tuple(v_cache.shape)} differ")
+    if k_cache.dtype != v_cache.dtype:
+        raise TypeError(f"k_cache ({k_cache.dtype}) and v_cache ({v_cache.dtype}) dtypes differ")
+    if k_cache.shape[1] % frame_tokens:
+        raise ValueError(f"cache tokens {k_cache.shape[1]} are not a multiple of frame_tokens={frame_tokens}")
+    ring = k_cache.shape[1] // frame_tokens - sink_frames
+    if not isinstance(state, torch.Tensor) or state.dtype != torch.int64 or state.numel() != 1:
+        raise TypeError("state must be an int64 tensor with one element")
+    for name, x in chunk.items():
+        _check_4d(name, x)
+        if x.dtype != k_cache.dtype:
+            raise TypeError(f"{name} dtype {x.dtype} does not match the cache dtype {k_cache.dtype}")
+        if x.device != k_cache.device or state.device != k_cache.device:
+            raise ValueError(f"{name}, state and the cache must be on one device, got {x.device}, "
+                             f"{state.device} and {k_cache.device}")
+        if (x.shape[0], x.shape[2], x.shape[3]) != (k_cache.shape[0], k_cache.shape[2], k_cache.shape[3]):
+            raise ValueError(f"{name} shape {tuple(x.shape)} does not match the cache "
+                             f"{tuple(k_cache.shape)} in batch, heads or head dim")
+        if x.shape[1] == 0 or x.shape[1] % frame_tokens:
+            raise ValueError(f"{name} has {x.shape[1]} tokens: not a positive multiple of "
+                             f"frame_tokens={frame_tokens}")
+        c = x.shape[1] // frame_tokens
+        if ring < window_frames + c:
+            raise ValueError(f"the cache ring holds {ring} frames, fewer than window_frames "
+                             f"({window_frames}) + the chunk's {c} frames")
+    if (rope_freqs is None) != (rope_spatial is None):
+        raise ValueError("rope_freqs and rope_spatial must be given together")
+    if rope_freqs is not None:
+        d = k_cache.shape[3]
+        if rope_freqs.shape != (d // 2,) or rope_spatial.shape != (frame_tokens, d // 2):
+            raise ValueError(f"rope tables must be [D/2] and [T, D/2] = [{d // 2}] and "
+                             f"[{frame_tokens}, {d // 2}], got {tuple(rope_freqs.shape)} and "
+                             f"{tuple(rope_spatial.shape)}")
+        if rope_freqs.dtype != torch.float64 or rope_spatial.dtype != torch.float64:
+            raise TypeError("rope tables must be float64")
+
+
+def _resolve(backend: str, device: torch.device, op: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "kernel" and not HAS_CPP:
+        raise RuntimeError("backend='kernel' needs the compiled extension reward_forcing._C")
+    if backend == "kernel" and device.type == "cuda" and not HAS_CUDA_KERNELS:
+        raise RuntimeError("backend='kernel' on CUDA needs reward_forcing built with CUDA")
+    if backend == "sdpa" and op == "ring_append":
+        backend = "auto"  # SDPA only serves attention; the append runs on our ops
+    if backend != "auto":
+        return backend
+    if device.type == "cuda":
+        if op == "sink_window_attention":
+            return "sdpa"
+        return "kernel" if HAS_CUDA_KERNELS else "reference"
+    return "kernel" if HAS_CPP else "reference"
+
+
+# ----------------------------------------------------------------------------- ring_append
+def ring_append(k_cache, v_cache, sink_k, sink_v, state, k, v, *, frame_tokens, sink_frames,
+                window_frames, alpha, rope_freqs=None, rope_spatial=None, backend="auto") -> None:
+    """Appends a chunk to the cache in place (schema and semantics in the module docstring)."""
+    _check_chunk({"k": k, "v": v}, k_cache, v_cache, state, frame_tokens, sink_frames,
+                 window_frames, rope_freqs, rope_spatial)
+    check_sizes(frame_tokens, sink_frames, window_frames, alpha=alpha)
+    want = (k_cache.shape[0], sink_frames * frame_tokens, k_cache.shape[2], k_cache.shape[3])
+    if tuple(sink_k.shape) != want or tuple(sink_v.shape) != want:
+        raise ValueError(f"sink_k/sink_v must be {want}, got {tuple(sink_k.shape)}/{tuple(sink_v.shape)}")
+    args = (k_cache, v_cache, sink_k, sink_v, state, k, v, frame_tokens, sink_frames,
+            window_frames, float(alpha), rope_freqs, rope_spatial)
+    if _resolve(backend, k_cache.device, "ring_append") == "reference":
+        reference.ring_append(*args)
+    else:
+        torch.ops.reward_forcing.ring_append(*args)
+
+
+# ----------------------------------------------------------------------------- attention
+def sink_window_attention(q, k, v, k_cache, v_cache, state, *, frame_tokens, sink_frames,
+                          window_frames, scale=None, rope_freqs=None, rope_spatial=None,
+                          backend="auto", frames_appended: int | None = None):
+    """A chunk's attention over sink + window + itself (schema in the module docstring).
+
+    ``backend``: ``"kernel"`` (our C++/CUDA op), ``"sdpa"`` (PyTorch SDPA on the same storage),
+    ``"reference"`` (pure PyTorch) or ``"auto"`` (SDPA on CUDA, the C++ twin on CPU).
+    ``frames_appended`` is the host's copy of ``state`` (the cache passes it); the SDPA path uses it
+    to choose between one dense call over the whole buffer (steady state) and a gathered context.
+    """
+    _check_chunk({"q": q, "k": k, "v": v}, k_cache, v_cache, state, frame_tokens, sink_frames,
+                 window_frames, rope_freqs, rope_spatial)
+    if q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"q, k and v must have one shape, got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    args = (q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames, scale,
+            rope_freqs, rope_spatial)
+    chosen = _resolve(backend, q.device, "sink_window_attention")
+    if chosen == "reference":
+        return reference.sink_window_attention(*args)
+    if chosen == "sdpa":
+        return _attention_sdpa(*args, frames_appended=frames_appended)
+    return torch.ops.reward_forcing.sink_window_attention(*args)
+
+
+def _attention_sdpa(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames,
+                    scale, rope_freqs, rope_spatial, *, frames_appended=None):
+    """SDPA on the storage of DESIGN §3. In the steady state (window full, chunk filling the free
+    ring slots, no grad) the chunk's K/V go into their free ring slots and one dense SDPA call
+    covers the whole buffer, positions computed on the device (CUDA-graph capturable); otherwise the
+    context is gathered (first chunks, autograd)."""
+    t, s, w = frame_tokens, sink_frames, window_frames
+    c = q.shape[1] // t
+    ring = k_cache.shape[1] // t - s
+    n = int(state.item()) if frames_appended is None else frames_appended
+    qr, kr = q, k
+    if rope_freqs is not None:
+        pos = state.reshape(1) + torch.arange(c, device=state.device)
+        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+        cos, sin = rope_cos_sin(rope_freqs, rope_spatial, pos, acc)
+        qr, kr = rope_rotate(q, cos, sin).to(q.dtype), rope_rotate(k, cos, sin).to(q.dtype)
+    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+    if n >= s + w and c == ring - w and not needs_grad:
+        slots = s + (state.reshape(1) - s + torch.arange(c, device=state.device)) % ring
+        idx = (slots.view(-1, 1) * t + torch.arange(t, device=state.device)).reshape(-1)
+        k_cache.index_copy_(1, idx, kr)
+        v_cache.index_copy_(1, idx, v)
+        keys, values = k_cache, v_cache
+    else:
+        kc, vc = reference.gather_context(k_cache, v_cache, n, t, s, w)
+        keys, values = torch.cat([kc, kr], 1), torch.cat([vc, v], 1)
+    out = F.scaled_dot_product_attention(qr.transpose(1, 2), keys.transpose(1, 2),
+                                         values.transpose(1, 2), scale=scale)
+    return out.transpose(1, 2)
+
+
+# ----------------------------------------------------------------------------- op registration
+if HAS_CPP:
+    @torch.library.register_fake("reward_forcing::sink_window_attention")
+    def _(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames, scale,
+          rope_freqs, rope_spatial):
+        return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("reward_forcing::ring_append")
+    def _(k_cache, v_cache, sink_k, sink_v, state, k, v, frame_tokens, sink_frames,
+          window_frames, alpha, rope_freqs, rope_spatial):
+        return None
+
+    def _attention_setup_context(ctx, inputs, output):
+        q, k, v, k_cache, v_cache, state, t, s, w, scale, freqs, spatial = inputs
+        n = int(state.item())
+        ctx.context = reference.gather_context(k_cache, v_cache, n, t, s, w)  # a copy
+        ctx.n, ctx.t, ctx.scale, ctx.rope = n, t, scale, (freqs, spatial)
+        ctx.save_for_backward(q, k, v)
+
+    def _attention_backward(ctx, grad_out):
+        q, k, v = ctx.saved_tensors
+        kc, vc = ctx.context
+        with torch.enable_grad():
+            qg, kg, vg = (x.detach().requires_grad_(True) for x in (q, k, v))
+            out = _attention_on_context(qg, kg, vg, kc, vc, ctx.n, ctx.t, ctx.scale, *ctx.rope)
+            grads = torch.autograd.grad(out, (qg, kg, vg), grad_out)
+        return (*grads, None, None, None, None, None, None, None, None, None)
+
+    torch.library.register_autograd("reward_forcing::sink_window_attention",
+                                    _attention_backward, setup_context=_attention_setup_context)
+
+
+def _attention_on_context(q, k, v, kc, vc, n, frame_tokens, scale, rope_freqs, rope_spatial):
+    """Differentiable attention of a chunk at frame ``n`` over a gathered context ``kc, vc``."""
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qr, kr = q.to(acc), k.to(acc)
+    if rope_freqs is not None:
+        pos = torch.arange(n, n + q.shape[1] // frame_tokens)
+        cos, sin = rope_cos_sin(rope_freqs, rope_spatial, pos, acc)
+        qr, kr = rope_rotate(q, cos, sin), rope_rotate(k, cos, sin)
+    keys = torch.cat([kc.to(acc), kr], 1)
+    values = torch.cat([vc.to(acc), v.to(acc)], 1)
+    return reference.attention(qr, keys, values, scale).to(q.dtype)
+
+
+# ----------------------------------------------------------------------------- functional form
+def streaming_attention(q, k, v, *, frame_tokens, chunk_frames, sink_frames, window_frames,
+                        alpha=0.999, scale=None, backend="auto"):
+    """DESIGN §2's streaming attention over a whole stream, rope-free.
+
+    ``q, k, v``: ``[B, N, H, D]`` with ``N`` a multiple of ``chunk_frames * frame_tokens``; the
+    stream is processed chunk by chunk through a :class:`~reward_forcing.cache.StreamingKVCache`
+    (sink kept in float32, float64 for float64 input). ``backend`` as for
+    :func:`sink_window_attention`; ``"naive"`` runs the frame-list oracle of
+    :func:`reward_forcing.reference.streaming_attention_naive`. Returns q's shape and dtype.
+    """
+    from .cache import StreamingKVCache
+
+    check_sizes(frame_tokens, sink_frames, window_frames, chunk_frames, alpha)
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        _check_4d(name, x)
+    if q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"q, k and v must have one shape, got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if q.dtype != k.dtype or q.dtype != v.dtype:
+        raise TypeError(f"q, k and v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.device != k.device or q.device != v.device:
+        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
+    step = chunk_frames * frame_tokens
+    if q.shape[1] == 0 or q.shape[1] % step:
+        raise ValueError(f"N={q.shape[1]} is not a positive multiple of chunk_frames*frame_tokens={step}")
+    if backend == "naive":
+        return reference.streaming_attention_naive(
+            q, k, v, frame_tokens=frame_tokens, chunk_frames=chunk_frames,
+            sink_frames=sink_frames, window_frames=window_frames, alpha=alpha, scale=scale)
+    b, _, h, d = q.shape
+    cache = StreamingKVCache(
+        1, b, h, d, frame_tokens=frame_tokens, sink_frames=sink_frames,
+        window_frames=window_frames, chunk_frames=chunk_frames, alpha=alpha, dtype=q.dtype,
+        sink_dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
+        device=q.device, backend=backend)
+    layer = cache.layer(0)
+    out = []
+    for start in range(0, q.shape[1], step):
+        sl = slice(start, start + step)
+        out.append(layer.attend(q[:, sl], k[:, sl], v[:, sl], scale=scale))
+        layer.append(k[:, sl], v[:, sl])
+    return torch.cat(out, 1)
+
+
+def self_check() -> None:
+    """Runs the streaming contract on every available backend against the float64 oracle."""
+    torch.manual_seed(0)
+    shape = (1, 9 * 4 * 16, 2, 32)  # 9 chunks of 4 frames x 16 tokens
+    q, k, v = (torch.randn(shape, dtype=torch.float64) for _ in range(3))
+    kw = dict(frame_tokens=16, chunk_frames=4, sink_frames=3, window_frames=5, alpha=0.9)
+    want = streaming_attention(q, k, v, backend="naive", **kw)
+    backends = ["reference"] + (["kernel"] if HAS_CPP else [])
+    for backend in backends:
+        err = (streaming_attention(q, k, v, backend=backend, **kw) - want).abs().max().item()
+        status = "ok" if err < 1e-10 else "MISMATCH"
+        print(f"streaming_attention backend={backend:9s} max|err| vs float64 oracle = {err:.2e}  {status}")
+        if err >= 1e-10:
+            raise SystemExit(1)
+    print(f"C++ extension: {'built' if HAS_CPP else 'missing'}; CUDA kernels: "
+          f"{'built' if HAS_CUDA_KERNELS else 'not built'}; torch {torch.__version__}")
+
+
+if __name__ == "__main__":
+    self_check()
