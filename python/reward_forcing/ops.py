@@ -236,17 +236,16 @@ if HAS_CPP:
 
     def _attention_setup_context(ctx, inputs, output):
         q, k, v, k_cache, v_cache, state, t, s, w, scale, freqs, spatial = inputs
-        n = int(state.item())
-        ctx.context = reference.gather_context(k_cache, v_cache, n, t, s, w)  # a copy
-        ctx.n, ctx.t, ctx.scale, ctx.rope = n, t, scale, (freqs, spatial)
+        # Copies, so that later in-place appends cannot corrupt what backward reads.
+        ctx.context = (k_cache.clone(), v_cache.clone(), state.clone())
+        ctx.sizes, ctx.scale, ctx.rope = (t, s, w), scale, (freqs, spatial)
         ctx.save_for_backward(q, k, v)
 
     def _attention_backward(ctx, grad_out):
         q, k, v = ctx.saved_tensors
-        kc, vc = ctx.context
         with torch.enable_grad():
             qg, kg, vg = (x.detach().requires_grad_(True) for x in (q, k, v))
-            out = _attention_on_context(qg, kg, vg, kc, vc, ctx.n, ctx.t, ctx.scale, *ctx.rope)
+            out = attention_on_buffer(qg, kg, vg, *ctx.context, *ctx.sizes, ctx.scale, *ctx.rope)
             grads = torch.autograd.grad(out, (qg, kg, vg), grad_out)
         return (*grads, None, None, None, None, None, None, None, None, None)
 
@@ -254,29 +253,38 @@ if HAS_CPP:
                                     _attention_backward, setup_context=_attention_setup_context)
 
 
-def _attention_on_context(q, k, v, kc, vc, n, frame_tokens, scale, rope_freqs, rope_spatial):
-    """Differentiable attention of a chunk at frame ``n`` over a gathered context ``kc, vc``."""
+def attention_on_buffer(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames,
+                        window_frames, scale, rope_freqs=None, rope_spatial=None):
+    """Differentiable math form of the op: the whole buffer with a device-computed mask of the
+    visible tokens (no host synchronisation); used for the op's backward."""
+    t = frame_tokens
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    c = q.shape[1] // t
     qr, kr = q.to(acc), k.to(acc)
     if rope_freqs is not None:
-        pos = torch.arange(n, n + q.shape[1] // frame_tokens)
+        pos = state.reshape(1) + torch.arange(c, device=state.device)
         cos, sin = rope_cos_sin(rope_freqs, rope_spatial, pos, acc)
         qr, kr = rope_rotate(q, cos, sin), rope_rotate(k, cos, sin)
-    keys = torch.cat([kc.to(acc), kr], 1)
-    values = torch.cat([vc.to(acc), v.to(acc)], 1)
-    return reference.attention(qr, keys, values, scale).to(q.dtype)
+    ring = k_cache.shape[1] // t - sink_frames
+    mask = reference.context_mask(state, t, sink_frames, window_frames, ring)
+    mask = torch.cat([mask, torch.ones(c * t, dtype=torch.bool, device=mask.device)])
+    keys = torch.cat([k_cache.to(acc), kr], 1)
+    values = torch.cat([v_cache.to(acc), v.to(acc)], 1)
+    return reference.attention(qr, keys, values, scale, mask).to(q.dtype)
 
 
 # ----------------------------------------------------------------------------- functional form
 def streaming_attention(q, k, v, *, frame_tokens, chunk_frames, sink_frames, window_frames,
-                        alpha=0.999, scale=None, backend="auto"):
-    """DESIGN §2's streaming attention over a whole stream, rope-free.
+                        alpha=0.999, scale=None, backend="auto", rope=None):
+    """DESIGN §2's streaming attention over a whole stream (rope-free unless ``rope`` is given).
 
     ``q, k, v``: ``[B, N, H, D]`` with ``N`` a multiple of ``chunk_frames * frame_tokens``; the
     stream is processed chunk by chunk through a :class:`~reward_forcing.cache.StreamingKVCache`
     (sink kept in float32, float64 for float64 input). ``backend`` as for
     :func:`sink_window_attention`; ``"naive"`` runs the frame-list oracle of
-    :func:`reward_forcing.reference.streaming_attention_naive`. Returns q's shape and dtype.
+    :func:`reward_forcing.reference.streaming_attention_naive`. ``rope``: optional
+    ``(freqs, spatial)`` tables of :func:`reward_forcing.rope.wan_rope_tables`, applied at §2's
+    relative time indices. Returns q's shape and dtype.
     """
     from .cache import StreamingKVCache
 
@@ -296,13 +304,14 @@ def streaming_attention(q, k, v, *, frame_tokens, chunk_frames, sink_frames, win
     if backend == "naive":
         return reference.streaming_attention_naive(
             q, k, v, frame_tokens=frame_tokens, chunk_frames=chunk_frames,
-            sink_frames=sink_frames, window_frames=window_frames, alpha=alpha, scale=scale)
+            sink_frames=sink_frames, window_frames=window_frames, alpha=alpha, scale=scale,
+            rope=rope)
     b, _, h, d = q.shape
     cache = StreamingKVCache(
         1, b, h, d, frame_tokens=frame_tokens, sink_frames=sink_frames,
         window_frames=window_frames, chunk_frames=chunk_frames, alpha=alpha, dtype=q.dtype,
         sink_dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
-        device=q.device, backend=backend)
+        device=q.device, rope=rope, backend=backend)
     layer = cache.layer(0)
     out = []
     for start in range(0, q.shape[1], step):
@@ -330,5 +339,3 @@ def self_check() -> None:
           f"{'built' if HAS_CUDA_KERNELS else 'not built'}; torch {torch.__version__}")
 
 
-if __name__ == "__main__":
-    self_check()

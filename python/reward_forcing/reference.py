@@ -74,14 +74,31 @@ def gather_context(k_cache, v_cache, n, frame_tokens, sink_frames, window_frames
     r = k_cache.shape[1] // t - s
     first = max(s, n - w)
     slots = list(range(min(n, s))) + [s + (f - s) % r for f in range(first, n)]
-    idx = (torch.tensor(slots, dtype=torch.long).view(-1, 1) * t + torch.arange(t)).reshape(-1)
-    idx = idx.to(k_cache.device)
+    dev = k_cache.device
+    idx = torch.tensor(slots, dtype=torch.long, device=dev).view(-1, 1) * t
+    idx = (idx + torch.arange(t, device=dev)).reshape(-1)
     return k_cache.index_select(1, idx), v_cache.index_select(1, idx)
 
 
-def attention(q, k, v, scale):
-    """Softmax attention on ``[B, L, H, D]`` tensors, in their dtype (math, differentiable)."""
+def context_mask(state, frame_tokens, sink_frames, window_frames, ring_frames):
+    """Boolean ``[(S + R) * T]``: the buffer tokens a chunk sees when ``state`` frames were
+    appended, computed with device ops only (no host synchronisation, traceable)."""
+    dev = state.device
+    n = state.reshape(())
+    sink = torch.arange(sink_frames, device=dev) < n
+    f = n - window_frames + torch.arange(window_frames, device=dev)  # the window's frames
+    slot = torch.remainder(f - sink_frames, ring_frames)
+    ring = torch.zeros(ring_frames, dtype=torch.int64, device=dev).scatter_reduce(
+        0, slot, (f >= sink_frames).long(), "amax")
+    return torch.cat([sink, ring.bool()]).repeat_interleave(frame_tokens)
+
+
+def attention(q, k, v, scale, key_mask=None):
+    """Softmax attention on ``[B, L, H, D]`` tensors, in their dtype (math, differentiable);
+    ``key_mask`` (bool ``[Lk]``) drops keys."""
     s = torch.einsum("blhd,bmhd->bhlm", q, k) * scale
+    if key_mask is not None:
+        s = s.masked_fill(~key_mask, float("-inf"))
     return torch.einsum("bhlm,bmhd->blhd", s.softmax(-1), v)
 
 
@@ -100,8 +117,10 @@ def sink_window_attention(q, k, v, k_cache, v_cache, state, frame_tokens, sink_f
 
 
 def streaming_attention_naive(q, k, v, *, frame_tokens, chunk_frames, sink_frames, window_frames,
-                              alpha=0.999, scale=None):
-    """DESIGN §2 on a list of frames, computed in float64 (returned in q's dtype)."""
+                              alpha=0.999, scale=None, rope=None):
+    """DESIGN §2 on a list of frames, computed in float64 (returned in q's dtype). With
+    ``rope=(freqs, spatial)`` keys and queries are rotated at read time at the relative time
+    indices of §2 (sink 0.., window oldest first, then the chunk), as the public code does."""
     t, c = frame_tokens, chunk_frames
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     q64, k64, v64 = q.double(), k.double(), v.double()
@@ -114,7 +133,12 @@ def streaming_attention_naive(q, k, v, *, frame_tokens, chunk_frames, sink_frame
         ctx = sink + window
         keys = torch.cat([f[0] for f in ctx] + [k64[:, sl]], 1)
         values = torch.cat([f[1] for f in ctx] + [v64[:, sl]], 1)
-        out.append(attention(q64[:, sl], keys, values, scale))
+        qc = q64[:, sl]
+        if rope is not None:
+            pos = torch.arange(len(ctx) + c)
+            keys = _rotate(keys, rope, pos, torch.float64)
+            qc = _rotate(qc, rope, pos[len(ctx):], torch.float64)
+        out.append(attention(qc, keys, values, scale))
         for i in range(c):
             fs = slice(start + i * t, start + (i + 1) * t)
             if len(sink) < sink_frames and evicted == 0 and not window:
