@@ -1,0 +1,23 @@
+# One command each (README): `make demo` sets up and runs the main job, `make test` runs the tests.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test bench cuda-build-check clean
+setup:
+	bash scripts/setup-venv.sh $(VENV)
+
+demo: setup
+	$(PY) -m reward_forcing
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) bench/ops_cpu.py --out bench/results
+
+# Compile-and-link check of the CUDA sources (no GPU needed; ~5 GB venv, several minutes).
+cuda-build-check:
+	bash scripts/cuda-build-check.sh
+
+clean:
+	rm -rf build dist $(VENV)
