@@ -1,38 +1,32 @@
 // CPU twin of sink_window_attention: a chunk's queries over the filled sink slots, the window's
-// ring slots (read in place, at most two contiguous runs of the ring) and the chunk itself, with
-// an online softmax merged run by run.
+// ring slots (read in place: at most two contiguous runs of the ring) and the chunk itself; scores
+// per run, one softmax over all of them, no K/V concatenation.
 #include "streaming_cache.h"
 
-#include <cmath>
 #include <vector>
 
 namespace reward_forcing {
 
 namespace {
 
-// Running softmax state over key runs, [B, H, L, *] in the accumulation dtype.
-struct OnlineSoftmax {
-  at::Tensor q;                // [B, H, L, D], rotated, pre-scaled
-  at::Tensor m, l, o;          // row max, row sum, unnormalised output
-  void add(const at::Tensor& keys, const at::Tensor& values) {  // [B, Lk, H, D]
-    if (keys.size(1) == 0) return;
-    const auto acc = q.scalar_type();
-    auto s = at::matmul(q, keys.to(acc).permute({0, 2, 3, 1}));  // [B, H, L, Lk]
-    auto m_run = std::get<0>(s.max(-1, true));
-    auto m_new = m.defined() ? at::maximum(m, m_run) : m_run;
-    auto p = (s - m_new).exp_();
-    auto o_run = at::matmul(p, values.to(acc).transpose(1, 2));  // [B, H, L, D]
-    auto l_run = p.sum(-1, true);
-    if (!m.defined()) {
-      m = m_new, l = l_run, o = o_run;
-      return;
-    }
-    auto r = (m - m_new).exp_();
-    l = l * r + l_run;
-    o = o * r + o_run;
-    m = m_new;
+// Softmax attention of q [B, H, L, D] (rotated, pre-scaled, accumulation dtype) over key/value
+// runs [B, Lk_i, H, D] that stay where they are: one score block per run, one softmax over all.
+at::Tensor attend_runs(const at::Tensor& q,
+                       const std::vector<std::pair<at::Tensor, at::Tensor>>& runs) {
+  const auto acc = q.scalar_type();
+  std::vector<at::Tensor> scores;
+  for (const auto& [keys, values] : runs) scores.push_back(at::matmul(q, keys.to(acc).permute({0, 2, 3, 1})));
+  const auto p = at::cat(scores, -1).softmax(-1);  // [B, H, L, sum Lk_i]
+  at::Tensor out;
+  int64_t offset = 0;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const auto& values = runs[i].second;
+    const auto part = at::matmul(p.narrow(-1, offset, values.size(1)), values.to(acc).transpose(1, 2));
+    out = out.defined() ? out.add_(part) : part;
+    offset += values.size(1);
   }
-};
+  return out;
+}
 
 }  // namespace
 
@@ -59,22 +53,22 @@ at::Tensor sink_window_attention_cpu(const at::Tensor& q, const at::Tensor& k, c
     qr = rope_rotate(q, c, s, false, acc);
     kr = rope_rotate(k, c, s, false, acc);
   }
-  OnlineSoftmax sm{(qr * scale).transpose(1, 2)};
-
+  std::vector<std::pair<at::Tensor, at::Tensor>> runs;
   const int64_t filled = std::min(n, S);
-  sm.add(k_cache.narrow(1, 0, filled * T), v_cache.narrow(1, 0, filled * T));
+  if (filled > 0) runs.emplace_back(k_cache.narrow(1, 0, filled * T), v_cache.narrow(1, 0, filled * T));
   const int64_t first = std::max(S, n - W), n_window = n - first;  // window frames [first, n)
   if (n_window > 0) {
     const int64_t a = (first - S) % R;
     const int64_t run1 = std::min(n_window, R - a);
     for (auto [slot, count] : {std::pair{a, run1}, std::pair{int64_t{0}, n_window - run1}}) {
       if (count == 0) continue;
-      sm.add(k_cache.narrow(1, (S + slot) * T, count * T),
-             v_cache.narrow(1, (S + slot) * T, count * T));
+      runs.emplace_back(k_cache.narrow(1, (S + slot) * T, count * T),
+                        v_cache.narrow(1, (S + slot) * T, count * T));
     }
   }
-  sm.add(kr, v);
-  return (sm.o / sm.l).transpose(1, 2).to(q.scalar_type()).contiguous();
+  runs.emplace_back(kr, v);
+  const auto out = attend_runs((qr * scale).transpose(1, 2), runs);
+  return out.transpose(1, 2).to(q.scalar_type()).contiguous();
 }
 
 }  // namespace reward_forcing

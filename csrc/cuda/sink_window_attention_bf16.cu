@@ -1,0 +1,9 @@
+// bf16 instantiations of the tensor-core sink_window_attention (kernel in swa_mma.cuh); a
+// translation unit of its own so that the dtypes compile in parallel.
+#include "cuda/swa_mma.cuh"
+
+namespace reward_forcing::cuda {
+void launch_swa_mma_bf16(const SwaParams& p, int warps, cudaStream_t stream) {
+  mma::launch_dtype<__nv_bfloat16>(p, warps, stream);
+}
+}  // namespace reward_forcing::cuda
