@@ -235,7 +235,7 @@ void ring_append_cuda(at::Tensor k_cache, at::Tensor v_cache, at::Tensor sink_k,
   p.alpha = alpha;
 
   if (p.B * p.T * p.H * p.D > 0) {
-    const auto stream = at::cuda::getCurrentCUDAStream();
+    const auto stream = c10::cuda::getCurrentCUDAStream();
     dispatch_float(k_cache.scalar_type(), "ring_append cache", [&](auto ct) {
       using CT = decltype(ct);
       dispatch_float(sink_k.scalar_type(), "ring_append sink", [&](auto st) {

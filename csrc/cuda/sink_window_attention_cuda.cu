@@ -157,7 +157,7 @@ at::Tensor sink_window_attention_cuda(const at::Tensor& q, const at::Tensor& k,
 
   const auto dtype = q.scalar_type();
   const int64_t T = g.frame_tokens, D = g.head_dim, Lq = g.chunk_frames * T;
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   SwaParams p;
   p.q = qc.data_ptr();
   p.k_chunk = kc.data_ptr();
