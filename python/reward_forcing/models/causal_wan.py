@@ -1,0 +1,302 @@
+"""Causal Wan2.1 text-to-video transformer (DESIGN §4), parameter names as in the original Wan code.
+
+One set of weights, two attention modes:
+
+* :meth:`CausalWanModel.forward` — the whole clip at once: bidirectional attention with 3-D RoPE at
+  absolute positions (teacher, critic), or block-causal with ``chunk_frames``.
+* :meth:`CausalWanModel.forward_chunk` — streaming: a chunk's self-attention goes through a
+  :class:`~reward_forcing.cache.StreamingKVCache` (EMA-Sink + window, DESIGN §2), which applies
+  RoPE itself at the absolute frame positions it tracks.
+
+Cross-attention keys/values depend only on the prompt: :meth:`CausalWanModel.encode_text` computes
+them once (a :class:`TextKV`) and both modes accept it in place of the prompt embedding.
+Norms, AdaLN modulation and the time embedding are computed in float32 whatever the parameter
+dtype (as Wan does under autocast); everything else runs in the parameter dtype (bf16 or fp32).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..cache import LayerCache, StreamingKVCache
+from ..rope import rope_cos_sin, rope_rotate, wan_rope_tables
+from .wan_config import WAN_1_3B, WanConfig
+
+
+def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
+    """Wan's timestep embedding ``[cos, sin]`` of ``t [N]`` (float64, ``[N, dim]``)."""
+    half = dim // 2
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    angles = t.to(torch.float64)[:, None] * freqs
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+def _mlp_float32(mlp: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """Runs a Linear/activation stack in float32 with the weights upcast (AdaLN is precision-sensitive)."""
+    x = x.float()
+    for m in mlp:
+        x = F.linear(x, m.weight.float(), m.bias.float()) if isinstance(m, nn.Linear) else m(x)
+    return x
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x * (1 + scale) + shift`` in float32 for ``x [B, L, dim]`` and per-frame ``shift, scale
+    [B, F, 1, dim]`` (``F = 1``: one value for all tokens); returns x's dtype."""
+    xf = x.float().unflatten(1, (shift.shape[1], -1))
+    return (xf * (1 + scale) + shift).flatten(1, 2).to(x.dtype)
+
+
+def _gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``x + y * gate`` in float32 with a per-frame ``gate [B, F, 1, dim]``; returns x's dtype."""
+    f = gate.shape[1]
+    out = x.float().unflatten(1, (f, -1)) + y.float().unflatten(1, (f, -1)) * gate
+    return out.flatten(1, 2).to(x.dtype)
+
+
+class WanRMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+class WanLayerNorm(nn.LayerNorm):
+    """LayerNorm in float32 whatever the parameter dtype; returns the input dtype."""
+
+    def forward(self, x):
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+
+
+class _WanAttention(nn.Module):
+    """Projections ``q, k, v, o``; RMSNorm on q and k over the whole ``dim``-wide row (all heads)."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q = WanRMSNorm(dim, eps)
+        self.norm_k = WanRMSNorm(dim, eps)
+
+    def _heads(self, x):
+        return x.unflatten(-1, (self.num_heads, -1))
+
+
+class WanSelfAttention(_WanAttention):
+    def forward(self, x, attend):
+        """``attend(q, k, v) -> [B, L, H, D]`` takes the un-rotated ``q, k, v [B, L, H, D]``."""
+        q = self._heads(self.norm_q(self.q(x)))
+        k = self._heads(self.norm_k(self.k(x)))
+        v = self._heads(self.v(x))
+        return self.o(attend(q, k, v).flatten(2))
+
+
+class WanCrossAttention(_WanAttention):
+    def encode(self, context):
+        """Keys/values ``[B, H, L_text, D]`` of the embedded prompt."""
+        k = self._heads(self.norm_k(self.k(context))).transpose(1, 2)
+        v = self._heads(self.v(context)).transpose(1, 2)
+        return k, v
+
+    def forward(self, x, k, v):
+        q = self._heads(self.norm_q(self.q(x))).transpose(1, 2)
+        return self.o(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
+
+
+class WanAttentionBlock(nn.Module):
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        dim = cfg.dim
+        self.norm1 = WanLayerNorm(dim, cfg.eps, elementwise_affine=False)
+        self.self_attn = WanSelfAttention(dim, cfg.num_heads, cfg.eps)
+        self.norm3 = WanLayerNorm(dim, cfg.eps) if cfg.cross_attn_norm else nn.Identity()
+        self.cross_attn = WanCrossAttention(dim, cfg.num_heads, cfg.eps)
+        self.norm2 = WanLayerNorm(dim, cfg.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"),
+                                 nn.Linear(cfg.ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
+
+    def forward(self, x, e, text_kv, attend):
+        """``x [B, L, dim]``; ``e [B, F, 6, dim]`` float32 (F = 1 or per frame); ``text_kv`` this
+        block's cross-attention keys/values; ``attend`` the self-attention (see WanSelfAttention)."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e).unsqueeze(2).unbind(3)
+        x = _gated_residual(x, self.self_attn(_modulate(self.norm1(x), shift1, scale1), attend), gate1)
+        x = x + self.cross_attn(self.norm3(x), *text_kv)
+        return _gated_residual(x, self.ffn(_modulate(self.norm2(x), shift2, scale2)), gate2)
+
+
+class WanHead(nn.Module):
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        self.norm = WanLayerNorm(cfg.dim, cfg.eps, elementwise_affine=False)
+        self.head = nn.Linear(cfg.dim, cfg.out_dim * cfg.patch_volume)
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim ** 0.5)
+
+    def forward(self, x, e):
+        """``e [B, F, dim]`` float32: the time embedding (not its 6-way projection)."""
+        shift, scale = (self.modulation.float() + e.unsqueeze(2)).unsqueeze(2).unbind(3)
+        return self.head(_modulate(self.norm(x), shift, scale))
+
+
+@dataclass
+class TextKV:
+    """Cross-attention keys/values ``[B, H, L_text, D]`` of one prompt batch, one pair per block;
+    made by :meth:`CausalWanModel.encode_text` and reused for every chunk and denoising step."""
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+
+    @property
+    def batch_size(self) -> int:
+        return self.kv[0][0].shape[0]
+
+
+def _sdpa_attention(q, k, v, cos, sin, mask):
+    q = rope_rotate(q, cos, sin).to(v.dtype).transpose(1, 2)
+    k = rope_rotate(k, cos, sin).to(v.dtype).transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v.transpose(1, 2), attn_mask=mask).transpose(1, 2)
+
+
+def _cache_attention(layer: LayerCache, update_cache: bool, q, k, v):
+    out = layer.attend(q, k, v)
+    if update_cache:
+        layer.append(k.detach(), v.detach())
+    return out
+
+
+class CausalWanModel(nn.Module):
+    """Wan2.1 T2V transformer. Inputs: latents ``x [B, in_dim, F, H, W]``, timesteps ``t`` (the
+    warped t in [0, 1000]: a number, ``[B]``, or ``[B, F]`` for one t per latent frame) and the
+    prompt as UMT5 states ``[B, L, text_dim]`` (zero-padded to ``text_len``) or a :class:`TextKV`.
+    Outputs the flow-matching velocity ``[B, out_dim, F, H, W]`` in the parameter dtype."""
+
+    def __init__(self, config: WanConfig = WAN_1_3B):
+        super().__init__()
+        self.config = c = config
+        self.patch_embedding = nn.Conv3d(c.in_dim, c.dim, kernel_size=c.patch_size, stride=c.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(c.text_dim, c.dim), nn.GELU(approximate="tanh"),
+                                            nn.Linear(c.dim, c.dim))
+        self.time_embedding = nn.Sequential(nn.Linear(c.freq_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(c.dim, 6 * c.dim))
+        self.blocks = nn.ModuleList(WanAttentionBlock(c) for _ in range(c.num_layers))
+        self.head = WanHead(c)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_embedding.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.patch_embedding.weight.device
+
+    # ------------------------------------------------------------------ conditioning
+    def encode_text(self, context: torch.Tensor) -> TextKV:
+        """Per-block cross-attention K/V of ``context [B, L, text_dim]`` (UMT5 states); shorter
+        prompts are zero-padded to ``text_len`` like Wan, whose model attends to the padding."""
+        if context.dim() != 3 or context.shape[-1] != self.config.text_dim:
+            raise ValueError(f"context must be [B, L, {self.config.text_dim}], got {tuple(context.shape)}")
+        context = context.to(device=self.device, dtype=self.dtype)
+        pad = self.config.text_len - context.shape[1]
+        if pad > 0:
+            context = F.pad(context, (0, 0, 0, pad))
+        context = self.text_embedding(context)
+        return TextKV([block.cross_attn.encode(context) for block in self.blocks])
+
+    def _text(self, context, batch: int) -> TextKV:
+        text = context if isinstance(context, TextKV) else self.encode_text(context)
+        if len(text.kv) != len(self.blocks) or text.batch_size != batch:
+            raise ValueError(f"the prompt has {len(text.kv)} blocks x batch {text.batch_size}; "
+                             f"the model needs {len(self.blocks)} x batch {batch}")
+        return text
+
+    def _time(self, t, batch: int, frames: int):
+        """``(e [B, F', dim], e0 [B, F', 6, dim])`` float32, F' = 1 or ``frames``."""
+        t = torch.as_tensor(t, device=self.device)
+        if t.dim() == 0:
+            t = t.expand(batch)
+        if t.dim() == 1:
+            t = t[:, None]
+        if t.dim() != 2 or t.shape[0] != batch or t.shape[1] not in (1, frames):
+            raise ValueError(f"t must be a number, [B] or [B, F] with B={batch}, F={frames}; "
+                             f"got shape {tuple(t.shape)}")
+        e = _mlp_float32(self.time_embedding, sinusoidal_embedding(self.config.freq_dim, t.flatten()))
+        e0 = _mlp_float32(self.time_projection, e)
+        return e.unflatten(0, t.shape), e0.unflatten(1, (6, -1)).unflatten(0, t.shape)
+
+    # ------------------------------------------------------------------ patches
+    def _grid(self, x: torch.Tensor):
+        """The token grid ``(f, h, w)`` of latents ``x [B, C, F, H, W]``."""
+        c = self.config
+        if x.dim() != 5 or x.shape[1] != c.in_dim:
+            raise ValueError(f"x must be [B, {c.in_dim}, F, H, W], got {tuple(x.shape)}")
+        if any(n % p for n, p in zip(x.shape[2:], c.patch_size)):
+            raise ValueError(f"x frames/height/width {tuple(x.shape[2:])} are not multiples of "
+                             f"the patch size {c.patch_size}")
+        return tuple(n // p for n, p in zip(x.shape[2:], c.patch_size))
+
+    def _unpatchify(self, x: torch.Tensor, grid) -> torch.Tensor:
+        (f, h, w), (pt, ph, pw) = grid, self.config.patch_size
+        x = x.view(x.shape[0], f, h, w, pt, ph, pw, self.config.out_dim)
+        return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(x.shape[0], -1, f * pt, h * ph, w * pw)
+
+    def _run(self, x, t, context, grid, attentions):
+        tokens = self.patch_embedding(x.to(self.dtype)).flatten(2).transpose(1, 2)
+        e, e0 = self._time(t, x.shape[0], grid[0])
+        text = self._text(context, x.shape[0])
+        for block, kv, attend in zip(self.blocks, text.kv, attentions):
+            tokens = block(tokens, e0, kv, attend)
+        return self._unpatchify(self.head(tokens, e), grid)
+
+    # ------------------------------------------------------------------ attention modes
+    def forward(self, x, t, context, chunk_frames: int | None = None):
+        """The whole clip at once, RoPE at absolute positions 0..F-1. Bidirectional by default;
+        ``chunk_frames`` makes it block-causal (a token sees its own chunk and all earlier ones),
+        which is what streaming with an unbounded cache computes."""
+        f, h, w = grid = self._grid(x)
+        acc = torch.float64 if self.dtype == torch.float64 else torch.float32
+        freqs, spatial = (a.to(self.device) for a in wan_rope_tables(self.config.head_dim, h, w))
+        cos, sin = rope_cos_sin(freqs, spatial, torch.arange(f, device=self.device), acc)
+        mask = None
+        if chunk_frames is not None:
+            if chunk_frames < 1:
+                raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+            chunk = torch.arange(f, device=self.device).repeat_interleave(h * w) // chunk_frames
+            mask = chunk[:, None] >= chunk[None, :]
+        attend = functools.partial(_sdpa_attention, cos=cos, sin=sin, mask=mask)
+        return self._run(x, t, context, grid, [attend] * len(self.blocks))
+
+    def forward_chunk(self, x, t, context, cache: StreamingKVCache, update_cache: bool = False):
+        """One chunk ``x [B, C, c, H, W]`` of a stream against ``cache`` (as it stands before the
+        chunk). ``update_cache=True`` (the clean t = 0 pass) then appends the chunk's un-rotated
+        K/V to every layer's cache: eviction and EMA-Sink update (DESIGN §2)."""
+        grid = self._grid(x)
+        tokens = grid[1] * grid[2]
+        if cache.num_layers != len(self.blocks) or cache.frame_tokens != tokens:
+            raise ValueError(f"cache has {cache.num_layers} layers x {cache.frame_tokens} tokens per "
+                             f"frame; this model and chunk need {len(self.blocks)} x {tokens}")
+        attentions = [functools.partial(_cache_attention, cache.layer(i), update_cache)
+                      for i in range(len(self.blocks))]
+        return self._run(x, t, context, grid, attentions)
+
+    def new_cache(self, batch_size: int, frame_h: int, frame_w: int, *, sink_frames: int = 3,
+                  window_frames: int = 3, chunk_frames: int = 3, alpha: float = 0.999,
+                  half_life: float | None = None, dtype: torch.dtype | None = None, device=None,
+                  sink_dtype: torch.dtype = torch.float32, backend: str = "auto") -> StreamingKVCache:
+        """A streaming cache for this model. ``frame_h x frame_w`` is the *token* grid of a frame
+        (latent height / 2 x latent width / 2 for Wan's patches: 30 x 52 at 480 x 832).
+        ``sink_frames=0`` gives the plain sliding window, ``alpha=1`` the frozen sink; dtype and
+        device default to the model's."""
+        c = self.config
+        return StreamingKVCache(
+            c.num_layers, batch_size, c.num_heads, c.head_dim, frame_tokens=frame_h * frame_w,
+            sink_frames=sink_frames, window_frames=window_frames, chunk_frames=chunk_frames,
+            alpha=alpha, half_life=half_life, dtype=dtype or self.dtype, sink_dtype=sink_dtype,
+            device=device if device is not None else self.device,
+            rope=wan_rope_tables(c.head_dim, frame_h, frame_w), backend=backend)

@@ -1,0 +1,52 @@
+"""Shapes of the Wan2.1 text-to-video transformer (field names as in Wan's own ``config.json``)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WanConfig:
+    dim: int = 1536
+    ffn_dim: int = 8960
+    num_heads: int = 12
+    num_layers: int = 30
+    in_dim: int = 16
+    out_dim: int = 16
+    text_dim: int = 4096
+    freq_dim: int = 256
+    text_len: int = 512  # prompts are zero-padded to this many tokens, as Wan does
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    eps: float = 1e-6
+    cross_attn_norm: bool = True  # affine LayerNorm ``norm3`` before cross-attention
+
+    def __post_init__(self):
+        for name in ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "text_dim",
+                     "freq_dim", "text_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"WanConfig.{name} must be a positive int, got {value!r}")
+        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        if len(self.patch_size) != 3 or min(self.patch_size) < 1:
+            raise ValueError(f"WanConfig.patch_size must be 3 positive ints, got {self.patch_size}")
+        if self.dim % self.num_heads:
+            raise ValueError(f"WanConfig.dim={self.dim} is not divisible by num_heads={self.num_heads}")
+        if self.head_dim % 2 or self.head_dim < 6:
+            raise ValueError(f"head dim {self.head_dim} must be even and >= 6 (3-D RoPE)")
+        if self.freq_dim % 2:
+            raise ValueError(f"WanConfig.freq_dim must be even, got {self.freq_dim}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def patch_volume(self) -> int:
+        return math.prod(self.patch_size)
+
+
+WAN_1_3B = WanConfig()
+WAN_14B = WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
+# Random-weight test shapes: head dim 32 (RoPE split 12/10/10), Wan's 16 latent channels.
+WAN_TINY = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, freq_dim=32,
+                     text_len=8)
