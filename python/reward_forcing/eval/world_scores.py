@@ -1,0 +1,106 @@
+"""Ground-truth scores of a video against a world prompt (DESIGN §8): is each prompted object there,
+in its colour, moving in its direction, and still moving at the end?
+
+Segmentation is by colour: the background is estimated from the border pixels, foreground is what
+differs from it, and a prompted object's pixels are foreground pixels nearest (among the world's
+object colours) to its colour. Objects in a world scene have distinct colours, so this separates them.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..world import (BACKGROUNDS, COLOURS, DIRECTIONS, LEAD_SECONDS, PromptSpec, parse_prompt,
+                     radius_px, shape_area, speed_px)
+from .metrics import as_video
+
+FOREGROUND_DISTANCE = 48.0  # RGB distance from the background that makes a pixel foreground
+COLOUR_DISTANCE = 80.0      # max RGB distance of a pixel to the object colour it is assigned to
+MIN_AREA = 0.3              # fraction of the object's expected area that must be seen
+MIN_SPEED = 0.25            # fraction of the prompted speed that counts as moving
+MAX_ANGLE = 22.5            # degrees: the nearest of the 8 compass directions must be the prompted one
+
+
+def _estimate_background(video: np.ndarray) -> np.ndarray:
+    border = np.concatenate([video[:, 0], video[:, -1], video[:, :, 0], video[:, :, -1]], axis=1)
+    return np.median(border.reshape(-1, 3).astype(np.float32), axis=0)
+
+
+def _masks(video: np.ndarray, background: np.ndarray, colours: list[str], block: int = 64):
+    """Foreground area per frame [F] and the prompted colours' masks [F, K, H, W]."""
+    palette = np.array(list(COLOURS.values()), np.float32)
+    wanted = [list(COLOURS).index(c) for c in colours]
+    fg_area = np.empty(len(video))
+    masks = np.empty((len(video), len(colours), *video.shape[1:3]), bool)
+    for b in range(0, len(video), block):
+        x = video[b:b + block].astype(np.float32)
+        fg = np.linalg.norm(x - background, axis=-1) > FOREGROUND_DISTANCE
+        dist = np.linalg.norm(x[..., None, :] - palette, axis=-1)  # [f, H, W, palette]
+        label = np.where(fg & (dist.min(-1) < COLOUR_DISTANCE), dist.argmin(-1), -1)
+        fg_area[b:b + block] = fg.sum(axis=(1, 2))
+        masks[b:b + block] = np.stack([label == i for i in wanted], axis=1)
+    return fg_area, masks
+
+
+def _centroids(masks: np.ndarray) -> np.ndarray:
+    """[F, K, 2] (x, y) pixel-centre centroids; NaN where a mask is empty."""
+    h, w = masks.shape[-2:]
+    area = masks.sum(axis=(-2, -1)).astype(np.float64)
+    xs = (masks.sum(axis=-2) * (np.arange(w) + 0.5)).sum(-1)
+    ys = (masks.sum(axis=-1) * (np.arange(h) + 0.5)).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.stack([xs / area, ys / area], -1)
+
+
+def world_scores(video, prompt: str | PromptSpec, *, fps: float = 16.0, segment: float = 0.25) -> dict:
+    """Scores in [0, 1], averaged over the prompted objects (per object in "objects"):
+    - found: fraction of frames with foreground of at least MIN_AREA of the object's expected area,
+      not counting pixels of the other prompted objects' colours (any colour counts);
+    - colour_right: fraction of frames with at least MIN_AREA of the expected area in its colour;
+    - direction_right: over the first LEAD_SECONDS (before any bounce, by construction of the
+      world), the least-squares velocity of its colour's centroid is at least MIN_SPEED of the
+      prompted speed and within MAX_ANGLE of the prompted direction;
+    - keeps_moving: fraction of the consecutive pairs in the last `segment` of the video in which
+      that centroid moves at least MIN_SPEED of the prompted speed (freezing or vanishing scores 0);
+    - background_right: the estimated background is nearest to the prompted one;
+    - adherence: mean of found, colour_right and direction_right.
+    """
+    spec = parse_prompt(prompt) if isinstance(prompt, str) else prompt
+    x = as_video(video)
+    f, h, w = x.shape[:3]
+    background = _estimate_background(x)
+    names = list(BACKGROUNDS)
+    bg_dist = [np.linalg.norm(background - np.array(BACKGROUNDS[n], np.float32)) for n in names]
+    fg_area, masks = _masks(x, background, [o.colour for o in spec.objects])
+    area = masks.sum(axis=(-2, -1)).astype(np.float64)  # [F, K]
+    centre = _centroids(masks)
+    lead = min(f, max(3, int(round(LEAD_SECONDS * fps)) + 1))
+    late = np.arange(max(0, f - max(2, int(round(f * segment)))), f)
+    objects = []
+    for k, obj in enumerate(spec.objects):
+        expected = shape_area(obj.shape, radius_px(obj.size, h, w))
+        speed = speed_px(obj.speed, h, w, fps)
+        seen = area[:, k] >= MIN_AREA * expected
+        others = area.sum(axis=1) - area[:, k]
+        found = (fg_area - others) >= MIN_AREA * expected
+
+        t = np.arange(lead)[seen[:lead]]
+        direction_right = False
+        if len(t) >= 3:
+            v = np.array([np.polyfit(t, centre[t, k, axis], 1)[0] for axis in (0, 1)])
+            want = np.array(DIRECTIONS[obj.direction])
+            cos = float(v @ want / max(np.linalg.norm(v), 1e-9))
+            direction_right = (np.linalg.norm(v) >= MIN_SPEED * speed
+                               and cos >= math.cos(math.radians(MAX_ANGLE)))
+
+        step = np.linalg.norm(np.diff(centre[late, k], axis=0), axis=-1)
+        moving = seen[late[1:]] & seen[late[:-1]] & (np.nan_to_num(step) >= MIN_SPEED * speed)
+        objects.append({"colour": obj.colour, "shape": obj.shape, "found": float(found.mean()),
+                        "colour_right": float(seen.mean()), "direction_right": bool(direction_right),
+                        "keeps_moving": float(moving.mean()), "centroid": centre[:, k]})
+    scores = {key: float(np.mean([o[key] for o in objects]))
+              for key in ("found", "colour_right", "direction_right", "keeps_moving")}
+    scores["background_right"] = float(names[int(np.argmin(bg_dist))] == spec.background)
+    scores["adherence"] = (scores["found"] + scores["colour_right"] + scores["direction_right"]) / 3
+    return {**scores, "objects": objects}

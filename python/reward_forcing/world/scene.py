@@ -1,0 +1,350 @@
+"""A procedural video world: 1-3 flat shapes moving in straight lines and bouncing off the walls of a
+plain background, with plain-English prompts that state every attribute (DESIGN §8).
+
+Geometry is analytic (a bounce is a fold of the straight-line position into the free interval), so
+any frame range renders independently and an endless stream never drifts. Shapes are rasterised
+with per-pixel coverage from a signed distance, i.e. anti-aliased with sub-pixel positions.
+Units: positions in pixels (x right, y down, pixel centres at i + 0.5), velocities in pixels/frame.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+# Object colours and backgrounds are disjoint and far apart in RGB (min distance 82) and every object
+# colour differs from every background in luminance by >= 33 levels, so grey-level optical flow and
+# colour segmentation both see every object.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 40, 40), "green": (40, 200, 60), "blue": (40, 100, 240), "yellow": (250, 220, 40),
+    "orange": (250, 140, 20), "purple": (150, 60, 200), "pink": (250, 120, 190), "cyan": (40, 220, 230),
+}
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {"black": (0, 0, 0), "white": (255, 255, 255),
+                                                "gray": (64, 64, 64)}
+SHAPES = ("circle", "square", "triangle")
+SIZES: dict[str, float] = {"small": 0.07, "medium": 0.10, "large": 0.14}  # radius / min(H, W)
+SPEEDS: dict[str, float] = {"slow": 0.45, "medium": 0.7, "fast": 1.0}     # min(H, W) per second
+_D = math.sqrt(0.5)
+DIRECTIONS: dict[str, tuple[float, float]] = {
+    "right": (1.0, 0.0), "up-right": (_D, -_D), "up": (0.0, -1.0), "up-left": (-_D, -_D),
+    "left": (-1.0, 0.0), "down-left": (-_D, _D), "down": (0.0, 1.0), "down-right": (_D, _D),
+}
+# Objects start where they travel this long before their first bounce, so the prompted direction is
+# what the first LEAD_SECONDS show (world_scores measures direction there).
+LEAD_SECONDS = 0.5
+
+_COLOUR_WORDS = {"red": ["red"], "green": ["green"], "blue": ["blue"], "yellow": ["yellow"],
+                 "orange": ["orange"], "purple": ["purple", "violet"], "pink": ["pink"],
+                 "cyan": ["cyan", "turquoise"]}
+_BACKGROUND_WORDS = {"black": ["black"], "white": ["white"], "gray": ["gray", "grey"]}
+_SHAPE_WORDS = {"circle": ["circle", "ball", "disc"], "square": ["square", "box", "block"],
+                "triangle": ["triangle"]}
+_SIZE_WORDS = {"small": ["small", "little", "tiny"], "medium": [], "large": ["large", "big"]}
+_SPEED_ADJECTIVES = {"slow": ["slow"], "medium": [], "fast": ["fast", "quick"]}
+_SPEED_ADVERBS = {"slow": ["slowly", "gently"], "medium": ["steadily"], "fast": ["quickly", "rapidly"]}
+_VERBS = ["moving", "drifting", "bouncing", "sliding", "gliding", "travelling", "heading", "floating"]
+_DIRECTION_WORDS = {
+    "right": ["to the right", "rightward", "right", "toward the right", "east"],
+    "left": ["to the left", "leftward", "left", "toward the left", "west"],
+    "up": ["up", "upward", "toward the top", "north"],
+    "down": ["down", "downward", "toward the bottom", "south"],
+    "up-right": ["up and to the right", "diagonally up-right", "toward the top right", "northeast"],
+    "up-left": ["up and to the left", "diagonally up-left", "toward the top left", "northwest"],
+    "down-right": ["down and to the right", "diagonally down-right", "toward the bottom right",
+                   "southeast"],
+    "down-left": ["down and to the left", "diagonally down-left", "toward the bottom left",
+                  "southwest"],
+}
+_COUNT_WORDS = {2: "two", 3: "three"}
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    """What a prompt says about one object."""
+    shape: str
+    colour: str
+    size: str = "medium"
+    direction: str = "right"
+    speed: str = "medium"
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """What a prompt says: its objects in order, and the background."""
+    objects: tuple[ObjectSpec, ...]
+    background: str
+
+
+@dataclass(frozen=True)
+class Scene:
+    objects: tuple[ObjectSpec, ...]
+    background: str
+    starts: tuple[tuple[float, float], ...]  # centre at frame 0, as fractions of (width, height)
+    prompt: str
+    height: int = 64
+    width: int = 64
+    fps: float = 16.0
+
+    @property
+    def spec(self) -> PromptSpec:
+        return PromptSpec(self.objects, self.background)
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Per-frame ground truth of a rendered range; K = number of objects, in drawing order."""
+    frames: np.ndarray    # [F] int64 frame indices
+    position: np.ndarray  # [F, K, 2] float32 centre (x, y), pixels
+    velocity: np.ndarray  # [F, K, 2] float32 pixels/frame
+    visible: np.ndarray   # [F, K] bool: at least half of the object is not covered by later ones
+    colour: np.ndarray    # [K, 3] uint8 RGB
+    shape: tuple[str, ...]
+    radius: np.ndarray    # [K] float32 pixels
+
+
+# ---------------------------------------------------------------------------------------- geometry
+def radius_px(size: str, height: int, width: int) -> float:
+    return SIZES[size] * min(height, width)
+
+
+def speed_px(speed: str, height: int, width: int, fps: float) -> float:
+    """Speed in pixels per frame."""
+    return SPEEDS[speed] * min(height, width) / fps
+
+
+def half_extent(shape: str, radius: float) -> tuple[float, float]:
+    """Half width and half height of the shape's bounding box (what bounces off the walls)."""
+    return {"circle": (radius, radius), "square": (0.9 * radius, 0.9 * radius),
+            "triangle": (radius, 0.866 * radius)}[shape]
+
+
+def shape_area(shape: str, radius: float) -> float:
+    return {"circle": math.pi, "square": 3.24, "triangle": 1.732}[shape] * radius ** 2
+
+
+def _signed_distance(shape: str, r: float, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    if shape == "circle":
+        return np.hypot(dx, dy) - r
+    if shape == "square":
+        return np.maximum(np.abs(dx), np.abs(dy)) - 0.9 * r
+    # equilateral triangle, apex up, side 2r, bounding box centred on the origin
+    a = 0.866 * r
+    norm = math.hypot(2 * a, r)
+    return np.maximum(dy - a, (np.abs(dx) * 2 * a - (dy + a) * r) / norm)
+
+
+def _fold(x: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """Bounce: fold a straight-line coordinate into [lo, hi]; also returns the velocity sign."""
+    span = hi - lo
+    u = np.mod(x - lo, 2 * span)
+    back = u > span
+    return lo + np.where(back, 2 * span - u, u), np.where(back, -1.0, 1.0)
+
+
+def trajectory(scene: Scene, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions and velocities [F, K, 2] at the given frame indices."""
+    h, w = scene.height, scene.width
+    pos = np.empty((len(frames), len(scene.objects), 2))
+    vel = np.empty_like(pos)
+    t = np.asarray(frames, dtype=np.float64)
+    for k, (obj, start) in enumerate(zip(scene.objects, scene.starts)):
+        r = radius_px(obj.size, h, w)
+        v = speed_px(obj.speed, h, w, scene.fps)
+        for axis, (dim, ext) in enumerate(zip((w, h), half_extent(obj.shape, r))):
+            vel_axis = v * DIRECTIONS[obj.direction][axis]
+            pos[:, k, axis], sign = _fold(start[axis] * dim + vel_axis * t, ext, dim - ext)
+            vel[:, k, axis] = vel_axis * sign
+    return pos, vel
+
+
+# --------------------------------------------------------------------------------------- rendering
+def render(scene: Scene, num_frames: int, start: int = 0, block: int = 64
+           ) -> tuple[np.ndarray, Truth]:
+    """Frames start .. start+num_frames-1 as uint8 [F, H, W, 3] RGB, and their ground truth."""
+    h, w = scene.height, scene.width
+    frames = np.arange(start, start + num_frames)
+    pos, vel = trajectory(scene, frames)
+    colours = np.array([COLOURS[o.colour] for o in scene.objects], dtype=np.float32).reshape(-1, 3)
+    radii = np.array([radius_px(o.size, h, w) for o in scene.objects], dtype=np.float32)
+    xs = np.arange(w, dtype=np.float32) + 0.5
+    ys = np.arange(h, dtype=np.float32)[:, None] + 0.5
+    video = np.empty((num_frames, h, w, 3), dtype=np.uint8)
+    visible = np.zeros((num_frames, len(scene.objects)), dtype=bool)
+    for b in range(0, num_frames, block):
+        p = pos[b:b + block].astype(np.float32)
+        img = np.broadcast_to(np.array(BACKGROUNDS[scene.background], np.float32),
+                              (len(p), h, w, 3)).copy()
+        covers = []
+        for k, obj in enumerate(scene.objects):
+            dx = xs - p[:, k, 0, None, None]
+            dy = ys - p[:, k, 1, None, None]
+            cover = np.clip(0.5 - _signed_distance(obj.shape, float(radii[k]), dx, dy), 0.0, 1.0)
+            img += (colours[k] - img) * cover[..., None]
+            covers.append(cover)
+        uncovered = np.ones((len(p), h, w), np.float32)
+        for k in reversed(range(len(covers))):
+            own = covers[k].sum(axis=(1, 2))
+            visible[b:b + block, k] = (covers[k] * uncovered).sum(axis=(1, 2)) >= 0.5 * own
+            uncovered *= 1.0 - covers[k]
+        video[b:b + block] = np.rint(img).astype(np.uint8)
+    truth = Truth(frames=frames, position=pos.astype(np.float32), velocity=vel.astype(np.float32),
+                  visible=visible, colour=colours.astype(np.uint8),
+                  shape=tuple(o.shape for o in scene.objects), radius=radii)
+    return video, truth
+
+
+def stream_scene(scene: Scene, chunk_frames: int = 16, start: int = 0
+                 ) -> Iterator[tuple[np.ndarray, Truth]]:
+    """Endless source: consecutive chunks (video [chunk_frames, H, W, 3], truth) of one scene."""
+    while True:
+        yield render(scene, chunk_frames, start)
+        start += chunk_frames
+
+
+# ------------------------------------------------------------------------------- held-out split
+def combo_split(colour: str, shape: str, direction: str) -> str:
+    """'test' for the held-out colour x shape x direction combinations, else 'train'.
+
+    Exactly one direction of each colour x shape pair is held out (24 of 192 combinations), so every
+    colour, shape and direction is still seen in training, only not together.
+    """
+    c, s, d = list(COLOURS).index(colour), SHAPES.index(shape), list(DIRECTIONS).index(direction)
+    return "test" if (7 * c + 3 * s + 5 * d) % 8 == 0 else "train"
+
+
+def scene_split(spec: PromptSpec | Scene) -> str:
+    """'test' if every object's combination is held out, 'train' if none is, else 'mixed'."""
+    splits = {combo_split(o.colour, o.shape, o.direction) for o in spec.objects}
+    return splits.pop() if len(splits) == 1 else "mixed"
+
+
+# -------------------------------------------------------------------------------------- sampling
+def sample_scene(rng: np.random.Generator | int | None = None, *, height: int = 64, width: int = 64,
+                 fps: float = 16.0, n_objects: int | None = None, split: str | None = None) -> Scene:
+    """A random scene with a randomly worded prompt. split='train' / 'test' draws only train / only
+    held-out colour x shape x direction combinations (see combo_split); None draws any.
+    Objects in a scene have distinct colours, so colour segmentation tells them apart."""
+    if split not in (None, "train", "test"):
+        raise ValueError(f"split must be None, 'train' or 'test', got {split!r}")
+    rng = np.random.default_rng(rng)
+    n = int(rng.integers(1, 4)) if n_objects is None else n_objects
+    if not 1 <= n <= len(COLOURS):
+        raise ValueError(f"n_objects must be in [1, {len(COLOURS)}], got {n}")
+    objects: list[ObjectSpec] = []
+    while len(objects) < n:
+        colour = str(rng.choice([c for c in COLOURS if c not in {o.colour for o in objects}]))
+        shape, direction = str(rng.choice(SHAPES)), str(rng.choice(list(DIRECTIONS)))
+        if split is not None and combo_split(colour, shape, direction) != split:
+            continue
+        objects.append(ObjectSpec(shape, colour, str(rng.choice(list(SIZES))), direction,
+                                  str(rng.choice(list(SPEEDS)))))
+    background = str(rng.choice(list(BACKGROUNDS)))
+    starts = _sample_starts(rng, objects, height, width, fps)
+    spec = PromptSpec(tuple(objects), background)
+    return Scene(spec.objects, background, starts, describe(spec, rng), height, width, fps)
+
+
+def _sample_starts(rng, objects, height, width, fps, tries: int = 20):
+    """Start centres that leave LEAD_SECONDS before the first bounce; objects apart when possible."""
+    starts: list[tuple[float, float]] = []
+    for obj in objects:
+        r = radius_px(obj.size, height, width)
+        travel = speed_px(obj.speed, height, width, fps) * LEAD_SECONDS * fps
+        for _ in range(tries):
+            centre = []
+            for axis, (dim, ext) in enumerate(zip((width, height), half_extent(obj.shape, r))):
+                d = travel * DIRECTIONS[obj.direction][axis]
+                lo, hi = ext + max(0.0, -d), dim - ext - max(0.0, d)
+                if lo > hi:
+                    raise ValueError(f"{height}x{width} is too small for a {obj} to move "
+                                     f"{LEAD_SECONDS} s before bouncing")
+                centre.append(float(rng.uniform(lo, hi)))
+            apart = all(math.hypot(centre[0] - x * width, centre[1] - y * height) >= 2.2 * r
+                        for x, y in starts)
+            if apart:
+                break
+        starts.append((centre[0] / width, centre[1] / height))
+    return tuple(starts)
+
+
+# ------------------------------------------------------------------------------------- prompts
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _describe_object(obj: ObjectSpec, rng: np.random.Generator) -> str:
+    def choice(words: list[str]) -> str:
+        return str(rng.choice(words))
+
+    adjective_speed = bool(_SPEED_ADJECTIVES[obj.speed]) and rng.random() < 0.5
+    adjectives = [choice(_SPEED_ADJECTIVES[obj.speed])] if adjective_speed else []
+    adjectives += [choice(_SIZE_WORDS[obj.size])] if _SIZE_WORDS[obj.size] else []
+    adjectives.append(choice(_COLOUR_WORDS[obj.colour]))
+    words = [_article(adjectives[0]), *adjectives, choice(_SHAPE_WORDS[obj.shape]), choice(_VERBS)]
+    direction = choice(_DIRECTION_WORDS[obj.direction])
+    adverb = None if adjective_speed or (obj.speed == "medium" and rng.random() < 0.7) \
+        else choice(_SPEED_ADVERBS[obj.speed])
+    if adverb and rng.random() < 0.5:
+        words += [adverb, direction]
+    else:
+        words += [direction] + ([adverb] if adverb else [])
+    return " ".join(words)
+
+
+def describe(spec: PromptSpec, rng: np.random.Generator | int | None = None) -> str:
+    """A plain-English prompt stating every attribute of spec, in randomly chosen wording."""
+    rng = np.random.default_rng(rng)
+    parts = [_describe_object(o, rng) for o in spec.objects]
+    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    bg = str(rng.choice(_BACKGROUND_WORDS[spec.background]))
+    backdrop = str(rng.choice(["background", "backdrop"]))
+    if len(parts) == 1:
+        templates = ["{objs} on a {bg} {backdrop}", "{objs} against a {bg} {backdrop}",
+                     "{objs}, {bg} {backdrop}", "on a {bg} {backdrop}, {objs}"]
+    else:
+        templates = ["{count} shapes: {objs} on a {bg} {backdrop}", "{objs}, on a {bg} {backdrop}",
+                     "{count} objects on a {bg} {backdrop}: {objs}",
+                     "{objs} against a {bg} {backdrop}"]
+    text = str(rng.choice(templates)).format(objs=listed, bg=bg, backdrop=backdrop,
+                                              count=_COUNT_WORDS.get(len(parts), str(len(parts))))
+    return text[0].upper() + text[1:] if rng.random() < 0.5 else text
+
+
+def _alternation(table: dict[str, list[str]]) -> str:
+    words = sorted({w for ws in table.values() for w in ws}, key=len, reverse=True)
+    return "|".join(re.escape(w) for w in words)
+
+
+def _lookup(table: dict[str, list[str]], word: str | None) -> str:
+    """The attribute a word names; None (the word was left out) names 'medium'."""
+    return "medium" if word is None else next(k for k, ws in table.items() if word in ws)
+
+
+_OBJECT_RE = re.compile(
+    rf"\ban? (?:(?P<speed_adj>{_alternation(_SPEED_ADJECTIVES)}) )?"
+    rf"(?:(?P<size>{_alternation(_SIZE_WORDS)}) )?(?P<colour>{_alternation(_COLOUR_WORDS)}) "
+    rf"(?P<shape>{_alternation(_SHAPE_WORDS)}) (?:{'|'.join(_VERBS)}) "
+    rf"(?:(?P<adverb1>{_alternation(_SPEED_ADVERBS)}) )?(?P<direction>{_alternation(_DIRECTION_WORDS)})"
+    rf"(?: (?P<adverb2>{_alternation(_SPEED_ADVERBS)}))?\b")
+_BACKGROUND_RE = re.compile(rf"\b(?P<bg>{_alternation(_BACKGROUND_WORDS)}) (?:background|backdrop)\b")
+
+
+def parse_prompt(text: str) -> PromptSpec:
+    """Recover the attributes from a prompt written by describe(); ValueError if it is not one."""
+    text = text.lower()
+    bg = _BACKGROUND_RE.search(text)
+    matches = list(_OBJECT_RE.finditer(text))
+    if bg is None or not matches:
+        raise ValueError(f"not a world prompt: {text!r}")
+    objects = []
+    for m in matches:
+        speed_word = m["speed_adj"] or m["adverb1"] or m["adverb2"]
+        speed_table = _SPEED_ADJECTIVES if m["speed_adj"] else _SPEED_ADVERBS
+        objects.append(ObjectSpec(
+            shape=_lookup(_SHAPE_WORDS, m["shape"]), colour=_lookup(_COLOUR_WORDS, m["colour"]),
+            size=_lookup(_SIZE_WORDS, m["size"]), direction=_lookup(_DIRECTION_WORDS, m["direction"]),
+            speed=_lookup(speed_table, speed_word)))
+    return PromptSpec(tuple(objects), _lookup(_BACKGROUND_WORDS, bg["bg"]))

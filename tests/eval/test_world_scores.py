@@ -1,0 +1,63 @@
+"""Ground-truth scores on rendered world videos: right for the scene's own prompt, wrong where the
+video or the prompt is altered in one known way."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from reward_forcing.eval import world_scores
+from reward_forcing.world import (BACKGROUNDS, COLOURS, LEAD_SECONDS, PromptSpec, render,
+                                  sample_scene)
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    rng = np.random.default_rng(21)
+    return [sample_scene(rng) for _ in range(24)]
+
+
+def test_rendered_videos_score_right_against_their_own_prompt(scenes):
+    for scene in scenes:
+        video, _ = render(scene, 48)
+        s = world_scores(video, scene.prompt, fps=scene.fps)
+        assert s["found"] >= 0.95 and s["colour_right"] >= 0.85, scene.prompt
+        assert s["direction_right"] == 1.0 and s["background_right"] == 1.0, scene.prompt
+        assert s["keeps_moving"] >= 0.6, scene.prompt
+        assert world_scores(video, scene.spec, fps=scene.fps)["adherence"] == s["adherence"]
+
+
+def test_time_reversed_video_has_the_wrong_direction(scenes):
+    lead = int(LEAD_SECONDS * 16) + 1  # no bounce before this by construction: reversal = opposite
+    for scene in scenes:
+        video, _ = render(scene, lead)
+        s = world_scores(video[::-1], scene.prompt)
+        assert s["direction_right"] == 0.0, scene.prompt
+        assert s["found"] >= 0.9
+
+
+def test_wrong_colour_and_background_in_the_prompt(scenes):
+    scene = next(s for s in scenes if len(s.objects) == 1)
+    video, _ = render(scene, 24)
+    obj = scene.objects[0]
+    other = next(c for c in COLOURS if c != obj.colour)
+    bg = next(b for b in BACKGROUNDS if b != scene.background)
+    s = world_scores(video, PromptSpec((dataclasses.replace(obj, colour=other),), bg))
+    assert s["found"] == 1.0  # something is there, in the wrong colour
+    assert s["colour_right"] == 0.0 and s["direction_right"] == 0.0 and s["background_right"] == 0.0
+
+
+def test_empty_video_finds_nothing(scenes):
+    scene = scenes[0]
+    video = np.broadcast_to(np.array(BACKGROUNDS[scene.background], np.uint8), (24, 64, 64, 3))
+    s = world_scores(video, scene.prompt)
+    assert s["found"] == s["colour_right"] == s["direction_right"] == s["keeps_moving"] == 0.0
+    assert s["adherence"] == 0.0 and s["background_right"] == 1.0
+
+
+def test_freezing_after_half_stops_keeps_moving(scenes):
+    for scene in scenes[:8]:
+        video, _ = render(scene, 48)
+        frozen = video.copy()
+        frozen[24:] = video[24]
+        s = world_scores(frozen, scene.prompt)
+        assert s["keeps_moving"] == 0.0 and s["direction_right"] == 1.0, scene.prompt

@@ -1,0 +1,113 @@
+import itertools
+
+import numpy as np
+import pytest
+
+from reward_forcing.world import (COLOURS, DIRECTIONS, LEAD_SECONDS, SHAPES, ObjectSpec, PromptSpec,
+                                  Scene, combo_split, describe, half_extent, parse_prompt,
+                                  radius_px, render, sample_scene, scene_split, stream_scene)
+
+
+def test_prompt_round_trip_over_many_scenes():
+    rng = np.random.default_rng(0)
+    prompts = set()
+    for _ in range(600):
+        scene = sample_scene(rng)
+        assert parse_prompt(scene.prompt) == scene.spec, scene.prompt
+        prompts.add(scene.prompt)
+    assert len(prompts) == 600  # wording varies
+
+
+def test_parse_prompt_examples_and_rejection():
+    assert parse_prompt("a red circle bouncing to the right on a black background") == PromptSpec(
+        (ObjectSpec("circle", "red", "medium", "right", "medium"),), "black")
+    spec = parse_prompt("Two shapes: a small blue square drifting up slowly and a fast green "
+                        "triangle moving left on a grey backdrop")
+    assert spec == PromptSpec((ObjectSpec("square", "blue", "small", "up", "slow"),
+                               ObjectSpec("triangle", "green", "medium", "left", "fast")), "gray")
+    with pytest.raises(ValueError):
+        parse_prompt("a cat sitting on a sofa")
+
+
+def test_seeded_and_deterministic():
+    a, b = sample_scene(3), sample_scene(3)
+    assert a == b and sample_scene(4) != a
+    assert np.array_equal(render(a, 10)[0], render(b, 10)[0])
+    video, truth = render(a, 10)
+    assert video.dtype == np.uint8 and video.shape == (10, 64, 64, 3)
+    assert truth.position.shape == truth.velocity.shape == (10, len(a.objects), 2)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_rendered_pixels_match_ground_truth(shape):
+    """The coverage-weighted centre of the drawn colour is the true position (the triangle's
+    centroid sits a third of its half height below its bounding-box centre), every frame."""
+    scene = Scene((ObjectSpec(shape, "red", "large", "down-right", "fast"),), "black",
+                  ((0.3, 0.4),), "", height=48, width=80, fps=12)
+    video, truth = render(scene, 40)
+    assert video.shape == (40, 48, 80, 3)
+    weight = video[..., 0].astype(np.float64) / COLOURS["red"][0]
+    ys, xs = np.mgrid[:48, :80] + 0.5
+    centre = np.stack([(weight * xs).sum((1, 2)), (weight * ys).sum((1, 2))], -1) / weight.sum(
+        (1, 2))[:, None]
+    offset = radius_px("large", 48, 80) * 0.866 / 3 if shape == "triangle" else 0.0
+    np.testing.assert_allclose(centre, truth.position[:, 0] + [0.0, offset], atol=0.15)
+
+
+def test_bounces_stay_inside_and_conserve_speed():
+    scene = Scene((ObjectSpec("square", "blue", "large", "up-left", "fast"),), "white",
+                  ((0.3, 0.5),), "")
+    _, truth = render(scene, 400)
+    ext = half_extent("square", radius_px("large", 64, 64))
+    pos, vel = truth.position[:, 0], truth.velocity[:, 0]
+    assert (pos >= np.array(ext) - 1e-4).all() and (pos <= 64 - np.array(ext) + 1e-4).all()
+    np.testing.assert_allclose(np.hypot(vel[:, 0], vel[:, 1]), 4.0, rtol=1e-5)
+    assert len(np.unique(np.sign(vel), axis=0)) == 4  # bounced off both pairs of walls
+    step = np.diff(pos, axis=0)
+    no_bounce = (np.sign(vel[1:]) == np.sign(vel[:-1])).all(1)
+    np.testing.assert_allclose(step[no_bounce], vel[1:][no_bounce], atol=1e-4)
+
+
+def test_starts_leave_lead_time_before_first_bounce():
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        scene = sample_scene(rng)
+        _, truth = render(scene, int(LEAD_SECONDS * scene.fps) + 1)
+        assert (truth.velocity == truth.velocity[:1]).all()
+
+
+def test_stream_is_endless_and_matches_render():
+    scene = sample_scene(5)
+    chunks = list(itertools.islice(stream_scene(scene, chunk_frames=8), 3))
+    video, truth = render(scene, 24)
+    assert np.array_equal(np.concatenate([c[0] for c in chunks]), video)
+    assert np.array_equal(np.concatenate([c[1].position for c in chunks]), truth.position)
+    far = next(stream_scene(scene, chunk_frames=4, start=10**6))
+    assert np.array_equal(far[0], render(scene, 4, start=10**6)[0])
+
+
+def test_occluded_object_is_not_visible():
+    under = ObjectSpec("circle", "red", "small", "right", "slow")
+    over = ObjectSpec("square", "green", "large", "right", "slow")
+    _, truth = render(Scene((under, over), "black", ((0.5, 0.5), (0.5, 0.5)), ""), 3)
+    assert truth.visible.tolist() == [[False, True]] * 3
+
+
+def test_held_out_split():
+    combos = [(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS]
+    test = [x for x in combos if combo_split(*x) == "test"]
+    assert len(test) == 24
+    for i in range(3):  # every colour, shape and direction is held out somewhere and trained elsewhere
+        assert {x[i] for x in test} == {x[i] for x in combos}
+    rng = np.random.default_rng(2)
+    for split in ("train", "test"):
+        for _ in range(30):
+            scene = sample_scene(rng, split=split)
+            assert scene_split(scene) == split
+            assert len({o.colour for o in scene.objects}) == len(scene.objects)
+
+
+def test_describe_states_every_attribute():
+    spec = PromptSpec((ObjectSpec("triangle", "orange", "large", "down-left", "slow"),), "white")
+    for seed in range(20):
+        assert parse_prompt(describe(spec, seed)) == spec
