@@ -1,0 +1,189 @@
+"""``reward-forcing`` command line.
+
+``reward-forcing generate --prompt "..." --seconds 60 --out video.mp4`` streams a video chunk by
+chunk into an H.264 mp4. The file appears only when complete: frames go to a temporary file in
+the output's folder, renamed over ``--out`` at the end (removed on error or Ctrl-C).
+
+``--prompts FILE`` switches prompts at given times. One switch per line: the time in seconds, a
+tab (or spaces), the prompt; blank lines and lines starting with ``#`` are ignored. A line at
+time 0 may replace ``--prompt``::
+
+    0	a red ball rolls to the left on green grass
+    4.5	a blue square slides to the right
+
+Bad arguments print one line on stderr and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import warnings
+from fractions import Fraction
+from pathlib import Path
+
+PROG = "reward-forcing"
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Real-time streaming text-to-video (Reward Forcing).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    g = sub.add_parser("generate", help="generate a video into an mp4 file",
+                       description="Stream a video chunk by chunk into an H.264 mp4 file.",
+                       epilog="--prompts FILE: one 'SECONDS<TAB>prompt' line per switch; "
+                              "'#' comments and blank lines are ignored.")
+    g.add_argument("--prompt", help="the text prompt (optional when --prompts has a line at 0)")
+    g.add_argument("--seconds", type=_positive_float, default=5.0, help="video length (default 5)")
+    g.add_argument("--out", required=True, type=Path, help="output .mp4 path")
+    g.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    g.add_argument("--prompts", type=Path, help="timed prompt switches (see below)")
+    g.add_argument("--checkpoint", type=Path, help="transformer weights (Wan safetensors, "
+                   "Self/Reward Forcing .pt, or a diffusers folder)")
+    g.add_argument("--text-encoder", type=Path, help="UMT5 encoder folder (transformers format)")
+    g.add_argument("--vae", type=Path, help="Wan VAE folder (diffusers AutoencoderKLWan)")
+    g.add_argument("--height", type=int, help="pixels, a multiple of 16 (default 480; 64 for "
+                   "the random model)")
+    g.add_argument("--width", type=int, help="pixels, a multiple of 16 (default 832; 112 for "
+                   "the random model)")
+    g.add_argument("--sink-frames", type=int, default=3, help="EMA-Sink frames (0: plain window)")
+    g.add_argument("--window-frames", type=int, default=3, help="sliding-window frames")
+    g.add_argument("--chunk-frames", type=int, default=3, help="latent frames per chunk")
+    g.add_argument("--alpha", type=float, default=0.999, help="EMA-Sink factor (1: frozen sink)")
+    g.add_argument("--sink-dtype", choices=_DTYPES, default="float32", help="EMA-Sink precision")
+    g.add_argument("--recache", action="store_true",
+                   help="re-encode the cache under the new prompt at each switch")
+    g.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    g.add_argument("--fps", type=_positive_float, default=16.0, help="frame rate (default 16)")
+    return parser
+
+
+def _read_prompts(path: Path) -> list[tuple[float, str]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"--prompts file {path} does not exist")
+    switches = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(None, 1)
+        try:
+            seconds = float(parts[0])
+        except ValueError:
+            seconds = math.nan
+        if len(parts) < 2 or not (math.isfinite(seconds) and seconds >= 0):
+            raise ValueError(f"{path}:{number}: expected 'SECONDS<TAB>prompt' with SECONDS >= 0, "
+                             f"got {line!r}")
+        switches.append((seconds, parts[1]))
+    if not switches:
+        raise ValueError(f"--prompts file {path} has no switches")
+    return switches
+
+
+def _pipeline(args):
+    import torch
+
+    from .pipelines import StreamingPipeline
+
+    paths = {"--checkpoint": args.checkpoint, "--text-encoder": args.text_encoder, "--vae": args.vae}
+    given = [name for name, p in paths.items() if p is not None]
+    if given and len(given) < 3:
+        raise ValueError(f"give --checkpoint, --text-encoder and --vae together (got only {', '.join(given)})")
+    for name, p in paths.items():
+        if p is not None and not p.exists():
+            raise FileNotFoundError(f"{name} {p} does not exist")
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        raise ValueError(f"--device {args.device}: {e}") from None
+    kwargs = dict(sink_frames=args.sink_frames, window_frames=args.window_frames,
+                  chunk_frames=args.chunk_frames, alpha=args.alpha,
+                  sink_dtype=getattr(torch, args.sink_dtype), fps=args.fps, recache=args.recache,
+                  offload_text_encoder=device.type != "cpu")
+    kwargs.update({k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None})
+    if given:
+        return StreamingPipeline.from_pretrained(args.checkpoint, args.text_encoder, args.vae,
+                                                 device=device, **kwargs)
+    print(f"{PROG}: warning: no --checkpoint/--text-encoder/--vae: using a tiny RANDOM model; "
+          "the video will not follow the prompt", file=sys.stderr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return StreamingPipeline.tiny_random(device=device, **kwargs)
+
+
+def write_mp4(path: Path, chunks, *, fps: float, width: int, height: int, progress=None) -> int:
+    """Encodes ``uint8 [F, H, W, 3]`` chunks into ``path`` (H.264, yuv420p) atomically: a
+    temporary file in the same folder, renamed over ``path`` once complete; removed on any
+    error or interruption. Returns the number of frames written."""
+    import av
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    frames = 0
+    try:
+        with av.open(tmp, mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            for chunk in chunks:
+                for image in chunk:
+                    container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+                frames += len(chunk)
+                if progress is not None:
+                    progress.update(len(chunk))
+            container.mux(stream.encode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return frames
+
+
+def _one_line(error: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)  # exits with status 2 on bad options
+    try:
+        if args.out.is_dir() or not args.out.parent.is_dir():
+            raise ValueError(f"--out {args.out}: not a file in an existing folder")
+        switches = _read_prompts(args.prompts) if args.prompts is not None else None
+        pipe = _pipeline(args)
+        chunks = pipe.stream(args.prompt, args.seconds, seed=args.seed, prompts=switches)
+    except Exception as e:  # everything up to here reads the user's arguments and files
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+    from tqdm import tqdm
+
+    try:
+        with tqdm(total=pipe.end_frame, unit="frame", desc="generating", dynamic_ncols=True) as bar:
+            frames = write_mp4(args.out, chunks, fps=pipe.fps, width=pipe.width, height=pipe.height,
+                               progress=bar)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; {args.out} not written", file=sys.stderr)
+        return 130
+    print(f"{PROG}: wrote {frames} frames ({frames / pipe.fps:.2f} s at {pipe.fps:g} fps, "
+          f"{pipe.width}x{pipe.height}) to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

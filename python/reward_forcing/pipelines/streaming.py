@@ -1,0 +1,334 @@
+"""Endless text-to-video streaming with the causal Wan model and the EMA-Sink cache (DESIGN §2, §4).
+
+Per chunk of ``chunk_frames`` latent frames: the few-step schedule (each step one
+``forward_chunk`` against the cache as it stands, fresh noise between steps), one more forward of
+the clean chunk at t = 0 that appends its keys/values to the cache, then the causal VAE decode of
+the chunk, so its frames can be shown at once. Everything a stream holds has a fixed size: the
+cache, the last ``sink + window`` clean latent frames (for the KV re-cache) and the VAE's temporal
+cache.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..models.causal_wan import CausalWanModel
+from ..models.text_encoder import HashedTextEncoder, clean_prompt
+from ..models.vae import StreamingVAEDecoder
+from ..models.wan_config import WAN_TINY
+from ..scheduler import FewStepFlowSchedule
+
+_STATE_VERSION = 1
+
+
+def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
+    """VAE output ``[1, 3, F, H, W]`` in [-1, 1] -> ``uint8 [F, H, W, 3]`` (numpy, CPU)."""
+    x = ((video[0].float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return x.permute(1, 2, 3, 0).cpu().numpy()
+
+
+class StreamingPipeline:
+    """Streams video for one prompt at a time (batch 1).
+
+    ``model`` a :class:`CausalWanModel`; ``vae`` a diffusers ``AutoencoderKLWan``; ``text_encoder``
+    a callable ``prompts -> [B, L, text_dim]`` states, zero after the real tokens (see
+    :mod:`reward_forcing.models.text_encoder`; it bundles its tokenizer). ``height x width`` are
+    pixels (multiples of 16 for Wan). ``sink_frames``, ``window_frames``, ``chunk_frames``,
+    ``alpha``, ``sink_dtype`` configure the EMA-Sink cache (DESIGN §2). ``fps`` is the video
+    frame rate, which turns seconds into frames. ``recache`` re-encodes the cache under a new
+    prompt at a prompt switch; ``sink_recache`` then keeps the sink (``"keep"``) or rebuilds it
+    from the kept clean latents (``"reinit"``). ``offload_text_encoder`` moves the text encoder to
+    the CPU after each use.
+
+    Output: :meth:`stream` yields, chunk by chunk, ``uint8`` numpy arrays ``[frames, H, W, 3]``
+    (RGB): ``1 + 4 (C - 1)`` frames for the first chunk, ``4 C`` for every later one (Wan's VAE).
+
+    ``forward_chunk`` (the model's, by default) is the one entry point of every transformer call,
+    with the signature of :meth:`CausalWanModel.forward_chunk`: replace it with a compiled or
+    CUDA-graph-captured version to accelerate the loop.
+    """
+
+    def __init__(self, model: CausalWanModel, vae, text_encoder, *, height: int = 480,
+                 width: int = 832, sink_frames: int = 3, window_frames: int = 3,
+                 chunk_frames: int = 3, alpha: float = 0.999, sink_dtype: torch.dtype = torch.float32,
+                 schedule: FewStepFlowSchedule | None = None, fps: float = 16.0,
+                 recache: bool = False, sink_recache: str = "keep",
+                 offload_text_encoder: bool = False, cache_backend: str = "auto"):
+        if sink_recache not in ("keep", "reinit"):
+            raise ValueError(f"sink_recache must be 'keep' or 'reinit', got {sink_recache!r}")
+        if not fps > 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.model = model.eval()
+        self.vae, self.text_encoder = vae, text_encoder
+        self.decoder = StreamingVAEDecoder(vae)
+        self.schedule = schedule or FewStepFlowSchedule()
+        self.fps, self.recache, self.sink_recache = float(fps), recache, sink_recache
+        self.offload_text_encoder = offload_text_encoder
+        self.forward_chunk = model.forward_chunk
+
+        cfg, scale = model.config, self.decoder.spatial_scale
+        pt, ph, pw = cfg.patch_size
+        if pt != 1:
+            raise ValueError(f"streaming needs a temporal patch size of 1, the model has {pt}")
+        if height <= 0 or width <= 0 or height % (scale * ph) or width % (scale * pw):
+            raise ValueError(f"height and width must be positive multiples of {scale * ph} x "
+                             f"{scale * pw}, got {height} x {width}")
+        self.height, self.width = height, width
+        self.latent_shape = (1, cfg.in_dim, chunk_frames, height // scale, width // scale)
+        self.device = model.device
+        self.cache = model.new_cache(1, height // scale // ph, width // scale // pw,
+                                     sink_frames=sink_frames, window_frames=window_frames,
+                                     chunk_frames=chunk_frames, alpha=alpha, sink_dtype=sink_dtype,
+                                     backend=cache_backend)
+        self.generator = torch.Generator(self.device)
+        self._started = False
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, checkpoint, text_encoder, vae, *, device=None,
+                        dtype: torch.dtype | None = None, **kwargs) -> "StreamingPipeline":
+        """Loads a transformer checkpoint (any format of DESIGN §6), a UMT5 text encoder folder
+        and a Wan VAE folder, all local. Default device: CUDA when present; dtype: bf16 on CUDA
+        (the VAE and text encoder too), float32 on the CPU."""
+        from ..models.loading import load_causal_wan
+        from ..models.text_encoder import UMT5TextEncoder
+        from ..models.vae import load_wan_vae
+
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        model = load_causal_wan(checkpoint, dtype=dtype, device=device)
+        encoder = UMT5TextEncoder.from_pretrained(text_encoder, text_len=model.config.text_len,
+                                                  dtype=dtype, device=device)
+        return cls(model, load_wan_vae(vae, dtype=dtype, device=device), encoder, **kwargs)
+
+    @classmethod
+    def tiny_random(cls, *, device="cpu", seed: int = 0, **kwargs) -> "StreamingPipeline":
+        """A RANDOM-weight pipeline (``WAN_TINY`` transformer, tiny Wan-layout VAE, hashed-word
+        text encoder): it runs anywhere in seconds and shows noise-like video. For tests and
+        demos without weights; warns that it is random."""
+        from ..models.vae import tiny_random_wan_vae
+
+        warnings.warn("reward_forcing: using a tiny RANDOM model (no trained weights): the video "
+                      "will not follow the prompt", stacklevel=2)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = CausalWanModel(WAN_TINY)
+        text = HashedTextEncoder(WAN_TINY.text_dim, WAN_TINY.text_len, seed=seed)
+        kwargs.setdefault("height", 64)
+        kwargs.setdefault("width", 112)
+        return cls(model.to(device), tiny_random_wan_vae(seed, device=device), text.to(device), **kwargs)
+
+    # ------------------------------------------------------------------ timing
+    @property
+    def chunk_frames(self) -> int:
+        return self.cache.chunk_frames
+
+    def chunk_start_frame(self, chunk: int) -> int:
+        """Index of the first video frame that chunk ``chunk`` decodes to."""
+        return 0 if chunk == 0 else self.decoder.frames_for(chunk * self.chunk_frames, first=True)
+
+    def chunk_at(self, seconds: float) -> int:
+        """The first chunk whose frames all start at or after ``seconds``."""
+        frame = math.ceil(seconds * self.fps - 1e-9)
+        chunk = 0
+        while self.chunk_start_frame(chunk) < frame:
+            chunk += 1
+        return chunk
+
+    # ------------------------------------------------------------------ streaming
+    def stream(self, prompt: str | None, seconds: float | None = None, *, seed: int = 0,
+               prompts: Sequence[tuple[float, str]] | None = None) -> Iterator[np.ndarray]:
+        """Starts a new stream and returns its frames chunk by chunk (see the class doc); endless
+        when ``seconds`` is None, else exactly ``round(seconds * fps)`` frames. ``prompts``:
+        timed switches ``[(seconds, prompt), ...]``; each takes effect at the first chunk starting
+        at or after its time (:meth:`chunk_at`); an entry at 0 may replace ``prompt``. Same
+        seed and arguments, same frames. Arguments are checked at the call, not at iteration."""
+        timed = sorted((_check_seconds(t, "switch time", zero_ok=True), clean_prompt(p))
+                       for t, p in (prompts or ()))
+        switches = [(self.chunk_at(t), p) for t, p in timed]
+        while switches and switches[0][0] == 0:
+            prompt = switches.pop(0)[1]
+        if prompt is None:
+            raise ValueError("no prompt: give one, or a switch at time 0")
+        end = None if seconds is None else max(1, round(_check_seconds(seconds) * self.fps))
+        self._start(clean_prompt(prompt), seed, end, switches)
+        return self.resume()
+
+    def generate(self, prompt: str | None, seconds: float, *, seed: int = 0,
+                 prompts: Sequence[tuple[float, str]] | None = None) -> np.ndarray:
+        """The whole clip: ``uint8 [round(seconds * fps), H, W, 3]``."""
+        if seconds is None:
+            raise ValueError("generate needs a finite number of seconds")
+        return np.concatenate(list(self.stream(prompt, seconds, seed=seed, prompts=prompts)))
+
+    def resume(self) -> Iterator[np.ndarray]:
+        """Continues the current stream (e.g. after :meth:`load_state_dict`) where it stands."""
+        if not self._started:
+            raise RuntimeError("no stream to resume: call stream() or load_state_dict() first")
+        return self._chunks()
+
+    def _chunks(self) -> Iterator[np.ndarray]:
+        while self.end_frame is None or self.frames_emitted < self.end_frame:
+            yield self.next_chunk()
+
+    def set_prompt(self, prompt: str, recache: bool | None = None) -> None:
+        """Switches the prompt from the next chunk on (interactive use); ``recache`` overrides
+        the pipeline's setting."""
+        if not self._started:
+            raise RuntimeError("no stream: call stream() first")
+        prompt = clean_prompt(prompt)
+        self._switch(prompt, self._encode([prompt])[prompt], self.recache if recache is None else recache)
+
+    @torch.no_grad()
+    def next_chunk(self) -> np.ndarray:
+        """Generates, caches and decodes one chunk; returns its frames (trimmed at the end)."""
+        if not self._started:
+            raise RuntimeError("no stream: call stream() first")
+        while self._switches and self._switches[0][0] <= self.chunk_index:
+            _, prompt = self._switches.pop(0)
+            self._switch(prompt, self._prompt_states[prompt], self.recache)
+        x0 = self._denoise()
+        self.forward_chunk(x0, 0.0, self._text, self.cache, update_cache=True)
+        keep = self.cache.sink_frames + self.cache.window_frames
+        kept = torch.cat([self._kept, x0], 2)
+        self._kept = kept[:, :, kept.shape[2] - keep:]
+        frames = to_uint8_frames(self.decoder.decode(x0))
+        self.chunk_index += 1
+        if self.end_frame is not None:
+            frames = frames[:self.end_frame - self.frames_emitted]
+        self.frames_emitted += len(frames)
+        return frames
+
+    def _denoise(self) -> torch.Tensor:
+        """The few-step schedule for one chunk: the clean latents ``x0_hat`` (float32)."""
+        sched = self.schedule
+        x = self._noise()
+        for i, (t, sigma) in enumerate(zip(sched.timesteps, sched.sigmas)):
+            velocity = self.forward_chunk(x, t, self._text, self.cache, update_cache=False)
+            x0 = sched.predict_x0(x, velocity.float(), sigma)
+            if i + 1 < len(sched):
+                x = sched.add_noise(x0, self._noise(), sched.sigmas[i + 1])
+        return x0
+
+    def _noise(self) -> torch.Tensor:
+        return torch.randn(self.latent_shape, generator=self.generator, device=self.device)
+
+    # ------------------------------------------------------------------ prompts
+    def _encode(self, prompts) -> dict[str, torch.Tensor]:
+        """Runs the text encoder once for the given (cleaned) prompts."""
+        prompts = list(dict.fromkeys(prompts))
+        if self.offload_text_encoder:
+            self.text_encoder.to(self.device)
+        states = self.text_encoder(prompts)
+        if self.offload_text_encoder:
+            self.text_encoder.to("cpu")
+        if states.shape[1] > self.model.config.text_len:
+            raise ValueError(f"the text encoder gives {states.shape[1]} tokens, the model takes "
+                             f"at most {self.model.config.text_len}")
+        return {p: states[i:i + 1] for i, p in enumerate(prompts)}
+
+    @torch.no_grad()
+    def _switch(self, prompt: str, states: torch.Tensor, recache: bool) -> None:
+        self.prompt, self._text = prompt, self.model.encode_text(states)
+        if recache:
+            self._recache()
+
+    def _recache(self) -> None:
+        """KV re-cache (DESIGN §2): re-encodes the kept clean latents under the current prompt.
+        Before any frame left the window, the kept latents are the whole stream and the cache is
+        rebuilt exactly. Afterwards the sink is an EMA history: ``"keep"`` puts it back and
+        re-encodes the window frames after it; ``"reinit"`` rebuilds sink and window from the
+        last ``sink + window`` frames. The cache's frame counters restart (RoPE only sees
+        differences of positions), so the EMA slot order restarts at slot 0."""
+        cache = self.cache
+        s, w, c = cache.sink_frames, cache.window_frames, cache.chunk_frames
+        n, frames = cache.frames_appended[0], self._kept
+        if n == 0:
+            return
+        sink = None
+        if self.sink_recache == "keep" and n > s + w and s > 0:
+            sink = cache.sink_k.clone(), cache.sink_v.clone()
+            frames = frames[:, :, frames.shape[2] - w:]
+        cache.reset()
+        if sink is not None:
+            per_append = c * cache.frame_tokens
+            for i in range(cache.num_layers):
+                for k, v in zip(sink[0][i].split(per_append, 1), sink[1][i].split(per_append, 1)):
+                    cache.layer(i).append(k.to(cache.dtype), v.to(cache.dtype))
+            cache.sink_k.copy_(sink[0])  # back to full precision: append stored the cache dtype
+            cache.sink_v.copy_(sink[1])
+        for piece in frames.split(c, 2):
+            self.forward_chunk(piece, 0.0, self._text, cache, update_cache=True)
+
+    # ------------------------------------------------------------------ state
+    @torch.no_grad()
+    def _start(self, prompt: str, seed: int, end_frame, switches) -> None:
+        self._prompt_states = self._encode([prompt] + [p for _, p in switches])
+        self._switches = [tuple(e) for e in switches]
+        self.prompt, self._text = prompt, self.model.encode_text(self._prompt_states[prompt])
+        self.seed, self.end_frame = int(seed), end_frame
+        self.chunk_index = self.frames_emitted = 0
+        self.generator.manual_seed(self.seed)
+        self.cache.reset()
+        self.decoder.reset()
+        self._kept = torch.zeros(*self.latent_shape[:2], 0, *self.latent_shape[3:], device=self.device)
+        self._started = True
+
+    def _geometry(self) -> dict:
+        c = self.cache
+        return dict(height=self.height, width=self.width, sink_frames=c.sink_frames,
+                    window_frames=c.window_frames, chunk_frames=c.chunk_frames, alpha=c.alpha,
+                    fps=self.fps, steps=self.schedule.steps, shift=self.schedule.shift)
+
+    def state_dict(self) -> dict:
+        """A copy of everything a stream needs to continue (take it between chunks): cache
+        tensors and counters, kept latents, noise RNG, VAE decode cache, chunk/frame counters,
+        prompts. Tensors stay on their device; ``torch.save`` it to resume in another process."""
+        if not self._started:
+            raise RuntimeError("no stream: call stream() first")
+        c = self.cache
+        return {
+            "version": _STATE_VERSION, "geometry": self._geometry(),
+            "cache": {name: getattr(c, name).clone() for name in ("k", "v", "sink_k", "sink_v", "state")}
+                     | {"frames_appended": list(c.frames_appended)},
+            "kept_latents": self._kept.clone(), "generator": self.generator.get_state(),
+            "decoder": self.decoder.state_dict(), "seed": self.seed, "chunk_index": self.chunk_index,
+            "frames_emitted": self.frames_emitted, "end_frame": self.end_frame,
+            "prompt": self.prompt, "switches": list(self._switches),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores a stream saved by :meth:`state_dict` (same model, VAE and settings); prompts
+        are encoded again. Then :meth:`resume` continues it."""
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"unknown stream state version {state.get('version')!r}")
+        if state["geometry"] != self._geometry():
+            raise ValueError(f"the stream was saved with {state['geometry']}, "
+                             f"this pipeline has {self._geometry()}")
+        self._start(state["prompt"], state["seed"], state["end_frame"], state["switches"])
+        c, saved = self.cache, state["cache"]
+        for name in ("k", "v", "sink_k", "sink_v", "state"):
+            dst, src = getattr(c, name), saved[name]
+            if src.shape != dst.shape or src.dtype != dst.dtype:
+                raise ValueError(f"cache.{name}: saved {tuple(src.shape)} {src.dtype}, "
+                                 f"expected {tuple(dst.shape)} {dst.dtype}")
+            dst.copy_(src)
+        c.frames_appended = list(saved["frames_appended"])
+        self._kept = state["kept_latents"].to(self.device).clone()
+        self.generator.set_state(state["generator"])
+        self.decoder.load_state_dict(state["decoder"])
+        self.chunk_index, self.frames_emitted = state["chunk_index"], state["frames_emitted"]
+
+
+def _check_seconds(seconds, what: str = "seconds", zero_ok: bool = False) -> float:
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number, got {seconds!r}") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        raise ValueError(f"{what} must be {'>= 0' if zero_ok else '> 0'} and finite, got {seconds!r}")
+    return value
