@@ -30,7 +30,7 @@ using acc_t = typename AccType<T>::type;
 
 // Conversions that round exactly like ATen's CPU copy_: to half/bfloat16 through float.
 template <typename To, typename From>
-__host__ __device__ __forceinline__ To convert(From x) {
+__host__ __device__ __forceinline__ To cast_to(From x) {
   if constexpr (std::is_same_v<To, c10::BFloat16> || std::is_same_v<To, c10::Half>) {
     return To(static_cast<float>(x));
   } else {

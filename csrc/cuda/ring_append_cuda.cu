@@ -101,8 +101,8 @@ __global__ void __launch_bounds__(256) ring_append_kernel(const RingAppendParams
       ST ks[VEC], vs[VEC];
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
-        ks[e] = convert<ST>(kx[e]);
-        vs[e] = convert<ST>(vx[e]);
+        ks[e] = cast_to<ST>(kx[e]);
+        vs[e] = cast_to<ST>(vx[e]);
       }
       store_n<ST, VEC, kVec>(sk + sink_off(f), ks);
       store_n<ST, VEC, kVec>(sv + sink_off(f), vs);
@@ -115,7 +115,7 @@ __global__ void __launch_bounds__(256) ring_append_kernel(const RingAppendParams
       for (int e = 0; e < VEC; ++e) x[e] = static_cast<A>(kx[e]);
       rotate(x, f, false);
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) kx[e] = convert<CT>(x[e]);
+      for (int e = 0; e < VEC; ++e) kx[e] = cast_to<CT>(x[e]);
     }
     store_n<CT, VEC, kVec>(kc + cache_off(slot), kx);
     store_n<CT, VEC, kVec>(vc + cache_off(slot), vx);
@@ -134,8 +134,8 @@ __global__ void __launch_bounds__(256) ring_append_kernel(const RingAppendParams
     rotate(x, e, true);
 #pragma unroll
     for (int q = 0; q < VEC; ++q) {
-      ks[q] = convert<ST>(static_cast<A>(ks[q]) * a_old + x[q] * a_new);
-      vs[q] = convert<ST>(static_cast<A>(vs[q]) * a_old + static_cast<A>(ve[q]) * a_new);
+      ks[q] = cast_to<ST>(static_cast<A>(ks[q]) * a_old + x[q] * a_new);
+      vs[q] = cast_to<ST>(static_cast<A>(vs[q]) * a_old + static_cast<A>(ve[q]) * a_new);
     }
     store_n<ST, VEC, kVec>(sk + sink_off(j), ks);
     store_n<ST, VEC, kVec>(sv + sink_off(j), vs);
@@ -158,8 +158,8 @@ __global__ void __launch_bounds__(256) ring_append_kernel(const RingAppendParams
     rotate(x, p0 - filled + j, false);
 #pragma unroll
     for (int q = 0; q < VEC; ++q) {
-      ko[q] = convert<CT>(x[q]);
-      vo[q] = convert<CT>(static_cast<A>(vs[q]));
+      ko[q] = cast_to<CT>(x[q]);
+      vo[q] = cast_to<CT>(static_cast<A>(vs[q]));
     }
     store_n<CT, VEC, kVec>(kc + cache_off(j), ko);
     store_n<CT, VEC, kVec>(vc + cache_off(j), vo);

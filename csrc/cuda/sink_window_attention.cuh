@@ -50,8 +50,9 @@ __host__ __device__ inline KeyMap make_key_map(int64_t n, int64_t S, int64_t W, 
 }
 
 // Launchers of the tensor-core path (bf16 / fp16, head dim 64 or 128), one translation unit per
-// dtype. `warps`: 8 (128-query tiles, default) or 4 (64-query tiles).
-void launch_swa_mma_bf16(const SwaParams& p, int warps, cudaStream_t stream);
-void launch_swa_mma_fp16(const SwaParams& p, int warps, cudaStream_t stream);
+// dtype. `config` (head dim 128): 0 = 4 warps x 32 query rows (default), 1 = 8 warps x 16 rows,
+// 2 = 4 warps x 16 rows (see swa_mma.cuh).
+void launch_swa_mma_bf16(const SwaParams& p, int config, cudaStream_t stream);
+void launch_swa_mma_fp16(const SwaParams& p, int config, cudaStream_t stream);
 
 }  // namespace reward_forcing::cuda

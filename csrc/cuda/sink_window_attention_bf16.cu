@@ -3,7 +3,7 @@
 #include "cuda/swa_mma.cuh"
 
 namespace reward_forcing::cuda {
-void launch_swa_mma_bf16(const SwaParams& p, int warps, cudaStream_t stream) {
-  mma::launch_dtype<__nv_bfloat16>(p, warps, stream);
+void launch_swa_mma_bf16(const SwaParams& p, int config, cudaStream_t stream) {
+  mma::launch_dtype<__nv_bfloat16>(p, config, stream);
 }
 }  // namespace reward_forcing::cuda

@@ -12,8 +12,9 @@
 // n is read from `state` on the device in both kernels: no host synchronisation, so the op can be
 // captured in a CUDA graph. Semantics: the CPU twin csrc/cpu/sink_window_attention_cpu.cpp.
 //
-// Environment knobs (benchmarking): RF_SWA_KERNEL=generic forces the simple kernel;
-// RF_SWA_WARPS=4 picks 64-query tiles (4 warps) instead of 128 (8 warps) for head dim 128.
+// Environment knobs (benchmarking, read per call): RF_SWA_KERNEL=generic forces the simple kernel;
+// RF_SWA_TILE=8x16 (8 warps x 16 query rows, Q in registers) or 4x16 (64-query tiles) replaces the
+// default 4x32 (4 warps x 32 rows, FlashAttention-2's layout) for head dim 128.
 #include <cstdlib>
 #include <cstring>
 
@@ -55,8 +56,8 @@ __global__ void __launch_bounds__(128)
     const int64_t off = ((b * Lq + row) * H + h) * D + 2 * i;
     const A x0 = static_cast<A>(k[off]), x1 = static_cast<A>(k[off + 1]);
     const A c = scs[2 * i], s = scs[2 * i + 1];
-    k_rot[off] = convert<T>(x0 * c - x1 * s);
-    k_rot[off + 1] = convert<T>(x0 * s + x1 * c);
+    k_rot[off] = cast_to<T>(x0 * c - x1 * s);
+    k_rot[off + 1] = cast_to<T>(x0 * s + x1 * c);
   }
 }
 
@@ -120,7 +121,7 @@ __global__ void __launch_bounds__(128) swa_fwd_generic_kernel(const SwaParams p)
     m = m_new;
   }
   T* orow = static_cast<T*>(p.out) + (b * p.Lq + row) * HD + h * D;
-  for (int64_t d = lane; d < D; d += 32) orow[d] = convert<T>(so[d] / l);
+  for (int64_t d = lane; d < D; d += 32) orow[d] = cast_to<T>(so[d] / l);
 }
 
 bool env_is(const char* name, const char* value) {
@@ -203,12 +204,15 @@ at::Tensor sink_window_attention_cuda(const at::Tensor& q, const at::Tensor& k,
   const bool aligned = aligned_to(p.q, 16) && aligned_to(p.k_chunk, 16) &&
                        aligned_to(p.v_chunk, 16) && aligned_to(p.k_cache, 16) &&
                        aligned_to(p.v_cache, 16) && aligned_to(p.out, 16);
-  if (half_type && (D == 64 || D == 128) && aligned && !env_is("RF_SWA_KERNEL", "generic")) {
-    const int warps = env_is("RF_SWA_WARPS", "4") ? 4 : 8;
+  const int64_t limit = int64_t{1} << 30;  // the tensor-core kernel's 32-bit offsets
+  const bool fits32 = (p.cache_rows + Lq) * g.heads * D < limit;
+  if (half_type && (D == 64 || D == 128) && aligned && fits32 &&
+      !env_is("RF_SWA_KERNEL", "generic")) {
+    const int config = env_is("RF_SWA_TILE", "8x16") ? 1 : (env_is("RF_SWA_TILE", "4x16") ? 2 : 0);
     if (dtype == at::kBFloat16) {
-      launch_swa_mma_bf16(p, warps, stream);
+      launch_swa_mma_bf16(p, config, stream);
     } else {
-      launch_swa_mma_fp16(p, warps, stream);
+      launch_swa_mma_fp16(p, config, stream);
     }
     return out;
   }

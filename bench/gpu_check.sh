@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# One-shot GPU check (H100/H200, ~8 minutes): build the extension with its CUDA kernels (sm_90a),
+# run the GPU tests, run the kernel benchmark. Everything useful lands in $OUT:
+#   build.log, gpu_tests.log, bench.log, <device>-kernels.json / .md, env.txt
+# Usage (repository root): OUT=/some/dir bash bench/gpu_check.sh
+# Never aborts early on a test failure: the benchmark still runs (it checks its own correctness).
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/rf-gpu-out}
+mkdir -p "$OUT"
+START=$(date +%s)
+elapsed() { echo $(( $(date +%s) - START )); }
+say() { echo "[gpu_check $(elapsed)s] $*"; }
+
+# ---------------------------------------------------------------- environment
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if ! command -v nvcc >/dev/null 2>&1; then
+  for d in /usr/local/cuda/bin /usr/local/cuda-13.0/bin; do
+    [ -x "$d/nvcc" ] && export PATH="$d:$PATH" && break
+  done
+fi
+{
+  echo "date: $(date -u)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu --format=csv 2>&1
+  echo "nvcc: $(command -v nvcc) $(nvcc --version 2>&1 | tail -1)"
+  python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO GPU')"
+  python3 -c "import cutlass_library, os; print('cutlass include:', os.path.join(os.path.dirname(cutlass_library.__file__), 'source', 'include'))" 2>&1 | tail -1
+  python3 -c "import triton; print('triton', triton.__version__)" 2>&1 | tail -1
+} | tee "$OUT/env.txt"
+
+# ---------------------------------------------------------------- build
+say "building (log: $OUT/build.log)"
+TORCH_CUDA_ARCH_LIST=9.0a MAX_JOBS=16 CMAKE_BUILD_PARALLEL_LEVEL=16 \
+  timeout 330 python3 -m pip install --no-build-isolation --no-deps -v -C build-dir=build/gpu . \
+  > "$OUT/build.log" 2>&1
+build_rc=$?
+if [ $build_rc -ne 0 ] && grep -q "externally-managed-environment" "$OUT/build.log"; then
+  say "pip refused the system environment; retrying with --break-system-packages"
+  TORCH_CUDA_ARCH_LIST=9.0a MAX_JOBS=16 CMAKE_BUILD_PARALLEL_LEVEL=16 \
+    timeout 330 python3 -m pip install --break-system-packages --no-build-isolation --no-deps -v \
+    -C build-dir=build/gpu . > "$OUT/build.log" 2>&1
+  build_rc=$?
+fi
+tail -40 "$OUT/build.log"
+if [ $build_rc -ne 0 ]; then
+  say "BUILD FAILED (rc=$build_rc); compiler errors:"
+  grep -nE "error|FAILED|Error" "$OUT/build.log" | head -80
+  exit 1
+fi
+say "build ok"
+set -o pipefail
+cd /tmp && python3 -c "
+import reward_forcing, torch
+print('reward_forcing', reward_forcing.__file__, 'HAS_CPP', reward_forcing.HAS_CPP, 'HAS_CUDA_KERNELS', reward_forcing.HAS_CUDA_KERNELS)
+" 2>&1 | tee -a "$OUT/env.txt"
+cd - >/dev/null
+so=$(python3 -c "import reward_forcing._C as c; print(c.__file__)" 2>/dev/null)
+cuobj=$(command -v cuobjdump || python3 -c "import triton, os; print(os.path.join(os.path.dirname(triton.__file__), 'backends/nvidia/bin/cuobjdump'))" 2>/dev/null)
+[ -n "$so" ] && [ -x "$cuobj" ] && "$cuobj" --list-elf "$so" 2>&1 | tee -a "$OUT/env.txt"
+
+# ---------------------------------------------------------------- tests
+say "GPU tests (log: $OUT/gpu_tests.log)"
+timeout 200 python3 -m pytest -q -p no:cacheprovider tests/ops -m gpu --durations=8 2>&1 | tee "$OUT/gpu_tests.log"
+tests_rc=$?
+say "tests rc=$tests_rc"
+
+# ---------------------------------------------------------------- benchmark
+left=$(( 470 - $(elapsed) ))
+budget=$(( left - 70 ))
+[ $budget -lt 45 ] && budget=45
+say "benchmark (budget ${budget}s, log: $OUT/bench.log)"
+timeout $(( budget + 90 )) python3 bench/kernels.py --out "$OUT" --budget "$budget" 2>&1 | tee "$OUT/bench.log"
+bench_rc=$?
+say "done: build ok, tests rc=$tests_rc, bench rc=$bench_rc"
+exit $(( tests_rc != 0 || bench_rc != 0 ))
