@@ -62,7 +62,7 @@ cuobj=$(command -v cuobjdump || python3 -c "import triton, os; print(os.path.joi
 
 # ---------------------------------------------------------------- tests
 say "GPU tests (log: $OUT/gpu_tests.log)"
-timeout 200 python3 -m pytest -q -p no:cacheprovider tests/ops -m gpu --durations=8 2>&1 | tee "$OUT/gpu_tests.log"
+timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_ops_cuda.py -m gpu --durations=8 2>&1 | tee "$OUT/gpu_tests.log"
 tests_rc=$?
 say "tests rc=$tests_rc"
 
@@ -73,5 +73,7 @@ budget=$(( left - 70 ))
 say "benchmark (budget ${budget}s, log: $OUT/bench.log)"
 timeout $(( budget + 90 )) python3 bench/kernels.py --out "$OUT" --budget "$budget" 2>&1 | tee "$OUT/bench.log"
 bench_rc=$?
-say "done: build ok, tests rc=$tests_rc, bench rc=$bench_rc"
+say "end-to-end DiT benchmark (log: $OUT/e2e.log)"
+timeout 150 python3 bench/e2e.py --out "$OUT" 2>&1 | tee "$OUT/e2e.log"
+say "done: build ok, tests rc=$tests_rc, bench rc=$bench_rc, e2e rc=$?"
 exit $(( tests_rc != 0 || bench_rc != 0 ))

@@ -13,11 +13,16 @@ TORCH_LIBRARY(reward_forcing, m) {
       "sink_window_attention(Tensor q, Tensor k, Tensor v, Tensor k_cache, Tensor v_cache, "
       "Tensor state, int frame_tokens, int sink_frames, int window_frames, float scale, "
       "Tensor? rope_freqs, Tensor? rope_spatial) -> Tensor");
+  m.def(
+      "stage_chunk(Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, "
+      "Tensor state, int frame_tokens, int sink_frames, int window_frames, Tensor? rope_freqs, "
+      "Tensor? rope_spatial) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(reward_forcing, CPU, m) {
   m.impl("ring_append", &reward_forcing::ring_append_cpu);
   m.impl("sink_window_attention", &reward_forcing::sink_window_attention_cpu);
+  m.impl("stage_chunk", &reward_forcing::stage_chunk_cpu);
 }
 
 PYBIND11_MODULE(_C, m) {

@@ -6,7 +6,7 @@ import reward_forcing
 from reward_forcing import ops, reference
 from reward_forcing.rope import wan_rope_tables
 
-BACKENDS = ["reference"] + (["kernel"] if reward_forcing.HAS_CPP else [])
+BACKENDS = ["reference", "sdpa"] + (["kernel"] if reward_forcing.HAS_CPP else [])
 
 
 def _qkv(b, n, h, d, dtype=torch.float64):
@@ -165,6 +165,32 @@ def test_opcheck(frames):
     torch.library.opcheck(torch.ops.reward_forcing.ring_append.default,
                           (lc.k, lc.v, lc.sink_k, lc.sink_v, lc.state, x, x, 3, 2, 3, 0.8,
                            cache.rope_freqs, cache.rope_spatial))
+
+
+@pytest.mark.skipif(not reward_forcing.HAS_CPP, reason="C++ extension not built")
+@pytest.mark.parametrize("frames", [0, 1, 4, 11])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_stage_chunk_matches_reference(frames, dtype):
+    """The C++ twin of stage_chunk: rotated q returned, rotated k and v in the chunk's ring slots."""
+    cache = _filled_cache(frames=frames, dtype=dtype)
+    lc = cache.layer(0)
+    q, k, v = (torch.randn(2, 6, 2, 8, dtype=dtype) for _ in range(3))
+    ref_k, ref_v = lc.k.clone(), lc.v.clone()
+    args = (lc.state, 3, 2, 3, cache.rope_freqs, cache.rope_spatial)
+    want = reference.stage_chunk(q, k, v, ref_k, ref_v, *args)
+    got = torch.ops.reward_forcing.stage_chunk(q, k, v, lc.k, lc.v, *args)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(lc.k, ref_k, rtol=0, atol=0)
+    torch.testing.assert_close(lc.v, ref_v, rtol=0, atol=0)
+    # the slots it wrote are exactly the ones ring_append gives the chunk's frames
+    staged = lc.k.clone()
+    lc.append(k, v)
+    n = cache.frames_appended[0]
+    ring_rows = [slot * 3 + t for f in range(n - 2, n) if f >= 2 for slot in [2 + (f - 2) % 5] for t in range(3)]
+    if ring_rows:
+        torch.testing.assert_close(lc.k[:, ring_rows], staged[:, ring_rows], rtol=0, atol=0)
+    torch.library.opcheck(torch.ops.reward_forcing.stage_chunk.default,
+                          (q, k, v, lc.k, lc.v, *args))
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -19,4 +19,10 @@ at::Tensor sink_window_attention_cuda(const at::Tensor& q, const at::Tensor& k,
                                       const std::optional<at::Tensor>& rope_freqs,
                                       const std::optional<at::Tensor>& rope_spatial);
 
+at::Tensor stage_chunk_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            at::Tensor k_cache, at::Tensor v_cache, const at::Tensor& state,
+                            int64_t frame_tokens, int64_t sink_frames, int64_t window_frames,
+                            const std::optional<at::Tensor>& rope_freqs,
+                            const std::optional<at::Tensor>& rope_spatial);
+
 }  // namespace reward_forcing

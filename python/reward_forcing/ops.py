@@ -44,6 +44,15 @@ Tensor? rope_spatial) -> Tensor``
     Returns ``[B, c*T, H, D]`` in q's dtype. Differentiable w.r.t. ``q, k, v``; the cache is a
     constant (backward works on a copy of the context taken at forward time, so later in-place
     appends cannot corrupt it).
+
+``stage_chunk(Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor state,
+int frame_tokens, int sink_frames, int window_frames, Tensor? rope_freqs, Tensor? rope_spatial)
+-> Tensor``
+    One pass that prepares a dense attention call over the whole buffer: rotates the chunk's
+    ``q`` and ``k`` at ``n, n+1, ...``, writes the rotated keys and the values of frames
+    ``f >= S`` into their ring slots ``S + (f - S) mod R`` (the slots the chunk will occupy after
+    ``ring_append``; outside the current context, since eviction is eager) and returns the rotated
+    ``q`` in q's dtype. Not differentiable (inference path).
 """
 from __future__ import annotations
 
@@ -194,27 +203,27 @@ def sink_window_attention(q, k, v, k_cache, v_cache, state, *, frame_tokens, sin
 def _attention_sdpa(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames,
                     scale, rope_freqs, rope_spatial, *, frames_appended=None):
     """SDPA on the storage of DESIGN §3. In the steady state (window full, chunk filling the free
-    ring slots, no grad) the chunk's K/V go into their free ring slots and one dense SDPA call
-    covers the whole buffer, positions computed on the device (CUDA-graph capturable); otherwise the
-    context is gathered (first chunks, autograd)."""
+    ring slots, no grad) ``stage_chunk`` rotates q/k and puts the chunk's K/V into its free ring
+    slots in one pass, then one dense SDPA call covers the whole buffer; positions come from the
+    device counter (CUDA-graph capturable). Otherwise (first chunks, autograd) the context is
+    gathered."""
     t, s, w = frame_tokens, sink_frames, window_frames
     c = q.shape[1] // t
     ring = k_cache.shape[1] // t - s
     n = int(state.item()) if frames_appended is None else frames_appended
-    qr, kr = q, k
-    if rope_freqs is not None:
-        pos = state.reshape(1) + torch.arange(c, device=state.device)
-        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-        cos, sin = rope_cos_sin(rope_freqs, rope_spatial, pos, acc)
-        qr, kr = rope_rotate(q, cos, sin).to(q.dtype), rope_rotate(k, cos, sin).to(q.dtype)
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
     if n >= s + w and c == ring - w and not needs_grad:
-        slots = s + (state.reshape(1) - s + torch.arange(c, device=state.device)) % ring
-        idx = (slots.view(-1, 1) * t + torch.arange(t, device=state.device)).reshape(-1)
-        k_cache.index_copy_(1, idx, kr)
-        v_cache.index_copy_(1, idx, v)
+        args = (q, k, v, k_cache, v_cache, state, t, s, w, rope_freqs, rope_spatial)
+        compiled = HAS_CUDA_KERNELS if q.device.type == "cuda" else HAS_CPP
+        qr = torch.ops.reward_forcing.stage_chunk(*args) if compiled else reference.stage_chunk(*args)
         keys, values = k_cache, v_cache
     else:
+        qr, kr = q, k
+        if rope_freqs is not None:
+            pos = state.reshape(1) + torch.arange(c, device=state.device)
+            acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+            cos, sin = rope_cos_sin(rope_freqs, rope_spatial, pos, acc)
+            qr, kr = rope_rotate(q, cos, sin).to(q.dtype), rope_rotate(k, cos, sin).to(q.dtype)
         kc, vc = reference.gather_context(k_cache, v_cache, n, t, s, w)
         keys, values = torch.cat([kc, kr], 1), torch.cat([vc, v], 1)
     out = F.scaled_dot_product_attention(qr.transpose(1, 2), keys.transpose(1, 2),
@@ -227,6 +236,11 @@ if HAS_CPP:
     @torch.library.register_fake("reward_forcing::sink_window_attention")
     def _(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames, scale,
           rope_freqs, rope_spatial):
+        return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("reward_forcing::stage_chunk")
+    def _(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames, rope_freqs,
+          rope_spatial):
         return torch.empty_like(q, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("reward_forcing::ring_append")

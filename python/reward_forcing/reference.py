@@ -67,6 +67,23 @@ def ring_append(k_cache, v_cache, sink_k, sink_v, state, k, v, frame_tokens, sin
     state.add_(n1 - n)
 
 
+def stage_chunk(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames,
+                rope_freqs=None, rope_spatial=None):
+    t, s = frame_tokens, sink_frames
+    r = k_cache.shape[1] // t - s
+    acc = _acc(q.dtype)
+    rope = _rope(rope_freqs, rope_spatial)
+    n = int(state.item())
+    pos = torch.arange(n, n + q.shape[1] // t)
+    kr = _rotate(k, rope, pos, acc)
+    for i, f in enumerate(pos.tolist()):
+        if f >= s:
+            slot = s + (f - s) % r
+            _frame(k_cache, slot, t).copy_(_frame(kr, i, t))
+            _frame(v_cache, slot, t).copy_(_frame(v, i, t))
+    return _rotate(q, rope, pos, acc).to(q.dtype)
+
+
 def gather_context(k_cache, v_cache, n, frame_tokens, sink_frames, window_frames):
     """The cached context a chunk sees when ``n`` frames were appended: ``(keys, values)``
     ``[B, ctx, H, D]`` (sink slots, then window frames oldest first), as copies."""

@@ -323,3 +323,55 @@ def test_no_host_sync_in_kernels():
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(out.float()).all()
     assert math.isfinite(out.float().sum().item())
+
+
+# ----------------------------------------------------------------------------- stage_chunk
+@pytest.mark.parametrize("frames", [0, 1, 4, 11])
+@pytest.mark.parametrize("dtype,d,rope", [(torch.bfloat16, 128, True), (torch.float16, 64, True),
+                                          (torch.float32, 8, True), (torch.float64, 6, True),
+                                          (torch.bfloat16, 6, True), (torch.float32, 7, False)])
+def test_stage_chunk_matches_cpu_twin(frames, dtype, d, rope):
+    """Rotated q, and rotated k / v written into the chunk's ring slots (vector, pair and scalar
+    paths), equal to the CPU twin up to one rounding step of the stored dtype."""
+    t, c, s, w = 3, 2, 2, 3
+    gpu = _cache(dtype, _sink_dtype(dtype), t, c, s, w, 0.8, 2, 2, d, rope, DEV)
+    cpu = _cache(dtype, _sink_dtype(dtype), t, c, s, w, 0.8, 2, 2, d, rope, "cpu")
+    for _ in range(0, frames, c):
+        x = torch.randn(2, c * t, 2, d, dtype=torch.float64).to(dtype)
+        gpu.layer(0).append(x.to(DEV), x.to(DEV))
+        cpu.layer(0).append(x, x)
+    q, k, v = (torch.randn(2, c * t, 2, d, dtype=torch.float64).to(dtype) for _ in range(3))
+    rtol, atol = APPEND_TOL[dtype]
+    outs = []
+    for cache, dev in ((gpu, DEV), (cpu, "cpu")):
+        lc = cache.layer(0)
+        outs.append(torch.ops.reward_forcing.stage_chunk(
+            q.to(dev), k.to(dev), v.to(dev), lc.k, lc.v, lc.state, t, s, w, cache.rope_freqs,
+            cache.rope_spatial).cpu())
+    torch.testing.assert_close(outs[0], outs[1], rtol=rtol, atol=atol)
+    torch.testing.assert_close(gpu.k.cpu(), cpu.k, rtol=rtol, atol=atol)
+    torch.testing.assert_close(gpu.v.cpu(), cpu.v, rtol=0, atol=0)
+
+
+def test_stage_chunk_published_shape_no_sync():
+    """B=1, H=12, D=128, T=1560, S=W=C=3 in the steady state, with no host synchronisation."""
+    t, rope = 1560, wan_rope_tables(128, 30, 52)
+    cache = reward_forcing.StreamingKVCache(1, 1, 12, 128, frame_tokens=t, dtype=torch.bfloat16,
+                                            device=DEV, rope=rope)
+    lc = cache.layer(0)
+    for _ in range(3):
+        x = torch.randn(1, 3 * t, 12, 128, device=DEV, dtype=torch.bfloat16)
+        lc.append(x, x)
+    q, k, v = (torch.randn(1, 3 * t, 12, 128, device=DEV, dtype=torch.bfloat16) for _ in range(3))
+    want_k = lc.k.clone()  # the reference syncs: it runs after the kernel, outside sync-debug mode
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = torch.ops.reward_forcing.stage_chunk(q, k, v, lc.k, lc.v, lc.state, t, 3, 3,
+                                                   cache.rope_freqs, cache.rope_spatial)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    want_q = reference.stage_chunk(q, k, v, want_k, lc.v.clone(), lc.state, t, 3, 3,
+                                   cache.rope_freqs, cache.rope_spatial)
+    torch.testing.assert_close(got.float(), want_q.float(), rtol=1.6e-2, atol=4e-2)
+    torch.testing.assert_close(lc.k.float(), want_k.float(), rtol=1.6e-2, atol=4e-2)
