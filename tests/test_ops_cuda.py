@@ -349,8 +349,11 @@ def test_stage_chunk_matches_cpu_twin(frames, dtype, d, rope):
             q.to(dev), k.to(dev), v.to(dev), lc.k, lc.v, lc.state, t, s, w, cache.rope_freqs,
             cache.rope_spatial).cpu())
     torch.testing.assert_close(outs[0], outs[1], rtol=rtol, atol=atol)
+    # whole buffers: the sink slots carry the two ring_appends' EMA roundings, hence the tolerance
     torch.testing.assert_close(gpu.k.cpu(), cpu.k, rtol=rtol, atol=atol)
-    torch.testing.assert_close(gpu.v.cpu(), cpu.v, rtol=0, atol=0)
+    torch.testing.assert_close(gpu.v.cpu(), cpu.v, rtol=rtol, atol=atol)
+    ring = slice(s * t, None)  # values only move in the ring: those slots are bitwise equal
+    torch.testing.assert_close(gpu.v[:, :, ring].cpu(), cpu.v[:, :, ring], rtol=0, atol=0)
 
 
 def test_stage_chunk_published_shape_no_sync():
