@@ -8,6 +8,7 @@ setup:
 
 demo: setup
 	$(PY) -m reward_forcing
+	$(VENV)/bin/reward-forcing generate --prompt "a red circle bouncing to the right" --seconds 10 --out demo.mp4
 
 test: setup
 	$(PY) -m pytest -q tests

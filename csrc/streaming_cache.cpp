@@ -57,6 +57,21 @@ void check_rope(const std::optional<at::Tensor>& freqs, const std::optional<at::
                     "], got ", spatial->sizes());
 }
 
+CacheGeometry check_chunk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const at::Tensor& k_cache, const at::Tensor& v_cache,
+                          const at::Tensor& state, int64_t frame_tokens, int64_t sink_frames,
+                          int64_t window_frames, const std::optional<at::Tensor>& freqs,
+                          const std::optional<at::Tensor>& spatial) {
+  const auto g = check_cache(k_cache, v_cache, state, q, frame_tokens, sink_frames, window_frames);
+  check_rope(freqs, spatial, g);
+  TORCH_CHECK_VALUE(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
+                    "q, k and v must have one shape, got ", q.sizes(), ", ", k.sizes(), ", ",
+                    v.sizes());
+  TORCH_CHECK_TYPE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+                   "q, k and v dtypes differ");
+  return g;
+}
+
 std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor& freqs, const at::Tensor& spatial,
                                                int64_t pos0, int64_t frames, at::ScalarType acc) {
   auto pos = at::arange(pos0, pos0 + frames, freqs.options());          // [F]

@@ -33,6 +33,12 @@ CacheGeometry check_cache(const at::Tensor& k_cache, const at::Tensor& v_cache,
                           int64_t sink_frames, int64_t window_frames);
 void check_rope(const std::optional<at::Tensor>& freqs, const std::optional<at::Tensor>& spatial,
                 const CacheGeometry& g);
+// check_cache + check_rope for a chunk's q, k, v (one shape, one dtype).
+CacheGeometry check_chunk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const at::Tensor& k_cache, const at::Tensor& v_cache,
+                          const at::Tensor& state, int64_t frame_tokens, int64_t sink_frames,
+                          int64_t window_frames, const std::optional<at::Tensor>& freqs,
+                          const std::optional<at::Tensor>& spatial);
 
 // cos/sin of the RoPE angle pos*freqs[i] + spatial[t, i] (float64 math) for `frames` consecutive
 // frames starting at `pos0`; returned as [frames*T, D/2] in dtype `acc`.

@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("diffusers")
 av = pytest.importorskip("av")
@@ -17,15 +16,6 @@ av = pytest.importorskip("av")
 from reward_forcing.cli import main, write_mp4  # noqa: E402
 
 SMALL = ["--height", "32", "--width", "48"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is fastest, and avoids stalls on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def read_video(path):

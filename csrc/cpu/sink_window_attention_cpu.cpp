@@ -36,13 +36,8 @@ at::Tensor sink_window_attention_cpu(const at::Tensor& q, const at::Tensor& k, c
                                      int64_t sink_frames, int64_t window_frames, double scale,
                                      const std::optional<at::Tensor>& rope_freqs,
                                      const std::optional<at::Tensor>& rope_spatial) {
-  const auto g = check_cache(k_cache, v_cache, state, q, frame_tokens, sink_frames, window_frames);
-  check_rope(rope_freqs, rope_spatial, g);
-  TORCH_CHECK_VALUE(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
-                    "q, k and v must have one shape, got ", q.sizes(), ", ", k.sizes(), ", ",
-                    v.sizes());
-  TORCH_CHECK_TYPE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
-                   "q, k and v dtypes differ");
+  const auto g = check_chunk(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames,
+                             window_frames, rope_freqs, rope_spatial);
   const int64_t T = frame_tokens, S = sink_frames, W = window_frames, R = g.ring_frames;
   const auto acc = accum_type(q.scalar_type());
   const int64_t n = state.item<int64_t>();

@@ -140,13 +140,8 @@ at::Tensor sink_window_attention_cuda(const at::Tensor& q, const at::Tensor& k,
                                       const std::optional<at::Tensor>& rope_freqs,
                                       const std::optional<at::Tensor>& rope_spatial) {
   using namespace cuda;
-  const auto g = check_cache(k_cache, v_cache, state, q, frame_tokens, sink_frames, window_frames);
-  check_rope(rope_freqs, rope_spatial, g);
-  TORCH_CHECK_VALUE(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
-                    "q, k and v must have one shape, got ", q.sizes(), ", ", k.sizes(), ", ",
-                    v.sizes());
-  TORCH_CHECK_TYPE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
-                   "q, k and v dtypes differ");
+  const auto g = check_chunk(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames,
+                             window_frames, rope_freqs, rope_spatial);
   TORCH_CHECK_VALUE(q.is_cuda() && k.device() == q.device() && v.device() == q.device(),
                     "sink_window_attention (CUDA): q, k, v and the cache must be on one CUDA device");
   TORCH_CHECK_VALUE(g.heads <= 65535 && g.batch <= 65535,

@@ -85,13 +85,8 @@ at::Tensor stage_chunk_cuda(const at::Tensor& q, const at::Tensor& k, const at::
                             int64_t frame_tokens, int64_t sink_frames, int64_t window_frames,
                             const std::optional<at::Tensor>& rope_freqs,
                             const std::optional<at::Tensor>& rope_spatial) {
-  const auto g = check_cache(k_cache, v_cache, state, q, frame_tokens, sink_frames, window_frames);
-  check_rope(rope_freqs, rope_spatial, g);
-  TORCH_CHECK_VALUE(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
-                    "q, k and v must have one shape, got ", q.sizes(), ", ", k.sizes(), ", ",
-                    v.sizes());
-  TORCH_CHECK_TYPE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
-                   "q, k and v dtypes differ");
+  const auto g = check_chunk(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames,
+                             window_frames, rope_freqs, rope_spatial);
   TORCH_CHECK_VALUE(q.size(1) <= INT32_MAX && g.batch <= 65535, "chunk too large for the launch grid");
   const c10::cuda::CUDAGuard guard(q.device());
   const auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();

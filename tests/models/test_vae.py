@@ -9,15 +9,6 @@ pytest.importorskip("diffusers")
 from reward_forcing.models.vae import StreamingVAEDecoder, load_wan_vae, tiny_random_wan_vae  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is fastest, and avoids stalls on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def vae():
     return tiny_random_wan_vae(seed=1)

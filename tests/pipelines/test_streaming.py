@@ -18,15 +18,6 @@ pytest.importorskip("diffusers")
 SIZE = 16  # pixels: a 2 x 2 latent, one token per frame (tiny and fast)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is fastest, and avoids stalls on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_pipeline(**kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
