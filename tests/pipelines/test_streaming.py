@@ -169,6 +169,7 @@ def test_memory_stays_flat_over_hundreds_of_chunks():
     pipe = tiny_pipeline()
     chunks = pipe.stream("a red ball")
     take(chunks, 10)
+    gc.collect()
     state_bytes = _tensor_bytes(pipe.state_dict())
     tensors = _live_tensor_bytes()
     tracemalloc.start()
@@ -183,7 +184,7 @@ def test_memory_stays_flat_over_hundreds_of_chunks():
         tracemalloc.stop()
     assert pipe.chunk_index == 200
     assert _tensor_bytes(pipe.state_dict()) == state_bytes
-    assert _live_tensor_bytes() == tensors
+    assert _live_tensor_bytes() <= tensors  # (other tests' leftovers may be collected meanwhile)
     assert after_200 - after_50 < 32 * 1024  # torch's small caches fluctuate by a few KiB
 
 
