@@ -64,8 +64,10 @@ class WanRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
+        """In float32, returned in x's dtype (also under autocast, where the weight stays float32
+        while activations are bf16: q/k must keep v's dtype for the cache)."""
         xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()).to(x.dtype)
 
 
 class WanLayerNorm(nn.LayerNorm):

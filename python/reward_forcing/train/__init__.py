@@ -1,0 +1,11 @@
+"""Re-DMD training (DESIGN §5): DMD / Re-DMD formulas, rewards, self-forcing rollout, trainer."""
+from .config import TrainConfig
+from .dmd import (critic_weights, denoising_loss, dmd_gradient, dmd_loss, reward_weights,
+                  sample_timesteps)
+from .rewards import FlowMotionReward, Reward
+from .rollout import draw_exit_step, rollout
+from .trainer import ODEInitTrainer, ReDMDTrainer
+
+__all__ = ["TrainConfig", "ReDMDTrainer", "ODEInitTrainer", "Reward", "FlowMotionReward", "rollout", "draw_exit_step",
+           "sample_timesteps", "dmd_gradient", "dmd_loss", "reward_weights", "critic_weights",
+           "denoising_loss"]

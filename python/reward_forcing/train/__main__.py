@@ -1,0 +1,133 @@
+"""``python -m reward_forcing.train --config run.yaml --stage ode-init|dmd``: the two training
+stages (DESIGN §5): ODE regression of the causal student onto teacher trajectories, then Re-DMD
+with ``generator:`` set to an ODE-init checkpoint.
+
+Model paths ``"tiny"`` build random WAN_TINY models (smoke runs, no weights). Under ``torchrun``
+each process joins the process group (NCCL on CUDA, gloo on CPU). The run resumes from the newest
+checkpoint in ``out_dir`` when there is one.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .config import TrainConfig
+
+
+def _need(path: str | None, what: str) -> Path:
+    if path is None or not Path(path).exists():
+        raise FileNotFoundError(f"{what} not found: {path!r} (set it in the config)")
+    return Path(path)
+
+
+def _trainer_config(path: Path):
+    """The WanConfig stored in one of our trainer checkpoints (None for other formats, whose
+    config :func:`load_causal_wan` infers)."""
+    from ..models.wan_config import WanConfig
+
+    if not path.is_file() or path.suffix != ".pt":
+        return None
+    configs = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("model_configs")
+    return WanConfig(**configs["generator"]) if configs else None
+
+
+def _models(cfg: TrainConfig, device: torch.device, critic: bool):
+    from ..models.causal_wan import CausalWanModel
+    from ..models.loading import load_causal_wan
+    from ..models.wan_config import WAN_TINY
+
+    def load(path, what, seed):
+        if path == "tiny":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return CausalWanModel(WAN_TINY).to(device)
+        return load_causal_wan(_need(path, what), _trainer_config(Path(path)), dtype=torch.float32,
+                               device=device)
+
+    generator = load(cfg.generator, "generator checkpoint", cfg.seed)
+    teacher = load(cfg.teacher, "teacher checkpoint", cfg.seed + 1)
+    fake = load(cfg.critic or cfg.generator, "critic checkpoint", cfg.seed) if critic else None
+    return generator, fake, teacher
+
+
+def _text_encoder(cfg: TrainConfig, model, device):
+    from ..models.text_encoder import HashedTextEncoder, UMT5TextEncoder
+
+    if cfg.text_encoder == "tiny":
+        return HashedTextEncoder(model.config.text_dim, model.config.text_len, seed=cfg.seed).to(device)
+    return UMT5TextEncoder.from_pretrained(_need(cfg.text_encoder, "text encoder folder"),
+                                           text_len=model.config.text_len, device=device)
+
+
+def _reward(cfg: TrainConfig, device):
+    from ..models.vae import load_wan_vae, tiny_random_wan_vae
+    from .rewards import FlowMotionReward
+    from .trainer import vae_video_decoder
+
+    if cfg.weighting == "none":
+        return None, None
+    if cfg.reward is None:
+        raise ValueError(f"weighting={cfg.weighting!r} needs a reward (reward: flow)")
+    vae = (tiny_random_wan_vae(cfg.seed, device=device) if cfg.vae == "tiny"
+           else load_wan_vae(_need(cfg.vae, "VAE folder"), device=device))
+    return FlowMotionReward(), vae_video_decoder(vae)
+
+
+def _prompts(cfg: TrainConfig) -> list[str]:
+    if cfg.prompts is None:
+        return ["a red ball bounces across a wooden floor"]
+    lines = _need(cfg.prompts, "prompt file").read_text().splitlines()
+    prompts = [p.strip() for p in lines if p.strip()]
+    if not prompts:
+        raise ValueError(f"prompt file {cfg.prompts} has no prompts")
+    return prompts
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reward_forcing.train", description=__doc__)
+    parser.add_argument("--config", required=True, help="YAML file of TrainConfig fields")
+    parser.add_argument("--stage", choices=["ode-init", "dmd"], default="dmd")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        cfg = TrainConfig.load(args.config)
+        distributed = "RANK" in os.environ
+        if torch.cuda.is_available():
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        else:
+            device = torch.device("cpu")
+        if distributed:
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        from .trainer import ODEInitTrainer, ReDMDTrainer
+
+        generator, critic, teacher = _models(cfg, device, critic=args.stage == "dmd")
+        text_encoder, prompts = _text_encoder(cfg, generator, device), _prompts(cfg)
+        if args.stage == "ode-init":
+            trainer = ODEInitTrainer(cfg, generator, teacher, text_encoder, prompts)
+        else:
+            reward, decode = _reward(cfg, device)
+            trainer = ReDMDTrainer(cfg, generator, critic, teacher, text_encoder, prompts,
+                                   reward=reward, decode=decode)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if trainer.rank == 0:
+        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+        cfg.save(Path(cfg.out_dir) / "config.yaml")
+    resumed = trainer.resume()
+    if resumed is not None and trainer.rank == 0:
+        print(f"resumed from {resumed} at step {trainer.step}")
+    trainer.train(progress=not args.no_progress)
+    if distributed:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

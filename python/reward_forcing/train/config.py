@@ -1,0 +1,101 @@
+"""Trainer configuration: one dataclass, saved to and loaded from YAML (unknown keys are errors)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class TrainConfig:
+    # models and data (paths; "tiny" builds random WAN_TINY models for tests and smoke runs)
+    generator: str = "tiny"        # causal student checkpoint (ODE-init in the published recipe)
+    critic: str | None = None      # fake-score init; default: the generator's checkpoint
+    teacher: str = "tiny"          # real score (Wan-14B in the published run)
+    text_encoder: str = "tiny"     # UMT5 folder
+    vae: str = "tiny"              # Wan VAE folder (decodes samples for the reward)
+    prompts: str | None = None     # text file, one prompt per line; None: a built-in test prompt
+    negative_prompt: str = "static, blurry, low quality"  # CFG's unconditional branch
+    out_dir: str = "runs/redmd"
+    # sample geometry (latent frames; pixels are 8x the latent size for Wan's VAE)
+    latent_frames: int = 21
+    latent_height: int = 60
+    latent_width: int = 104
+    chunk_frames: int = 3
+    sink_frames: int = 3
+    window_frames: int = 3
+    alpha: float = 0.999
+    steps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0)
+    shift: float = 5.0
+    # DMD
+    guidance_scale: float = 3.0
+    ode_steps: int = 48            # the teacher's Euler steps in the ODE-init stage
+    min_t: float = 20.0
+    max_t: float = 980.0
+    # Re-DMD
+    reward: str | None = "flow"    # "flow" (FlowMotionReward) or None
+    beta: float = 2.0
+    normalize_weights: bool = False
+    weight_clip: float | None = None
+    # where exp(beta r) acts: "generator" (published Re-DMD: DMD loss weighted by exp(beta r)),
+    # "critic" (tilted critic: critic loss weighted by exp(-beta r), DESIGN §5) or "none" (DMD)
+    weighting: str = "generator"
+    # optimisation (published: DESIGN §5)
+    lr_generator: float = 2e-6
+    lr_critic: float = 4e-7
+    betas: tuple[float, float] = (0.0, 0.999)
+    weight_decay: float = 0.01
+    critic_ratio: int = 5          # critic steps per generator step
+    batch_size: int = 1            # per rank
+    grad_accum: int = 8
+    grad_clip: float = 10.0
+    ema_decay: float = 0.99
+    # Steps count trainer steps, as Self Forcing's counter does (each a critic step, every
+    # critic_ratio-th also a generator step): 600 steps = 120 generator steps.
+    ema_start: int = 200           # the EMA copies the generator before this step, averages after
+    max_steps: int = 600
+    bf16: bool = True              # autocast, on CUDA only
+    seed: int = 0
+    log_every: int = 1
+    save_every: int = 100
+    keep_checkpoints: int = 2
+
+    def __post_init__(self):
+        self.steps = tuple(float(s) for s in self.steps)
+        self.betas = tuple(float(b) for b in self.betas)
+        for name in ("critic_ratio", "batch_size", "grad_accum", "max_steps", "log_every",
+                     "save_every", "keep_checkpoints", "chunk_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.latent_frames % self.chunk_frames:
+            raise ValueError(f"latent_frames={self.latent_frames} is not a multiple of "
+                             f"chunk_frames={self.chunk_frames}")
+        if self.weighting not in ("generator", "critic", "none"):
+            raise ValueError(f"weighting must be 'generator', 'critic' or 'none', got {self.weighting!r}")
+        if self.reward not in (None, "flow"):
+            raise ValueError(f"reward must be 'flow' or null, got {self.reward!r}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["steps"], d["betas"] = list(self.steps), list(self.betas)
+        return d
+
+    def save(self, path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {unknown}")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        return cls.from_dict(yaml.safe_load(path.read_text()) or {})

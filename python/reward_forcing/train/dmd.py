@@ -1,0 +1,110 @@
+"""Distribution-matching distillation (DMD) and Re-DMD, the formulas of DESIGN §5.
+
+Flow matching: ``x_t = (1 - sigma) x0 + sigma eps``; every score model here is used through its
+clean-sample prediction ``x0_hat``. Shapes: a leading batch dim ``B``, anything after it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ..scheduler import shift_sigma
+
+
+def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-sample ``v [B]`` shaped ``[B, 1, ...]`` to broadcast against ``like``."""
+    return v.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+
+
+def _sample_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over all but the batch dim: ``[B]`` (``[B]`` inputs are returned as they are)."""
+    return x.reshape(x.shape[0], -1).mean(1)
+
+
+def sample_timesteps(batch: int, *, shift: float = 5.0, min_t: float = 20.0, max_t: float = 980.0,
+                     low: int = 0, num_train_timesteps: int = 1000, generator=None,
+                     device=None) -> torch.Tensor:
+    """The published DMD/critic timestep draw: an integer t uniform in ``[low, 1000)``, warped by
+    the shift (``sigma' = s sigma / (1 + (s - 1) sigma)``), then clamped to ``[min_t, max_t]``.
+    Returns the warped timesteps ``[B]`` (float32); ``sigma = t / 1000``. With shift 5 about
+    five in six draws land above 500."""
+    if not 0 <= low < num_train_timesteps:
+        raise ValueError(f"low must be in [0, {num_train_timesteps}), got {low}")
+    t = torch.randint(low, num_train_timesteps, (batch,), generator=generator, device=device)
+    t = shift_sigma(t.float() / num_train_timesteps, shift) * num_train_timesteps
+    return t.clamp(min_t, max_t)
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """``x_t = (1 - sigma) x0 + sigma eps`` with a per-sample ``sigma [B]``."""
+    s = _expand(sigma, x0)
+    return (1 - s) * x0 + s * noise
+
+
+def predict_x0(x_t: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """``x0_hat = x_t - sigma v`` with a per-sample ``sigma [B]``."""
+    return x_t - _expand(sigma, x_t) * velocity
+
+
+def dmd_gradient(x0: torch.Tensor, x_real: torch.Tensor, x_fake: torch.Tensor) -> torch.Tensor:
+    """The normalised DMD gradient ``g = (x_fake - x_real) / mean|x0 - x_real|`` (mean over all
+    but the batch dim), computed in float64; a sample with a zero norm (x0 = x_real) gets g = 0
+    (Self Forcing's ``nan_to_num`` would give it float max).
+    Returned in float32, without grad."""
+    x0, x_real, x_fake = (x.detach().double() for x in (x0, x_real, x_fake))
+    norm = _sample_mean((x0 - x_real).abs())
+    norm = torch.where(norm > 0, norm, torch.inf)
+    return ((x_fake - x_real) / _expand(norm, x0)).float()
+
+
+def dmd_loss(x0: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Per-sample DMD loss ``0.5 MSE(x0, sg(x0 - g))`` ``[B]``: its gradient w.r.t. ``x0`` is
+    ``g / numel_per_sample``."""
+    target = (x0 - grad.to(x0.dtype)).detach()
+    return 0.5 * _sample_mean(F.mse_loss(x0.float(), target.float(), reduction="none"))
+
+
+def reward_weights(rewards: torch.Tensor, beta: float, *, normalize: bool = False,
+                   clip: float | None = None, group=None) -> torch.Tensor:
+    """Re-DMD per-sample weights ``w = exp(beta r)`` (published: neither option).
+
+    ``normalize`` divides by the mean weight over the *global* batch (all-reduced over ``group``
+    when torch.distributed is initialised), so that the weights reweight samples without scaling
+    the step size; ``clip`` then caps each weight at ``clip``. beta = 0 gives exactly 1."""
+    w = torch.exp(beta * rewards.detach().double())
+    if normalize:
+        total = torch.stack([w.sum(), torch.tensor(float(w.numel()), dtype=w.dtype, device=w.device)])
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(total, group=group)
+        w = w / (total[0] / total[1])
+    if clip is not None:
+        w = w.clamp(max=clip)
+    return w.float()
+
+
+def weighted_mean(per_sample: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """``mean_b w_b loss_b`` (plain mean without weights)."""
+    if weights is None:
+        return per_sample.mean()
+    return (weights.to(per_sample) * per_sample).mean()
+
+
+def denoising_loss(pred_velocity: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """Per-sample flow-matching loss ``mean (v - (eps - x0))^2`` ``[B]`` of the critic on the
+    generator's (detached) samples. Weight it with :func:`critic_weights` for the tilted critic."""
+    target = (noise - x0.detach()).float()
+    return _sample_mean((pred_velocity.float() - target).pow(2))
+
+
+def critic_weights(rewards: torch.Tensor, beta: float, *, normalize: bool = True,
+                   group=None) -> torch.Tensor:
+    """Tilted-critic weights ``exp(-beta r)`` (DESIGN §5): the critic then models
+    ``p_G exp(-beta r) / Z``, so DMD's fixed point is ``p_real exp(beta r) / Z``. Normalising by
+    the global mean changes only the step size, not the fixed point."""
+    return reward_weights(rewards, -beta, normalize=normalize, group=group)
+
+
+def cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance ``uncond + scale (cond - uncond)``."""
+    return uncond + scale * (cond - uncond)

@@ -1,0 +1,441 @@
+"""The Re-DMD trainer (DESIGN §5), nanoGPT-style: one loop, explicit state, nothing hidden, and
+the ODE-init stage before it (:class:`ODEInitTrainer`).
+
+Each trainer step is a critic step; every ``critic_ratio``-th step first makes a generator step
+(Self Forcing's ``dfake_gen_update_ratio``). Both draw their samples with a self-forcing
+:func:`~reward_forcing.train.rollout.rollout` of the causal generator.
+
+Distributed: run under ``torchrun``; gradients are averaged with an all-reduce after backward (the
+rollout calls ``forward_chunk``, which DDP's forward hooks would not see), reward weights are
+normalised over the global batch, and the exit step is the same on every rank by construction.
+Every rank draws the random numbers (prompts, noise, timesteps) of the whole global batch from
+the same streams and keeps its own slice: ``N`` ranks x batch ``B`` then compute what one process
+with batch ``N B`` does, and one checkpoint's RNG states resume every rank exactly. Only rank 0
+logs and writes checkpoints.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ..models.causal_wan import CausalWanModel
+from ..scheduler import FewStepFlowSchedule, shift_sigma
+from . import dmd
+from .config import TrainConfig
+from .rewards import Reward
+from .rollout import draw_exit_step, rollout
+
+_CHECKPOINT_VERSION = 1
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def vae_video_decoder(vae) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Normalised latents ``[B, C, F, H, W]`` -> videos ``[B, F', H', W', 3]`` in [0, 1] (float32)
+    with a Wan VAE, decoded causally as at inference."""
+    from ..models.vae import StreamingVAEDecoder
+
+    decoder = StreamingVAEDecoder(vae)
+
+    def decode(latents):
+        decoder.reset()
+        video = decoder.decode(latents)
+        decoder.reset()
+        return ((video.float() + 1) / 2).permute(0, 2, 3, 4, 1)
+
+    return decode
+
+
+class _TrainLoop:
+    """What both stages share: global-batch random streams, autocast, gradient all-reduce and
+    clipping, the loop, jsonl logging and atomic checkpoints with exact resume. A stage defines
+    ``_step`` (one step's work, returning its log values) and the ``_modules`` / ``_optimizers``
+    it checkpoints."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, text_encoder, prompts: Sequence[str]):
+        if not prompts:
+            raise ValueError("no training prompts")
+        self.cfg, self.device, (self.rank, self.world) = cfg, device, _world()
+        self.text_encoder, self.prompts = text_encoder, list(prompts)
+        self.schedule = FewStepFlowSchedule(cfg.steps, cfg.shift)
+        # Global-batch streams, the same on every rank (see the module doc).
+        self.noise_rng = torch.Generator(device).manual_seed(cfg.seed)
+        self.prompt_rng = random.Random(cfg.seed)
+        with torch.no_grad():
+            self.negative = text_encoder([cfg.negative_prompt]).to(device)
+        self.step = 0
+        self.out_dir = Path(cfg.out_dir)
+
+    def _modules(self) -> dict:
+        raise NotImplementedError
+
+    def _optimizers(self) -> dict:
+        raise NotImplementedError
+
+    def _step(self) -> dict:
+        raise NotImplementedError
+
+    def train_step(self) -> dict:
+        """One training step; returns its log record."""
+        start = time.perf_counter()
+        logs = {"step": self.step, **self._step()}
+        self.step += 1
+        logs["seconds"] = time.perf_counter() - start
+        return logs
+
+    # ------------------------------------------------------------------ pieces
+    def _autocast(self):
+        if self.device.type == "cuda" and self.cfg.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _mine(self, x):
+        """This rank's slice of a global-batch draw."""
+        b = self.cfg.batch_size
+        return x[self.rank * b:(self.rank + 1) * b]
+
+    def _randn(self, shape) -> torch.Tensor:
+        full = torch.randn((shape[0] * self.world, *shape[1:]), generator=self.noise_rng, device=self.device)
+        return self._mine(full)
+
+    def _batch_text(self) -> torch.Tensor:
+        prompts = self._mine([self.prompt_rng.choice(self.prompts)
+                              for _ in range(self.cfg.batch_size * self.world)])
+        with torch.no_grad():
+            return self.text_encoder(prompts).to(self.device)
+
+    def _sync_and_clip(self, model) -> float:
+        params = [p for p in model.parameters() if p.grad is not None]
+        if self.world > 1:
+            for p in params:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+        return float(torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip))
+
+    # ------------------------------------------------------------------ loop and logs
+    def train(self, progress: bool = False) -> None:
+        """Runs to ``max_steps``, logging to ``out_dir/log.jsonl`` and checkpointing every
+        ``save_every`` steps and at the end."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not progress or self.rank != 0)
+        while self.step < cfg.max_steps:
+            logs = self.train_step()
+            bar.update(1)
+            if self.rank == 0 and logs["step"] % cfg.log_every == 0:
+                self.log(logs)
+            if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
+                self.save_checkpoint()
+        bar.close()
+
+    def log(self, record: dict) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """Model state dicts at the top level (``generator``, ``generator_ema``, ``critic``: the
+        layout :func:`reward_forcing.models.loading.load_causal_wan` reads), optimizers, step and
+        every RNG state; only tensors and plain Python values (loads with ``weights_only=True``)."""
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        return {
+            "version": _CHECKPOINT_VERSION, "stage": type(self).__name__, "config": self.cfg.to_dict(),
+            "step": self.step,
+            **{k: m.state_dict() for k, m in self._modules().items()},
+            "model_configs": {k: dataclasses.asdict(m.config) for k, m in self._modules().items()},
+            "optimizers": {k: o.state_dict() for k, o in self._optimizers().items()},
+            "rng": {"noise": self.noise_rng.get_state(), "prompt": self.prompt_rng.getstate(),
+                    "torch": torch.get_rng_state(), "python": random.getstate(),
+                    "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != _CHECKPOINT_VERSION or state.get("stage") != type(self).__name__:
+            raise ValueError(f"not a {type(self).__name__} checkpoint (version {state.get('version')!r}, "
+                             f"stage {state.get('stage')!r})")
+        for k, m in self._modules().items():
+            m.load_state_dict(state[k])
+        for k, o in self._optimizers().items():
+            o.load_state_dict(state["optimizers"][k])
+        self.step = state["step"]
+        rng = state["rng"]
+        self.noise_rng.set_state(rng["noise"])
+        self.prompt_rng.setstate(rng["prompt"])
+        torch.set_rng_state(rng["torch"])
+        name, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        random.setstate(rng["python"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def save_checkpoint(self) -> Path | None:
+        """Rank 0 writes ``out_dir/checkpoint-<step>.pt`` atomically (a temporary file, fsync,
+        ``os.replace``) and keeps the newest ``keep_checkpoints``."""
+        if self.rank != 0:
+            return None
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"checkpoint-{self.step:08d}.pt"
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(self.state_dict(), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        for old in sorted(self.out_dir.glob("checkpoint-*.pt"))[:-self.cfg.keep_checkpoints]:
+            old.unlink()
+        return path
+
+    def resume(self, path=None) -> Path | None:
+        """Loads ``path`` or the newest checkpoint in ``out_dir`` (None when there is none)."""
+        path = Path(path) if path is not None else latest_checkpoint(self.out_dir)
+        if path is None:
+            return None
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return path
+
+
+class ReDMDTrainer(_TrainLoop):
+    """``generator`` the causal student (trained, and its EMA copy); ``critic`` the fake score
+    (trained); ``teacher`` the frozen real score; ``text_encoder(prompts) -> [B, L, text_dim]``;
+    ``prompts`` the training prompts; ``reward`` and ``decode`` (latents -> videos) are needed
+    when the weighting is not ``"none"``."""
+
+    def __init__(self, cfg: TrainConfig, generator: CausalWanModel, critic: CausalWanModel,
+                 teacher: CausalWanModel, text_encoder, prompts: Sequence[str], *,
+                 reward: Reward | None = None, decode: Callable | None = None):
+        if cfg.weighting != "none" and (reward is None or decode is None):
+            raise ValueError(f"weighting={cfg.weighting!r} needs a reward and a decoder")
+        super().__init__(cfg, generator.device, text_encoder, prompts)
+        self.generator, self.critic = generator.train(), critic.train()
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.ema = copy.deepcopy(generator).eval().requires_grad_(False)
+        self.reward, self.decode = reward, decode
+        mc = generator.config
+        _, ph, pw = mc.patch_size
+        self.shape = (cfg.batch_size, mc.in_dim, cfg.latent_frames, cfg.latent_height, cfg.latent_width)
+        self.cache = generator.new_cache(cfg.batch_size, cfg.latent_height // ph, cfg.latent_width // pw,
+                                         sink_frames=cfg.sink_frames, window_frames=cfg.window_frames,
+                                         chunk_frames=cfg.chunk_frames, alpha=cfg.alpha,
+                                         dtype=torch.float32)
+        adamw = dict(betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.opt_g = torch.optim.AdamW(generator.parameters(), lr=cfg.lr_generator, **adamw)
+        self.opt_c = torch.optim.AdamW(critic.parameters(), lr=cfg.lr_critic, **adamw)
+        self.generator_steps = 0
+
+    def _modules(self) -> dict:
+        return {"generator": self.generator, "critic": self.critic, "generator_ema": self.ema}
+
+    def _optimizers(self) -> dict:
+        return {"generator": self.opt_g, "critic": self.opt_c}
+
+    def state_dict(self) -> dict:
+        return super().state_dict() | {"generator_steps": self.generator_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.generator_steps = state["generator_steps"]
+
+    # ------------------------------------------------------------------ pieces
+    def _sample(self, cond: torch.Tensor) -> torch.Tensor:
+        """A self-forcing rollout: gradient through the exit step when grad is enabled. It runs in
+        the parameters' dtype, outside autocast: under autocast the streaming path's q/k (RMSNorm
+        with float32 weights) and v (a bf16 matmul) reach the cache op in different dtypes."""
+        exit_step = draw_exit_step(self.step, len(self.schedule), self.cfg.seed)
+        noise = self._randn(self.shape)
+        return rollout(self.generator, self.generator.encode_text(cond), noise, self.cache,
+                       exit_step, self.schedule, self._randn)
+
+    def _noised(self, x0: torch.Tensor):
+        cfg = self.cfg
+        t = self._mine(dmd.sample_timesteps(x0.shape[0] * self.world, shift=cfg.shift, min_t=cfg.min_t,
+                                            max_t=cfg.max_t, generator=self.noise_rng, device=self.device))
+        sigma = t / 1000
+        noise = self._randn(x0.shape)
+        return dmd.add_noise(x0.detach(), noise, sigma), noise, t, sigma
+
+    def _rewards(self, x0: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.reward(self.decode(x0.detach())).to(self.device)
+
+    # ------------------------------------------------------------------ steps
+    def generator_step(self) -> dict:
+        cfg, logs = self.cfg, {}
+        self.opt_g.zero_grad(set_to_none=True)
+        losses, rewards = [], []
+        for _ in range(cfg.grad_accum):
+            cond = self._batch_text()
+            x0 = self._sample(cond)
+            weights = None
+            if cfg.weighting == "generator":
+                r = self._rewards(x0)
+                rewards.append(r)
+                weights = dmd.reward_weights(r, cfg.beta, normalize=cfg.normalize_weights,
+                                             clip=cfg.weight_clip)
+            with torch.no_grad(), self._autocast():
+                x_t, _, t, sigma = self._noised(x0)
+                uncond = self.negative.expand(len(cond), -1, -1)
+                real = [dmd.predict_x0(x_t, self.teacher(x_t, t, c).float(), sigma) for c in (cond, uncond)]
+                x_real = dmd.cfg(*real, cfg.guidance_scale)
+                x_fake = dmd.predict_x0(x_t, self.critic(x_t, t, cond).float(), sigma)
+            grad = dmd.dmd_gradient(x0, x_real, x_fake)
+            loss = dmd.weighted_mean(dmd.dmd_loss(x0, grad), weights)
+            (loss / cfg.grad_accum).backward()
+            losses.append(loss.detach())
+        logs["generator_grad_norm"] = self._sync_and_clip(self.generator)
+        self.opt_g.step()
+        self._update_ema()
+        self.generator_steps += 1
+        logs["generator_loss"] = float(torch.stack(losses).mean())
+        if rewards:
+            logs["reward"] = float(torch.cat(rewards).mean())
+        return logs
+
+    def critic_step(self) -> dict:
+        cfg = self.cfg
+        self.opt_c.zero_grad(set_to_none=True)
+        losses = []
+        for _ in range(cfg.grad_accum):
+            cond = self._batch_text()
+            with torch.no_grad():
+                x0 = self._sample(cond)
+            weights = None
+            if cfg.weighting == "critic":
+                weights = dmd.critic_weights(self._rewards(x0), cfg.beta)
+            x_t, noise, t, _ = self._noised(x0)
+            with self._autocast():
+                velocity = self.critic(x_t, t, cond)
+            loss = dmd.weighted_mean(dmd.denoising_loss(velocity, noise, x0), weights)
+            (loss / cfg.grad_accum).backward()
+            losses.append(loss.detach())
+        grad_norm = self._sync_and_clip(self.critic)
+        self.opt_c.step()
+        return {"critic_loss": float(torch.stack(losses).mean()), "critic_grad_norm": grad_norm}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """EMA of the generator: a plain copy before trainer step ``ema_start`` (Self Forcing's
+        counter, which counts critic steps too), then ``ema = decay ema + (1 - decay) param``."""
+        decay = self.cfg.ema_decay if self.step >= self.cfg.ema_start else 0.0
+        for e, p in zip(self.ema.parameters(), self.generator.parameters()):
+            e.lerp_(p.detach(), 1 - decay)
+
+    def _step(self) -> dict:
+        """A critic step, preceded by a generator step every ``critic_ratio`` steps."""
+        logs = {}
+        if self.step % self.cfg.critic_ratio == 0:
+            logs.update(self.generator_step())
+        logs.update(self.critic_step())
+        return logs
+
+
+# ---------------------------------------------------------------------------------------- ODE init
+@torch.no_grad()
+def teacher_trajectory(teacher: CausalWanModel, cond, uncond, noise: torch.Tensor,
+                       schedule: FewStepFlowSchedule, guidance_scale: float = 3.0,
+                       num_steps: int = 48) -> torch.Tensor:
+    """The teacher's multi-step sampler: Euler on the flow ODE ``dx/dsigma = v`` with CFG over
+    ``num_steps`` steps, uniform in the un-shifted time and warped by the schedule's shift. Returns
+    its states at the student's timesteps and the clean end, ``[B, K + 1, C, F, H, W]`` (float32);
+    the student's steps must lie on the grid (``num_steps`` a multiple of 4 for 1000/750/500/250)."""
+    n, total = num_steps, schedule.num_train_timesteps
+    marks = [round((1 - s / total) * n) for s in schedule.steps]
+    if any(abs(m / n - (1 - s / total)) > 1e-9 for m, s in zip(marks, schedule.steps)):
+        raise ValueError(f"the student's steps {schedule.steps} are not on a {n}-step grid")
+    u = [1 - i / n for i in range(n + 1)]
+    sigmas = [float(shift_sigma(x, schedule.shift)) for x in u]
+    x, states = noise.float(), []
+    for i in range(n):
+        if i in marks:
+            states.append(x)
+        t = sigmas[i] * total
+        v = dmd.cfg(teacher(x, t, cond).float(), teacher(x, t, uncond).float(), guidance_scale)
+        x = x + (sigmas[i + 1] - sigmas[i]) * v
+    return torch.stack(states + [x], 1)
+
+
+def ode_regression_loss(student: CausalWanModel, trajectory: torch.Tensor, cond,
+                        step_index: torch.Tensor, schedule: FewStepFlowSchedule,
+                        chunk_frames: int) -> torch.Tensor:
+    """Self Forcing's ODE init: each chunk of each sample is given the trajectory's state at one
+    student step (``step_index [B, chunks]``), the student (block-causal, all chunks at once)
+    predicts the clean video, and the loss is its MSE to the trajectory's end."""
+    b, k1, c, f, h, w = trajectory.shape
+    per_frame = step_index.repeat_interleave(chunk_frames, 1)  # [B, F]
+    frames = trajectory.permute(0, 3, 1, 2, 4, 5)  # [B, F, K+1, C, H, W]
+    x_t = frames[torch.arange(b)[:, None], torch.arange(f)[None], per_frame].permute(0, 2, 1, 3, 4)
+    t = torch.tensor(schedule.timesteps, device=x_t.device)[per_frame]
+    sigma = torch.tensor(schedule.sigmas, device=x_t.device)[per_frame]
+    v = student(x_t, t, cond, chunk_frames=chunk_frames)
+    x0 = x_t - sigma[:, None, :, None, None] * v.float()
+    return F.mse_loss(x0, trajectory[:, -1])
+
+
+class ODEInitTrainer(_TrainLoop):
+    """The stage before Re-DMD: regress the causal ``student`` onto ``teacher`` ODE trajectories
+    (generated on the fly, CFG with the negative prompt). Its checkpoints hold the student as
+    ``generator``: give one as the DMD stage's ``generator``."""
+
+    def __init__(self, cfg: TrainConfig, student: CausalWanModel, teacher: CausalWanModel,
+                 text_encoder, prompts: Sequence[str]):
+        super().__init__(cfg, student.device, text_encoder, prompts)
+        self.student = student.train()
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr_generator, betas=cfg.betas,
+                                     weight_decay=cfg.weight_decay)
+        self.shape = (cfg.batch_size, student.config.in_dim, cfg.latent_frames, cfg.latent_height,
+                      cfg.latent_width)
+
+    def _modules(self) -> dict:
+        return {"generator": self.student}
+
+    def _optimizers(self) -> dict:
+        return {"generator": self.opt}
+
+    def _step(self) -> dict:
+        cfg = self.cfg
+        self.opt.zero_grad(set_to_none=True)
+        losses = []
+        chunks = cfg.latent_frames // cfg.chunk_frames
+        for _ in range(cfg.grad_accum):
+            cond = self._batch_text()
+            with self._autocast():
+                uncond = self.negative.expand(len(cond), -1, -1)
+                trajectory = teacher_trajectory(self.teacher, cond, uncond, self._randn(self.shape),
+                                                self.schedule, cfg.guidance_scale, cfg.ode_steps)
+                index = self._mine(torch.randint(len(self.schedule), (cfg.batch_size * self.world, chunks),
+                                                 generator=self.noise_rng, device=self.device))
+                loss = ode_regression_loss(self.student, trajectory, cond, index, self.schedule,
+                                           cfg.chunk_frames)
+            (loss / cfg.grad_accum).backward()
+            losses.append(loss.detach())
+        grad_norm = self._sync_and_clip(self.student)
+        self.opt.step()
+        return {"ode_loss": float(torch.stack(losses).mean()), "grad_norm": grad_norm}
+
+
+def latest_checkpoint(out_dir) -> Path | None:
+    found = sorted(Path(out_dir).glob("checkpoint-*.pt"))
+    return found[-1] if found else None

@@ -1,0 +1,243 @@
+import json
+
+import pytest
+import torch
+
+from reward_forcing.models.causal_wan import CausalWanModel
+from reward_forcing.models.text_encoder import HashedTextEncoder
+from reward_forcing.models.vae import tiny_random_wan_vae
+from reward_forcing.models.wan_config import WAN_TINY
+from reward_forcing.train import FlowMotionReward, ReDMDTrainer, TrainConfig
+from reward_forcing.train.trainer import latest_checkpoint, vae_video_decoder
+
+PROMPTS = ["a red ball rolls", "waves on a beach", "a dog runs in the park"]
+
+
+def _config(tmp_path, **kw):
+    base = dict(out_dir=str(tmp_path), latent_frames=4, latent_height=4, latent_width=4,
+                chunk_frames=2, sink_frames=1, window_frames=1, critic_ratio=2, grad_accum=1,
+                batch_size=1, lr_generator=1e-4, lr_critic=1e-4, ema_start=1, max_steps=3,
+                save_every=2, weighting="none")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _trainer(cfg, seed=0):
+    torch.manual_seed(seed)
+    gen = CausalWanModel(WAN_TINY)
+    critic = CausalWanModel(WAN_TINY)
+    critic.load_state_dict(gen.state_dict())
+    torch.manual_seed(99)  # the frozen teacher is not in the checkpoint: the same in every run
+    teacher = CausalWanModel(WAN_TINY)
+    text = HashedTextEncoder(WAN_TINY.text_dim, WAN_TINY.text_len)
+    reward = decode = None
+    if cfg.weighting != "none":
+        reward, decode = FlowMotionReward(), vae_video_decoder(tiny_random_wan_vae())
+    return ReDMDTrainer(cfg, gen, critic, teacher, text, PROMPTS, reward=reward, decode=decode)
+
+
+@pytest.mark.parametrize("weighting", ["generator", "critic"])
+def test_steps_run_and_losses_finite(tmp_path, weighting):
+    trainer = _trainer(_config(tmp_path, weighting=weighting, normalize_weights=True))
+    before = [p.clone() for p in trainer.generator.parameters()]
+    trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert "generator_loss" in records[0] and "generator_loss" not in records[1]
+    for r in records:
+        assert all(v == v and abs(v) < float("inf") for v in r.values() if isinstance(v, float))
+    if weighting == "generator":
+        assert "reward" in records[0]
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.generator.parameters()))
+    assert trainer.generator_steps == 2
+    assert [p.name for p in sorted(tmp_path.glob("checkpoint-*"))] == \
+        ["checkpoint-00000002.pt", "checkpoint-00000003.pt"]
+
+
+def _states(trainer):
+    return {"generator": trainer.generator.state_dict(), "critic": trainer.critic.state_dict(),
+            "ema": trainer.ema.state_dict(), "opt_g": trainer.opt_g.state_dict()["state"],
+            "opt_c": trainer.opt_c.state_dict()["state"]}
+
+
+def _assert_equal(a, b):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _assert_equal(a[k], b[k])
+    elif torch.is_tensor(a):
+        assert torch.equal(a, b)
+    else:
+        assert a == b
+
+
+def test_resume_is_bitwise_exact(tmp_path):
+    straight = _trainer(_config(tmp_path / "a", max_steps=3, save_every=100))
+    for _ in range(3):
+        last = straight.train_step()
+    stopped = _trainer(_config(tmp_path / "b"))
+    stopped.train_step()
+    stopped.train_step()
+    path = stopped.save_checkpoint()
+    resumed = _trainer(_config(tmp_path / "b"), seed=123)  # other init: everything must come from the file
+    assert resumed.resume() == path
+    assert resumed.step == 2
+    again = resumed.train_step()
+    assert again["critic_loss"] == last["critic_loss"]
+    _assert_equal(_states(resumed), _states(straight))
+
+
+def test_checkpoints_are_atomic(tmp_path, monkeypatch):
+    trainer = _trainer(_config(tmp_path))
+    trainer.train_step()
+    good = trainer.save_checkpoint()
+    content = good.read_bytes()
+    trainer.train_step()
+
+    def crash(obj, f, *a, **k):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint()
+    assert latest_checkpoint(tmp_path) == good and good.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == [good.name]
+
+
+def test_config_yaml_roundtrip_and_errors(tmp_path):
+    cfg = _config(tmp_path, weighting="critic", beta=1.0)
+    cfg.save(tmp_path / "c.yaml")
+    assert TrainConfig.load(tmp_path / "c.yaml") == cfg
+    with pytest.raises(ValueError, match="unknown config keys"):
+        TrainConfig.from_dict({"lr": 1.0})
+    with pytest.raises(ValueError, match="weighting"):
+        TrainConfig(weighting="both")
+    with pytest.raises(ValueError, match="needs a reward"):
+        ReDMDTrainer(_config(tmp_path, weighting="generator"), *[CausalWanModel(WAN_TINY)] * 3,
+                     HashedTextEncoder(WAN_TINY.text_dim, WAN_TINY.text_len), PROMPTS)
+
+
+def _grads(trainer):
+    """The last step's gradients (Adam is blind to their scale: a sum-instead-of-mean bug shows here)."""
+    return {name: {k: p.grad for k, p in model.named_parameters()}
+            for name, model in (("generator_grad", trainer.generator), ("critic_grad", trainer.critic))}
+
+
+def _ddp_worker(rank, world, port, tmp_path):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        trainer = _trainer(_config(tmp_path / "ddp", weighting="generator", normalize_weights=True))
+        for _ in range(3):
+            trainer.train_step()
+        if rank == 0:
+            torch.save(_states(trainer) | _grads(trainer), tmp_path / "ddp.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_match_one_process(tmp_path):
+    """2 CPU ranks x batch 1 (gradient all-reduce, global weight normalisation) == 1 process x
+    batch 2, up to the order of float sums."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, tmp_path), nprocs=2)
+    single = _trainer(_config(tmp_path / "one", weighting="generator", normalize_weights=True, batch_size=2))
+    for _ in range(3):
+        single.train_step()
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=False)
+    ref = _states(single) | _grads(single)
+    for name in ("generator", "critic", "ema", "generator_grad", "critic_grad"):
+        for key, value in ref[name].items():
+            torch.testing.assert_close(ddp[name][key], value, rtol=1e-4, atol=1e-5, msg=f"{name}.{key}")
+
+
+def test_teacher_trajectory_of_a_point_mass_is_exact():
+    """For data = one point x*, v = (x - x*) / sigma exactly and the flow ODE is a straight line:
+    Euler lands on x* and passes (1 - sigma) x* + sigma eps at every student step."""
+    from reward_forcing.scheduler import FewStepFlowSchedule
+    from reward_forcing.train.trainer import teacher_trajectory
+
+    sched = FewStepFlowSchedule()
+    target, noise = torch.randn(1, 16, 2, 4, 4, dtype=torch.float64), torch.randn(1, 16, 2, 4, 4, dtype=torch.float64)
+    teacher = lambda x, t, c: (x - target) / (t / 1000)  # noqa: E731
+    traj = teacher_trajectory(teacher, None, None, noise.float(), sched, guidance_scale=3.0, num_steps=8)
+    assert traj.shape == (1, 5, 16, 2, 4, 4)
+    for k, sigma in enumerate(sched.sigmas):
+        torch.testing.assert_close(traj[:, k].double(), (1 - sigma) * target + sigma * noise, atol=1e-5, rtol=0)
+    torch.testing.assert_close(traj[:, -1].double(), target, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="grid"):
+        teacher_trajectory(teacher, None, None, noise.float(), sched, num_steps=6)
+
+
+def test_ode_init_stage_trains_and_feeds_the_dmd_stage(tmp_path):
+    from reward_forcing.models.loading import load_causal_wan
+    from reward_forcing.train import ODEInitTrainer
+
+    torch.manual_seed(0)
+    student, teacher = CausalWanModel(WAN_TINY), CausalWanModel(WAN_TINY)
+    cfg = _config(tmp_path, ode_steps=4, max_steps=2, lr_generator=1e-3)
+    trainer = ODEInitTrainer(cfg, student, teacher, HashedTextEncoder(WAN_TINY.text_dim, WAN_TINY.text_len), PROMPTS)
+    before = [p.clone() for p in student.parameters()]
+    trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(r["ode_loss"] == r["ode_loss"] for r in records)
+    assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
+    loaded = load_causal_wan(latest_checkpoint(tmp_path), WAN_TINY, dtype=torch.float32)
+    _assert_equal(loaded.state_dict(), student.state_dict())
+
+
+def test_main_runs_both_stages_and_names_missing_paths(tmp_path, capsys):
+    from reward_forcing.train.__main__ import main
+
+    def run(stage, **kw):
+        path = tmp_path / f"{stage}.yaml"
+        _config(tmp_path / stage, max_steps=1, ode_steps=4, **kw).save(path)
+        return main(["--config", str(path), "--stage", stage, "--no-progress"])
+
+    assert run("ode-init") == 0
+    ode = latest_checkpoint(tmp_path / "ode-init")
+    assert run("dmd", generator=str(ode)) == 0
+    assert (tmp_path / "dmd" / "config.yaml").is_file() and latest_checkpoint(tmp_path / "dmd")
+    assert run("dmd", teacher=str(tmp_path / "nope")) == 2
+    assert "teacher checkpoint not found" in capsys.readouterr().err
+
+
+def test_bf16_autocast_path_runs(tmp_path, monkeypatch):
+    """The GPU's bf16 autocast path, exercised with CPU autocast: dtypes fit and losses are finite."""
+    from reward_forcing.train import ODEInitTrainer
+    from reward_forcing.train.trainer import _TrainLoop
+
+    monkeypatch.setattr(_TrainLoop, "_autocast", lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
+    trainer = _trainer(_config(tmp_path, weighting="critic"))
+    logs = [trainer.train_step() for _ in range(2)]
+    ode = ODEInitTrainer(_config(tmp_path, ode_steps=4), CausalWanModel(WAN_TINY), CausalWanModel(WAN_TINY),
+                         HashedTextEncoder(WAN_TINY.text_dim, WAN_TINY.text_len), PROMPTS)
+    logs.append(ode.train_step())
+    losses = [v for r in logs for k, v in r.items() if k.endswith("loss")]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(v)) for v in losses)
+    assert all(p.dtype == torch.float32 for p in trainer.generator.parameters())
+
+
+def test_ema_copies_before_its_start_then_averages(tmp_path):
+    trainer = _trainer(_config(tmp_path, ema_start=100))
+    trainer.train_step()
+    _assert_equal(trainer.ema.state_dict(), trainer.generator.state_dict())
+    trainer = _trainer(_config(tmp_path, ema_start=0, ema_decay=0.75))
+    before = {k: v.clone() for k, v in trainer.generator.state_dict().items()}
+    trainer.train_step()
+    after = trainer.generator.state_dict()
+    for k, v in trainer.ema.state_dict().items():
+        torch.testing.assert_close(v, 0.75 * before[k] + 0.25 * after[k])
