@@ -12,6 +12,9 @@ time 0 may replace ``--prompt``::
     4.5	a blue square slides to the right
 
 Bad arguments print one line on stderr and exit with status 2.
+
+``reward-forcing serve [--host 127.0.0.1] [--port 8000] [--max-streams 2]`` runs the browser demo
+(live frames, prompt switching, recording download; see :mod:`reward_forcing.server`).
 """
 from __future__ import annotations
 
@@ -71,6 +74,21 @@ def _parser() -> argparse.ArgumentParser:
                    help="re-encode the cache under the new prompt at each switch")
     g.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     g.add_argument("--fps", type=_positive_float, default=16.0, help="frame rate (default 16)")
+
+    s = sub.add_parser("serve", help="browser demo: watch and steer a stream live",
+                       description="Serve the streaming demo page (FastAPI + uvicorn); sink, "
+                                   "window and alpha are chosen per stream in the page.")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: "
+                   "this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument("--max-streams", type=int, default=2, help="concurrent streams (default 2)")
+    s.add_argument("--recordings-dir", type=Path, help="where recordings go (default: a new "
+                   "temporary folder)")
+    for name in ("--checkpoint", "--text-encoder", "--vae", "--height", "--width",
+                 "--chunk-frames", "--sink-dtype", "--recache", "--device", "--fps"):
+        action = next(a for a in g._actions if name in a.option_strings)
+        s._add_action(action)  # share the option (help, type, default) with generate
+    s.set_defaults(sink_frames=3, window_frames=3, alpha=0.999)
     return parser
 
 
@@ -159,8 +177,36 @@ def _one_line(error: BaseException) -> str:
     return "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
 
 
+def _serve(args) -> int:
+    try:
+        if not 0 < args.port < 65536:
+            raise ValueError(f"--port must be in [1, 65535], got {args.port}")
+        if args.max_streams < 1:
+            raise ValueError(f"--max-streams must be >= 1, got {args.max_streams}")
+        from .server import serve
+
+        pipe = _pipeline(args)
+    except Exception as e:
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"{PROG}: warning: binding {args.host}: other machines can reach the demo",
+              file=sys.stderr)
+    note = (None if args.checkpoint is not None
+            else "tiny RANDOM model (no --checkpoint): the video will not follow the prompt")
+    try:
+        serve(pipe, host=args.host, port=args.port, max_streams=args.max_streams,
+              recordings_dir=args.recordings_dir, note=note)
+    except OSError as e:  # e.g. the port is taken
+        print(f"{PROG}: error: cannot serve on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)  # exits with status 2 on bad options
+    if args.command == "serve":
+        return _serve(args)
     try:
         if args.out.is_dir() or not args.out.parent.is_dir():
             raise ValueError(f"--out {args.out}: not a file in an existing folder")

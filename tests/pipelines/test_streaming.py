@@ -185,7 +185,7 @@ def test_memory_stays_flat_over_hundreds_of_chunks():
     assert pipe.chunk_index == 200
     assert _tensor_bytes(pipe.state_dict()) == state_bytes
     assert _live_tensor_bytes() <= tensors  # (other tests' leftovers may be collected meanwhile)
-    assert after_200 - after_50 < 32 * 1024  # torch's small caches fluctuate by a few KiB
+    assert after_200 - after_50 < 128 * 1024  # < 1 KiB per chunk; torch caches fluctuate by tens of KiB
 
 
 class CountingEncoder(torch.nn.Module):
