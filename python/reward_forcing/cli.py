@@ -15,6 +15,9 @@ Bad arguments print one line on stderr and exit with status 2.
 
 ``reward-forcing serve [--host 127.0.0.1] [--port 8000] [--max-streams 2]`` runs the browser demo
 (live frames, prompt switching, recording download; see :mod:`reward_forcing.server`).
+
+``reward-forcing train --config run.yaml --stage ode-init|dmd`` runs a training stage
+(:mod:`reward_forcing.train`; the same as ``python -m reward_forcing.train``).
 """
 from __future__ import annotations
 
@@ -89,6 +92,13 @@ def _parser() -> argparse.ArgumentParser:
         action = next(a for a in g._actions if name in a.option_strings)
         s._add_action(action)  # share the option (help, type, default) with generate
     s.set_defaults(sink_frames=3, window_frames=3, alpha=0.999)
+
+    t = sub.add_parser("train", help="train: ODE init, then Re-DMD (reward_forcing.train)",
+                       description="Run a training stage from a YAML config of TrainConfig fields "
+                                   "(same as python -m reward_forcing.train).")
+    t.add_argument("--config", required=True, type=Path, help="YAML file of TrainConfig fields")
+    t.add_argument("--stage", choices=["ode-init", "dmd"], default="dmd", help="default dmd")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -207,6 +217,10 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)  # exits with status 2 on bad options
     if args.command == "serve":
         return _serve(args)
+    if args.command == "train":
+        from .train.__main__ import run
+
+        return run(args.config, args.stage, progress=not args.no_progress)
     try:
         if args.out.is_dir() or not args.out.parent.is_dir():
             raise ValueError(f"--out {args.out}: not a file in an existing folder")

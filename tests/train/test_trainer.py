@@ -241,3 +241,67 @@ def test_ema_copies_before_its_start_then_averages(tmp_path):
     after = trainer.generator.state_dict()
     for k, v in trainer.ema.state_dict().items():
         torch.testing.assert_close(v, 0.75 * before[k] + 0.25 * after[k])
+
+
+@pytest.mark.parametrize("ts_schedule", [False, True])
+def test_ts_schedule_starts_t_at_the_step_the_exit_step_denoised_to(tmp_path, monkeypatch, ts_schedule):
+    """With ts_schedule every DMD and critic t draw starts (before the shift) at the student step
+    after the rollout's exit step (0 after the last), so t >= shift(that step); without it, at 0."""
+    from reward_forcing.scheduler import shift_sigma
+    from reward_forcing.train import dmd
+    from reward_forcing.train.rollout import draw_exit_step
+
+    draws, original = [], dmd.sample_timesteps
+
+    def spy(*args, **kw):
+        t = original(*args, **kw)
+        draws.append((kw["low"], t))
+        return t
+
+    monkeypatch.setattr(dmd, "sample_timesteps", spy)
+    cfg = _config(tmp_path, ts_schedule=ts_schedule, min_t=0.0, max_t=1000.0, critic_ratio=1, batch_size=8)
+    trainer = _trainer(cfg)
+    steps = trainer.schedule.steps
+    expected = []
+    for step in range(4):
+        exit_step = draw_exit_step(step, len(steps), cfg.seed)
+        low = (int(steps[exit_step + 1]) if exit_step + 1 < len(steps) else 0) if ts_schedule else 0
+        trainer.train_step()
+        expected += [low, low]  # a generator step and a critic step, both after their rollout
+    assert [low for low, _ in draws] == expected
+    if ts_schedule:
+        assert len(set(expected)) > 1  # several exit steps were exercised
+    for low, t in draws:
+        assert (t >= shift_sigma(low / 1000, cfg.shift) * 1000 - 1e-3).all()
+
+
+def test_tensorboard_logging_when_installed_silent_otherwise(tmp_path, monkeypatch):
+    """A stand-in torch.utils.tensorboard receives every numeric log value at its step and is
+    closed at the end; when the import fails, training logs to jsonl only, without a word."""
+    import sys
+    import types
+
+    scalars, closed = [], []
+
+    class Writer:
+        def __init__(self, log_dir):
+            self.log_dir = log_dir
+
+        def add_scalar(self, key, value, step):
+            scalars.append((self.log_dir, key, value, step))
+
+        def close(self):
+            closed.append(True)
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    _trainer(_config(tmp_path / "tb", max_steps=2)).train()
+    records = [json.loads(line) for line in (tmp_path / "tb" / "log.jsonl").read_text().splitlines()]
+    expected = [(str(tmp_path / "tb" / "tensorboard"), k, v, r["step"])
+                for r in records for k, v in r.items() if k != "step"]
+    assert scalars == expected and any(k == "generator_loss" for _, k, _, _ in scalars)
+    assert closed == [True]
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    _trainer(_config(tmp_path / "none", max_steps=2)).train()
+    assert len((tmp_path / "none" / "log.jsonl").read_text().splitlines()) == 2
+    assert not (tmp_path / "none" / "tensorboard").exists()

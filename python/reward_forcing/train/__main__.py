@@ -1,6 +1,7 @@
-"""``python -m reward_forcing.train --config run.yaml --stage ode-init|dmd``: the two training
-stages (DESIGN §5): ODE regression of the causal student onto teacher trajectories, then Re-DMD
-with ``generator:`` set to an ODE-init checkpoint.
+"""``python -m reward_forcing.train --config run.yaml --stage ode-init|dmd`` (also
+``reward-forcing train ...``; both call :func:`run`): the two training stages (DESIGN §5): ODE
+regression of the causal student onto teacher trajectories, then Re-DMD with ``generator:`` set
+to an ODE-init checkpoint.
 
 Model paths ``"tiny"`` build random WAN_TINY models (smoke runs, no weights). Under ``torchrun``
 each process joins the process group (NCCL on CUDA, gloo on CPU). The run resumes from the newest
@@ -72,10 +73,17 @@ def _reward(cfg: TrainConfig, device):
     if cfg.weighting == "none":
         return None, None
     if cfg.reward is None:
-        raise ValueError(f"weighting={cfg.weighting!r} needs a reward (reward: flow)")
+        raise ValueError(f"weighting={cfg.weighting!r} needs a reward (reward: flow, or a VLM reward folder)")
+    if cfg.reward == "flow":
+        reward = FlowMotionReward()
+    else:
+        from .vlm_reward import VLMReward
+
+        dtype = torch.bfloat16 if device.type == "cuda" and cfg.bf16 else torch.float32
+        reward = VLMReward(_need(cfg.reward, "VLM reward folder"), device=device, dtype=dtype)
     vae = (tiny_random_wan_vae(cfg.seed, device=device) if cfg.vae == "tiny"
            else load_wan_vae(_need(cfg.vae, "VAE folder"), device=device))
-    return FlowMotionReward(), vae_video_decoder(vae)
+    return reward, vae_video_decoder(vae)
 
 
 def _prompts(cfg: TrainConfig) -> list[str]:
@@ -88,14 +96,13 @@ def _prompts(cfg: TrainConfig) -> list[str]:
     return prompts
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reward_forcing.train", description=__doc__)
-    parser.add_argument("--config", required=True, help="YAML file of TrainConfig fields")
-    parser.add_argument("--stage", choices=["ode-init", "dmd"], default="dmd")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+def run(config, stage: str = "dmd", progress: bool = True) -> int:
+    """Runs training ``stage`` (``"ode-init"`` or ``"dmd"``) from the YAML file ``config``;
+    returns the exit status (2, with one line on stderr, for a bad config or a missing path)."""
     try:
-        cfg = TrainConfig.load(args.config)
+        if stage not in ("ode-init", "dmd"):
+            raise ValueError(f"stage must be 'ode-init' or 'dmd', got {stage!r}")
+        cfg = TrainConfig.load(config)
         distributed = "RANK" in os.environ
         if torch.cuda.is_available():
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -106,16 +113,16 @@ def main(argv=None) -> int:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         from .trainer import ODEInitTrainer, ReDMDTrainer
 
-        generator, critic, teacher = _models(cfg, device, critic=args.stage == "dmd")
+        generator, critic, teacher = _models(cfg, device, critic=stage == "dmd")
         text_encoder, prompts = _text_encoder(cfg, generator, device), _prompts(cfg)
-        if args.stage == "ode-init":
+        if stage == "ode-init":
             trainer = ODEInitTrainer(cfg, generator, teacher, text_encoder, prompts)
         else:
             reward, decode = _reward(cfg, device)
             trainer = ReDMDTrainer(cfg, generator, critic, teacher, text_encoder, prompts,
                                    reward=reward, decode=decode)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:  # a bad config, a missing or unreadable path
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     if trainer.rank == 0:
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
@@ -123,10 +130,19 @@ def main(argv=None) -> int:
     resumed = trainer.resume()
     if resumed is not None and trainer.rank == 0:
         print(f"resumed from {resumed} at step {trainer.step}")
-    trainer.train(progress=not args.no_progress)
+    trainer.train(progress=progress)
     if distributed:
         dist.destroy_process_group()
     return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reward_forcing.train", description=__doc__)
+    parser.add_argument("--config", required=True, help="YAML file of TrainConfig fields")
+    parser.add_argument("--stage", choices=["ode-init", "dmd"], default="dmd")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    return run(args.config, args.stage, progress=not args.no_progress)
 
 
 if __name__ == "__main__":

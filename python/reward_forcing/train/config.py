@@ -34,8 +34,11 @@ class TrainConfig:
     ode_steps: int = 48            # the teacher's Euler steps in the ODE-init stage
     min_t: float = 20.0
     max_t: float = 980.0
+    # Self Forcing's ts_schedule: the DMD and critic t draws start (before the shift) at the step
+    # the rollout's exit step denoised to (the next student step; 0 after the last step)
+    ts_schedule: bool = False
     # Re-DMD
-    reward: str | None = "flow"    # "flow" (FlowMotionReward) or None
+    reward: str | None = "flow"    # "flow" (FlowMotionReward), a VLM reward folder (VLMReward) or None
     beta: float = 2.0
     normalize_weights: bool = False
     weight_clip: float | None = None
@@ -74,8 +77,8 @@ class TrainConfig:
                              f"chunk_frames={self.chunk_frames}")
         if self.weighting not in ("generator", "critic", "none"):
             raise ValueError(f"weighting must be 'generator', 'critic' or 'none', got {self.weighting!r}")
-        if self.reward not in (None, "flow"):
-            raise ValueError(f"reward must be 'flow' or null, got {self.reward!r}")
+        if self.reward is not None and not (isinstance(self.reward, str) and self.reward):
+            raise ValueError(f"reward must be 'flow', a VLM reward folder or null, got {self.reward!r}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -130,8 +130,8 @@ class _TrainLoop:
 
     # ------------------------------------------------------------------ loop and logs
     def train(self, progress: bool = False) -> None:
-        """Runs to ``max_steps``, logging to ``out_dir/log.jsonl`` and checkpointing every
-        ``save_every`` steps and at the end."""
+        """Runs to ``max_steps``, logging to ``out_dir/log.jsonl`` (and TensorBoard when it is
+        installed: :meth:`log`) and checkpointing every ``save_every`` steps and at the end."""
         from tqdm import tqdm
 
         cfg = self.cfg
@@ -144,11 +144,37 @@ class _TrainLoop:
             if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
                 self.save_checkpoint()
         bar.close()
+        self.close_logs()
 
     def log(self, record: dict) -> None:
+        """Appends ``record`` to ``out_dir/log.jsonl``, and its numbers to TensorBoard
+        (``out_dir/tensorboard``, at ``record["step"]``) when ``torch.utils.tensorboard`` imports."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+        writer = self._tensorboard()
+        if writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    writer.add_scalar(key, value, record["step"])
+
+    def _tensorboard(self):
+        """The run's SummaryWriter, created on first use; None when TensorBoard is not installed."""
+        if not hasattr(self, "_tb_writer"):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self._tb_writer = None
+            else:
+                self._tb_writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+        return self._tb_writer
+
+    def close_logs(self) -> None:
+        """Flushes and closes the TensorBoard writer (a later :meth:`log` opens a new one)."""
+        writer = getattr(self, "_tb_writer", None)
+        if writer is not None:
+            writer.close()
+        self.__dict__.pop("_tb_writer", None)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -244,6 +270,7 @@ class ReDMDTrainer(_TrainLoop):
         self.opt_g = torch.optim.AdamW(generator.parameters(), lr=cfg.lr_generator, **adamw)
         self.opt_c = torch.optim.AdamW(critic.parameters(), lr=cfg.lr_critic, **adamw)
         self.generator_steps = 0
+        self._low = 0  # the t draws' lower bound (ts_schedule), set by each rollout
 
     def _modules(self) -> dict:
         return {"generator": self.generator, "critic": self.critic, "generator_ema": self.ema}
@@ -264,14 +291,24 @@ class ReDMDTrainer(_TrainLoop):
         the parameters' dtype, outside autocast: under autocast the streaming path's q/k (RMSNorm
         with float32 weights) and v (a bf16 matmul) reach the cache op in different dtypes."""
         exit_step = draw_exit_step(self.step, len(self.schedule), self.cfg.seed)
+        self._low = self.denoised_to(exit_step) if self.cfg.ts_schedule else 0
         noise = self._randn(self.shape)
         return rollout(self.generator, self.generator.encode_text(cond), noise, self.cache,
                        exit_step, self.schedule, self._randn)
 
+    def denoised_to(self, exit_step: int) -> int:
+        """The un-shifted timestep exit step ``exit_step`` denoised to: the next student step, 0
+        after the last (Self Forcing's ``denoised_timestep_to``, the ``ts_schedule`` lower bound)."""
+        steps = self.schedule.steps
+        return int(round(steps[exit_step + 1])) if exit_step + 1 < len(steps) else 0
+
     def _noised(self, x0: torch.Tensor):
+        """``x0`` noised at timesteps from the published draw; with ``ts_schedule`` the draw
+        starts at the last :meth:`_sample`'s :meth:`denoised_to`."""
         cfg = self.cfg
         t = self._mine(dmd.sample_timesteps(x0.shape[0] * self.world, shift=cfg.shift, min_t=cfg.min_t,
-                                            max_t=cfg.max_t, generator=self.noise_rng, device=self.device))
+                                            max_t=cfg.max_t, low=self._low, generator=self.noise_rng,
+                                            device=self.device))
         sigma = t / 1000
         noise = self._randn(x0.shape)
         return dmd.add_noise(x0.detach(), noise, sigma), noise, t, sigma
