@@ -67,6 +67,9 @@ def test_frame_copying_separates_moving_frozen_and_copied_videos():
     copied = video.copy()
     copied[10:] = video[0]  # the second half copies the start, as a sink-bound model would
     assert frame_copying(copied)["late_mean"] == pytest.approx(1.0)
+    noisy = copied.astype(np.int16) + np.random.default_rng(0).integers(-1, 2, copied.shape) * (
+        np.random.default_rng(1).random(copied.shape) < 0.05)  # sparse ±1 codec-like noise
+    assert frame_copying(np.clip(noisy, 0, 255).astype(np.uint8))["late_mean"] > 0.9
 
     frozen = video.copy()
     frozen[10:] = video[10]  # freezes at half length, away from the start: stalled, not a copy

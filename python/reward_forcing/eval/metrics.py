@@ -58,7 +58,7 @@ def dynamic_degree(video=None, flow: np.ndarray | None = None) -> dict:
             "dynamic": bool(n) and int(moving.sum()) >= max(1, round(n / 4))}
 
 
-def frame_copying(video, ref_frames: int = 4, segment: float = 0.25) -> dict:
+def frame_copying(video, ref_frames: int = 4, segment: float = 0.25, noise_level: float = 1.0) -> dict:
     """Similarity of each frame to the most similar of the first ref_frames frames (the first
     chunk), and its mean over the last `segment` fraction of the video.
 
@@ -66,7 +66,9 @@ def frame_copying(video, ref_frames: int = 4, segment: float = 0.25) -> dict:
     video (its static content). By the triangle inequality sim ∈ [0, 1]: 1 for an exact copy, 0 when
     what changed at t and at r lies in disjoint places (e.g. an object moved away). Normalising by
     the change against m rather than by 255 makes it independent of how much of the frame is static
-    background; a frame equal to m (a fully static video) counts as a copy (1).
+    background; a frame equal to m (a fully static video) counts as a copy (1). The denominator
+    has a floor of ``noise_level`` grey levels per value, so that codec noise on a frozen video
+    (differences of a few hundredths of a level everywhere) reads as a copy, not as change.
     """
     x = as_video(video).astype(np.float32)
     median = np.median(x, axis=0)
@@ -75,7 +77,8 @@ def frame_copying(video, ref_frames: int = 4, segment: float = 0.25) -> dict:
     per_frame = np.empty(len(x))
     for t, frame in enumerate(x):
         dist = np.abs(frame - refs).reshape(len(refs), -1).sum(axis=1)
-        per_frame[t] = np.max(1.0 - dist / np.maximum(dev[t] + dev[:len(refs)], 1e-6))
+        floor = max(noise_level * frame.size, 1e-6)
+        per_frame[t] = np.max(1.0 - dist / np.maximum(dev[t] + dev[:len(refs)], floor))
     return {"per_frame": per_frame, "late_mean": float(per_frame[-_segment(len(x), segment):].mean())}
 
 

