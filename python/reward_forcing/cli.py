@@ -16,7 +16,7 @@ Bad arguments print one line on stderr and exit with status 2.
 ``reward-forcing serve [--host 127.0.0.1] [--port 8000] [--max-streams 2]`` runs the browser demo
 (live frames, prompt switching, recording download; see :mod:`reward_forcing.server`).
 
-``reward-forcing train --config run.yaml --stage ode-init|dmd`` runs a training stage
+``reward-forcing train --config run.yaml --stage teacher|ode-init|dmd`` runs a training stage
 (:mod:`reward_forcing.train`; the same as ``python -m reward_forcing.train``).
 
 ``reward-forcing eval VIDEO.mp4 [VIDEO2 ...] [--prompt "..."] --out DIR`` scores videos
@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Run a training stage from a YAML config of TrainConfig fields "
                                    "(same as python -m reward_forcing.train).")
     t.add_argument("--config", required=True, type=Path, help="YAML file of TrainConfig fields")
-    t.add_argument("--stage", choices=["ode-init", "dmd"], default="dmd", help="default dmd")
+    t.add_argument("--stage", choices=["teacher", "ode-init", "dmd"], default="dmd", help="default dmd")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser("eval", help="evaluate mp4 videos: motion, copying, drift, flicker report",

@@ -18,7 +18,7 @@ import torch
 
 from ..models.causal_wan import CausalWanModel
 from ..models.text_encoder import HashedTextEncoder, clean_prompt
-from ..models.vae import StreamingVAEDecoder
+from ..models.pixel_codec import streaming_decoder
 from ..models.wan_config import WAN_TINY
 from ..scheduler import FewStepFlowSchedule
 
@@ -34,7 +34,8 @@ def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
 class StreamingPipeline:
     """Streams video for one prompt at a time (batch 1).
 
-    ``model`` a :class:`CausalWanModel`; ``vae`` a diffusers ``AutoencoderKLWan``; ``text_encoder``
+    ``model`` a :class:`CausalWanModel`; ``vae`` a diffusers ``AutoencoderKLWan`` or a
+    :class:`~reward_forcing.models.pixel_codec.PixelCodec`; ``text_encoder``
     a callable ``prompts -> [B, L, text_dim]`` states, zero after the real tokens (see
     :mod:`reward_forcing.models.text_encoder`; it bundles its tokenizer). ``height x width`` are
     pixels (multiples of 16 for Wan). ``sink_frames``, ``window_frames``, ``chunk_frames``,
@@ -64,7 +65,7 @@ class StreamingPipeline:
             raise ValueError(f"fps must be positive, got {fps}")
         self.model = model.eval()
         self.vae, self.text_encoder = vae, text_encoder
-        self.decoder = StreamingVAEDecoder(vae)
+        self.decoder = streaming_decoder(vae)
         self.schedule = schedule or FewStepFlowSchedule()
         self.fps, self.recache, self.sink_recache = float(fps), recache, sink_recache
         self.offload_text_encoder = offload_text_encoder

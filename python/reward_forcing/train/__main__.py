@@ -1,9 +1,10 @@
-"""``python -m reward_forcing.train --config run.yaml --stage ode-init|dmd`` (also
-``reward-forcing train ...``; both call :func:`run`): the two training stages (DESIGN §5): ODE
+"""``python -m reward_forcing.train --config run.yaml --stage teacher|ode-init|dmd`` (also
+``reward-forcing train ...``; both call :func:`run`): the training stages (DESIGN §5): ODE
 regression of the causal student onto teacher trajectories, then Re-DMD with ``generator:`` set
-to an ODE-init checkpoint.
+to an ODE-init checkpoint; before them, for the embedded world model only, flow-matching training
+of the bidirectional teacher on world clips (``data: world``).
 
-Model paths ``"tiny"`` build random WAN_TINY models (smoke runs, no weights). Under ``torchrun``
+Model paths ``"tiny"`` / ``"world"`` build random WAN_TINY / WAN_WORLD models (no weights). Under ``torchrun``
 each process joins the process group (NCCL on CUDA, gloo on CPU). The run resumes from the newest
 checkpoint in ``out_dir`` when there is one.
 """
@@ -18,6 +19,8 @@ import torch
 import torch.distributed as dist
 
 from .config import TrainConfig
+
+STAGES = ("teacher", "ode-init", "dmd")
 
 
 def _need(path: str | None, what: str) -> Path:
@@ -37,36 +40,39 @@ def _trainer_config(path: Path):
     return WanConfig(**configs["generator"]) if configs else None
 
 
-def _models(cfg: TrainConfig, device: torch.device, critic: bool):
+def _model(path: str, what: str, seed: int, device: torch.device):
+    """A model from a checkpoint path, or a random WAN_TINY / WAN_WORLD one for "tiny" / "world"."""
     from ..models.causal_wan import CausalWanModel
     from ..models.loading import load_causal_wan
-    from ..models.wan_config import WAN_TINY
+    from ..models.wan_config import WAN_TINY, WAN_WORLD
 
-    def load(path, what, seed):
-        if path == "tiny":
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                return CausalWanModel(WAN_TINY).to(device)
-        return load_causal_wan(_need(path, what), _trainer_config(Path(path)), dtype=torch.float32,
-                               device=device)
+    if path in ("tiny", "world"):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return CausalWanModel(WAN_TINY if path == "tiny" else WAN_WORLD).to(device)
+    return load_causal_wan(_need(path, what), _trainer_config(Path(path)), dtype=torch.float32,
+                           device=device)
 
-    generator = load(cfg.generator, "generator checkpoint", cfg.seed)
-    teacher = load(cfg.teacher, "teacher checkpoint", cfg.seed + 1)
-    fake = load(cfg.critic or cfg.generator, "critic checkpoint", cfg.seed) if critic else None
+
+def _models(cfg: TrainConfig, device: torch.device, critic: bool):
+    generator = _model(cfg.generator, "generator checkpoint", cfg.seed, device)
+    teacher = _model(cfg.teacher, "teacher checkpoint", cfg.seed + 1, device)
+    fake = _model(cfg.critic or cfg.generator, "critic checkpoint", cfg.seed, device) if critic else None
     return generator, fake, teacher
 
 
 def _text_encoder(cfg: TrainConfig, model, device):
-    from ..models.text_encoder import HashedTextEncoder, UMT5TextEncoder
+    from ..models.text_encoder import HashedTextEncoder, MiniLMTextEncoder, UMT5TextEncoder
 
     if cfg.text_encoder == "tiny":
         return HashedTextEncoder(model.config.text_dim, model.config.text_len, seed=cfg.seed).to(device)
+    if cfg.text_encoder == "minilm":
+        return MiniLMTextEncoder.from_pretrained(text_len=model.config.text_len, device=device)
     return UMT5TextEncoder.from_pretrained(_need(cfg.text_encoder, "text encoder folder"),
                                            text_len=model.config.text_len, device=device)
 
 
 def _reward(cfg: TrainConfig, device):
-    from ..models.vae import load_wan_vae, tiny_random_wan_vae
     from .rewards import FlowMotionReward
     from .trainer import vae_video_decoder
 
@@ -81,13 +87,26 @@ def _reward(cfg: TrainConfig, device):
 
         dtype = torch.bfloat16 if device.type == "cuda" and cfg.bf16 else torch.float32
         reward = VLMReward(_need(cfg.reward, "VLM reward folder"), device=device, dtype=dtype)
-    vae = (tiny_random_wan_vae(cfg.seed, device=device) if cfg.vae == "tiny"
-           else load_wan_vae(_need(cfg.vae, "VAE folder"), device=device))
-    return reward, vae_video_decoder(vae)
+    return reward, vae_video_decoder(_vae(cfg, device))
+
+
+def _vae(cfg: TrainConfig, device):
+    from ..models.pixel_codec import PixelCodec
+    from ..models.vae import load_wan_vae, tiny_random_wan_vae
+
+    if cfg.vae == "pixel":
+        return PixelCodec()
+    if cfg.vae == "tiny":
+        return tiny_random_wan_vae(cfg.seed, device=device)
+    return load_wan_vae(_need(cfg.vae, "VAE folder"), device=device)
 
 
 def _prompts(cfg: TrainConfig) -> list[str]:
     if cfg.prompts is None:
+        if cfg.data == "world":
+            from .world_data import world_prompts
+
+            return world_prompts(seed=cfg.seed)
         return ["a red ball bounces across a wooden floor"]
     lines = _need(cfg.prompts, "prompt file").read_text().splitlines()
     prompts = [p.strip() for p in lines if p.strip()]
@@ -96,12 +115,36 @@ def _prompts(cfg: TrainConfig) -> list[str]:
     return prompts
 
 
+def _trainer(cfg: TrainConfig, stage: str, device: torch.device):
+    from .trainer import ODEInitTrainer, ReDMDTrainer, TeacherTrainer
+
+    if stage == "teacher":  # the model being trained is the teacher
+        if cfg.data != "world":
+            raise ValueError("stage teacher needs training data: set data: world")
+        from ..models.pixel_codec import PixelCodec
+        from .world_data import WorldClips
+
+        codec = _vae(cfg, device)
+        if not isinstance(codec, PixelCodec):
+            raise ValueError("stage teacher encodes world clips with the pixel codec: set vae: pixel")
+        model = _model(cfg.teacher, "teacher checkpoint", cfg.seed + 1, device)
+        data = WorldClips(codec, cfg.latent_frames, cfg.latent_height * codec.spatial_scale,
+                          cfg.latent_width * codec.spatial_scale)
+        return TeacherTrainer(cfg, model, _text_encoder(cfg, model, device), data)
+    generator, critic, teacher = _models(cfg, device, critic=stage == "dmd")
+    text_encoder, prompts = _text_encoder(cfg, generator, device), _prompts(cfg)
+    if stage == "ode-init":
+        return ODEInitTrainer(cfg, generator, teacher, text_encoder, prompts)
+    reward, decode = _reward(cfg, device)
+    return ReDMDTrainer(cfg, generator, critic, teacher, text_encoder, prompts, reward=reward, decode=decode)
+
+
 def run(config, stage: str = "dmd", progress: bool = True) -> int:
-    """Runs training ``stage`` (``"ode-init"`` or ``"dmd"``) from the YAML file ``config``;
+    """Runs training ``stage`` (``"teacher"``, ``"ode-init"`` or ``"dmd"``) from the YAML file ``config``;
     returns the exit status (2, with one line on stderr, for a bad config or a missing path)."""
     try:
-        if stage not in ("ode-init", "dmd"):
-            raise ValueError(f"stage must be 'ode-init' or 'dmd', got {stage!r}")
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
         cfg = TrainConfig.load(config)
         distributed = "RANK" in os.environ
         if torch.cuda.is_available():
@@ -111,16 +154,7 @@ def run(config, stage: str = "dmd", progress: bool = True) -> int:
             device = torch.device("cpu")
         if distributed:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        from .trainer import ODEInitTrainer, ReDMDTrainer
-
-        generator, critic, teacher = _models(cfg, device, critic=stage == "dmd")
-        text_encoder, prompts = _text_encoder(cfg, generator, device), _prompts(cfg)
-        if stage == "ode-init":
-            trainer = ODEInitTrainer(cfg, generator, teacher, text_encoder, prompts)
-        else:
-            reward, decode = _reward(cfg, device)
-            trainer = ReDMDTrainer(cfg, generator, critic, teacher, text_encoder, prompts,
-                                   reward=reward, decode=decode)
+        trainer = _trainer(cfg, stage, device)
     except (OSError, ValueError) as e:  # a bad config, a missing or unreadable path
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
@@ -139,7 +173,7 @@ def run(config, stage: str = "dmd", progress: bool = True) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reward_forcing.train", description=__doc__)
     parser.add_argument("--config", required=True, help="YAML file of TrainConfig fields")
-    parser.add_argument("--stage", choices=["ode-init", "dmd"], default="dmd")
+    parser.add_argument("--stage", choices=STAGES, default="dmd")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     return run(args.config, args.stage, progress=not args.no_progress)

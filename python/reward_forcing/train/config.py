@@ -10,13 +10,15 @@ import yaml
 
 @dataclass
 class TrainConfig:
-    # models and data (paths; "tiny" builds random WAN_TINY models for tests and smoke runs)
+    # models and data: paths, or "tiny" / "world" for random WAN_TINY / WAN_WORLD models
     generator: str = "tiny"        # causal student checkpoint (ODE-init in the published recipe)
     critic: str | None = None      # fake-score init; default: the generator's checkpoint
-    teacher: str = "tiny"          # real score (Wan-14B in the published run)
-    text_encoder: str = "tiny"     # UMT5 folder
-    vae: str = "tiny"              # Wan VAE folder (decodes samples for the reward)
-    prompts: str | None = None     # text file, one prompt per line; None: a built-in test prompt
+    teacher: str = "tiny"          # real score (Wan-14B in the published run); trained by stage teacher
+    text_encoder: str = "tiny"     # UMT5 folder, "minilm" (the packaged MiniLM) or "tiny" (hashed words)
+    vae: str = "tiny"              # Wan VAE folder, "pixel" (the pixel codec) or "tiny" (random Wan VAE)
+    prompts: str | None = None     # text file, one prompt per line; None: world prompts or a test prompt
+    data: str | None = None        # "world": procedural clips (stage teacher) and their prompts
+    cond_dropout: float = 0.1      # stage teacher: share of prompts replaced by the negative prompt
     negative_prompt: str = "static, blurry, low quality"  # CFG's unconditional branch
     out_dir: str = "runs/redmd"
     # sample geometry (latent frames; pixels are 8x the latent size for Wan's VAE)
@@ -77,6 +79,8 @@ class TrainConfig:
                              f"chunk_frames={self.chunk_frames}")
         if self.weighting not in ("generator", "critic", "none"):
             raise ValueError(f"weighting must be 'generator', 'critic' or 'none', got {self.weighting!r}")
+        if self.data not in (None, "world"):
+            raise ValueError(f"data must be 'world' or null, got {self.data!r}")
         if self.reward is not None and not (isinstance(self.reward, str) and self.reward):
             raise ValueError(f"reward must be 'flow', a VLM reward folder or null, got {self.reward!r}")
 
