@@ -15,7 +15,7 @@ av = pytest.importorskip("av")
 
 from reward_forcing.cli import main, write_mp4  # noqa: E402
 
-SMALL = ["--height", "32", "--width", "48"]
+SMALL = ["--random-model", "--height", "32", "--width", "48"]
 
 
 def read_video(path):
@@ -96,7 +96,10 @@ def test_generate_from_local_weights(tmp_path, capsys):
      "does not exist"),
     (["--prompt", "x", "--checkpoint", "."], "together"),
     (["--prompt", "x", "--prompts", "missing.txt"], "does not exist"),
-    (["--prompt", "x", "--height", "40"], "multiples of 16"),
+    (["--prompt", "x", "--height", "42"], "multiples of"),
+    (["--prompt", "x", "--random-model", "--height", "40"], "multiples of 16"),
+    (["--prompt", "x", "--random-model", "--checkpoint", ".", "--text-encoder", ".", "--vae", "."],
+     "exclude each other"),
     (["--prompt", "x", "--sink-frames", "-1"], "sink_frames"),
     (["--prompt", "x", "--device", "nonsense"], "--device"),
 ])

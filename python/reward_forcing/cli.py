@@ -68,19 +68,24 @@ def _parser() -> argparse.ArgumentParser:
                    "Self/Reward Forcing .pt, or a diffusers folder)")
     g.add_argument("--text-encoder", type=Path, help="UMT5 encoder folder (transformers format)")
     g.add_argument("--vae", type=Path, help="Wan VAE folder (diffusers AutoencoderKLWan)")
-    g.add_argument("--height", type=int, help="pixels, a multiple of 16 (default 480; 64 for "
-                   "the random model)")
-    g.add_argument("--width", type=int, help="pixels, a multiple of 16 (default 832; 112 for "
-                   "the random model)")
-    g.add_argument("--sink-frames", type=int, default=3, help="EMA-Sink frames (0: plain window)")
-    g.add_argument("--window-frames", type=int, default=3, help="sliding-window frames")
-    g.add_argument("--chunk-frames", type=int, default=3, help="latent frames per chunk")
-    g.add_argument("--alpha", type=float, default=0.999, help="EMA-Sink factor (1: frozen sink)")
+    g.add_argument("--random-model", action="store_true",
+                   help="use a tiny RANDOM model instead of the embedded default (tests, timing)")
+    g.add_argument("--height", type=int, help="pixels (default 480 for Wan checkpoints, 64 for "
+                   "the embedded and the random model)")
+    g.add_argument("--width", type=int, help="pixels (default 832 for Wan checkpoints, 64 for the "
+                   "embedded model, 112 for the random one)")
+    g.add_argument("--sink-frames", type=int, help="EMA-Sink frames (0: plain window; default 3, "
+                   "the embedded model's own setting for it)")
+    g.add_argument("--window-frames", type=int, help="sliding-window frames (default 3 or the "
+                   "embedded model's)")
+    g.add_argument("--chunk-frames", type=int, help="latent frames per chunk (default 3 or the "
+                   "embedded model's)")
+    g.add_argument("--alpha", type=float, help="EMA-Sink factor (1: frozen sink; default 0.999)")
     g.add_argument("--sink-dtype", choices=_DTYPES, default="float32", help="EMA-Sink precision")
     g.add_argument("--recache", action="store_true",
                    help="re-encode the cache under the new prompt at each switch")
     g.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    g.add_argument("--fps", type=_positive_float, default=16.0, help="frame rate (default 16)")
+    g.add_argument("--fps", type=_positive_float, help="frame rate (default 16)")
 
     s = sub.add_parser("serve", help="browser demo: watch and steer a stream live",
                        description="Serve the streaming demo page (FastAPI + uvicorn); sink, "
@@ -91,11 +96,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-streams", type=int, default=2, help="concurrent streams (default 2)")
     s.add_argument("--recordings-dir", type=Path, help="where recordings go (default: a new "
                    "temporary folder)")
-    for name in ("--checkpoint", "--text-encoder", "--vae", "--height", "--width",
+    for name in ("--checkpoint", "--text-encoder", "--vae", "--random-model", "--height", "--width",
                  "--chunk-frames", "--sink-dtype", "--recache", "--device", "--fps"):
         action = next(a for a in g._actions if name in a.option_strings)
         s._add_action(action)  # share the option (help, type, default) with generate
-    s.set_defaults(sink_frames=3, window_frames=3, alpha=0.999)
+    s.set_defaults(sink_frames=None, window_frames=None, alpha=None)
 
     t = sub.add_parser("train", help="train: ODE init, then Re-DMD (reward_forcing.train)",
                        description="Run a training stage from a YAML config of TrainConfig fields "
@@ -141,6 +146,7 @@ def _read_prompts(path: Path) -> list[tuple[float, str]]:
 def _pipeline(args):
     import torch
 
+    from .models import default as default_model
     from .pipelines import StreamingPipeline
 
     paths = {"--checkpoint": args.checkpoint, "--text-encoder": args.text_encoder, "--vae": args.vae}
@@ -155,16 +161,24 @@ def _pipeline(args):
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as e:
         raise ValueError(f"--device {args.device}: {e}") from None
-    kwargs = dict(sink_frames=args.sink_frames, window_frames=args.window_frames,
-                  chunk_frames=args.chunk_frames, alpha=args.alpha,
-                  sink_dtype=getattr(torch, args.sink_dtype), fps=args.fps, recache=args.recache,
+    kwargs = dict(sink_dtype=getattr(torch, args.sink_dtype), recache=args.recache,
                   offload_text_encoder=device.type != "cpu")
-    kwargs.update({k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None})
+    optional = dict(sink_frames=args.sink_frames, window_frames=args.window_frames,
+                    chunk_frames=args.chunk_frames, alpha=args.alpha, fps=args.fps,
+                    height=args.height, width=args.width)
+    kwargs.update({k: v for k, v in optional.items() if v is not None})
     if given:
+        if args.random_model:
+            raise ValueError("--random-model and --checkpoint exclude each other")
         return StreamingPipeline.from_pretrained(args.checkpoint, args.text_encoder, args.vae,
                                                  device=device, **kwargs)
-    print(f"{PROG}: warning: no --checkpoint/--text-encoder/--vae: using a tiny RANDOM model; "
-          "the video will not follow the prompt", file=sys.stderr)
+    if not args.random_model:
+        if default_model.available():
+            return StreamingPipeline.default(device=device, **kwargs)
+        print(f"{PROG}: warning: the embedded default model is missing from this install "
+              f"({default_model.WEIGHTS})", file=sys.stderr)
+    print(f"{PROG}: warning: using a tiny RANDOM model; the video will not follow the prompt",
+          file=sys.stderr)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return StreamingPipeline.tiny_random(device=device, **kwargs)
@@ -207,6 +221,7 @@ def _serve(args) -> int:
             raise ValueError(f"--port must be in [1, 65535], got {args.port}")
         if args.max_streams < 1:
             raise ValueError(f"--max-streams must be >= 1, got {args.max_streams}")
+        from .models.wan_config import WAN_TINY
         from .server import serve
 
         pipe = _pipeline(args)
@@ -216,8 +231,8 @@ def _serve(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"{PROG}: warning: binding {args.host}: other machines can reach the demo",
               file=sys.stderr)
-    note = (None if args.checkpoint is not None
-            else "tiny RANDOM model (no --checkpoint): the video will not follow the prompt")
+    note = (None if pipe.model.config != WAN_TINY
+            else "tiny RANDOM model: the video will not follow the prompt")
     try:
         serve(pipe, host=args.host, port=args.port, max_streams=args.max_streams,
               recordings_dir=args.recordings_dir, note=note)

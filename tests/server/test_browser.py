@@ -47,8 +47,8 @@ def get(url: str):
 def server(tmp_path):
     port = free_port()
     log = open(tmp_path / "server.log", "w+")
-    cmd = [sys.executable, "-m", "reward_forcing.cli", "serve", "--port", str(port),
-           "--max-streams", "1", "--recordings-dir", str(tmp_path / "rec")]
+    cmd = [sys.executable, "-m", "reward_forcing.cli", "serve", "--random-model", "--port",
+           str(port), "--max-streams", "1", "--recordings-dir", str(tmp_path / "rec")]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -91,15 +91,18 @@ def _read_folder(folder: Path) -> dict:
     return state
 
 
-def _read_training_checkpoint(path: Path, use_ema: bool) -> dict:
+def _read_training_checkpoint(path: Path, use_ema: bool) -> tuple[dict, WanConfig | None]:
+    """The state dict, and the model config when the checkpoint records it (our trainer's
+    ``model_configs``)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
     for name in ("generator_ema", "generator") if use_ema else ("generator",):
         if name in ckpt:
-            return ckpt[name]
+            config = (ckpt.get("model_configs") or {}).get(name)
+            return ckpt[name], WanConfig(**config) if config else None
     if all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        return ckpt
+        return ckpt, None
     raise ValueError(f"{path}: no {'generator_ema or ' if use_ema else ''}generator state dict; "
                      f"top-level keys: {sorted(map(str, ckpt))}")
 
@@ -119,14 +122,14 @@ def _read(path, use_ema: bool):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    folder = None
+    folder, config = None, None
     if path.is_dir():
         folder = _weights_folder(path)
         state = _read_folder(folder)
     elif path.suffix == ".safetensors":
         state = load_file(path)
     else:
-        state = _read_training_checkpoint(path, use_ema)
+        state, config = _read_training_checkpoint(path, use_ema)
     out = {}
     for key, value in state.items():
         new = _strip_wrappers(key)
@@ -135,7 +138,8 @@ def _read(path, use_ema: bool):
         out[new] = value
     if any(k.startswith("condition_embedder.") or ".attn1." in k for k in out):
         out = {diffusers_to_wan_key(k): v for k, v in out.items()}
-    return out, _config_hints(folder)
+    hints = _config_hints(folder)
+    return out, hints if config is None else hints | {"config": config}
 
 
 def load_wan_state_dict(path, *, use_ema: bool = True) -> dict[str, torch.Tensor]:
@@ -195,7 +199,8 @@ def load_causal_wan(path, config: WanConfig | None = None, *, dtype: torch.dtype
     """A :class:`CausalWanModel` with the weights at ``path`` (config inferred when not given).
     ``strict=False`` tolerates unexpected keys; missing keys and wrong shapes always raise."""
     state, hints = _read(path, use_ema)
-    config = config or infer_config(state, **hints)
+    recorded = hints.pop("config", None)
+    config = config or recorded or infer_config(state, **hints)
     with torch.device("meta"):
         model = CausalWanModel(config)
     try:

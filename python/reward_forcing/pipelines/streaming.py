@@ -107,6 +107,21 @@ class StreamingPipeline:
         return cls(model, load_wan_vae(vae, dtype=dtype, device=device), encoder, **kwargs)
 
     @classmethod
+    def default(cls, *, device="cpu", path=None, **kwargs) -> "StreamingPipeline":
+        """The embedded default model (:mod:`reward_forcing.models.default`: the world student,
+        the packaged MiniLM text encoder, the pixel codec), with the streaming settings it was
+        trained for unless ``kwargs`` override them. Runs on a CPU faster than real time."""
+        from ..models import default as default_model
+        from ..models.pixel_codec import PixelCodec
+        from ..models.text_encoder import MiniLMTextEncoder
+
+        model, settings = default_model.load(path or default_model.WEIGHTS, device=device)
+        settings = dict(settings)
+        schedule = FewStepFlowSchedule(tuple(settings.pop("steps")), settings.pop("shift"))
+        text = MiniLMTextEncoder.from_pretrained(text_len=model.config.text_len, device=device)
+        return cls(model, PixelCodec(), text, schedule=schedule, **(settings | kwargs))
+
+    @classmethod
     def tiny_random(cls, *, device="cpu", seed: int = 0, **kwargs) -> "StreamingPipeline":
         """A RANDOM-weight pipeline (``WAN_TINY`` transformer, tiny Wan-layout VAE, hashed-word
         text encoder): it runs anywhere in seconds and shows noise-like video. For tests and

@@ -29,17 +29,6 @@ def _need(path: str | None, what: str) -> Path:
     return Path(path)
 
 
-def _trainer_config(path: Path):
-    """The WanConfig stored in one of our trainer checkpoints (None for other formats, whose
-    config :func:`load_causal_wan` infers)."""
-    from ..models.wan_config import WanConfig
-
-    if not path.is_file() or path.suffix != ".pt":
-        return None
-    configs = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("model_configs")
-    return WanConfig(**configs["generator"]) if configs else None
-
-
 def _model(path: str, what: str, seed: int, device: torch.device):
     """A model from a checkpoint path, or a random WAN_TINY / WAN_WORLD one for "tiny" / "world"."""
     from ..models.causal_wan import CausalWanModel
@@ -50,8 +39,7 @@ def _model(path: str, what: str, seed: int, device: torch.device):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return CausalWanModel(WAN_TINY if path == "tiny" else WAN_WORLD).to(device)
-    return load_causal_wan(_need(path, what), _trainer_config(Path(path)), dtype=torch.float32,
-                           device=device)
+    return load_causal_wan(_need(path, what), dtype=torch.float32, device=device)
 
 
 def _models(cfg: TrainConfig, device: torch.device, critic: bool):

@@ -1,0 +1,142 @@
+"""The README's world table (issue 8): long streams of held-out world prompts from each trained
+student (ODE init, DMD, Re-DMD, tilted critic) under each sink setting (frozen, the published EMA
+with a float32 and a bfloat16 sink, an alpha chosen by half-life), scored with DESIGN §8's metrics
+and the world's ground truth; the bidirectional teacher on its own 2-s clips for adherence only.
+
+    python bench/world_table.py                      # 60-s streams, 4 held-out prompts
+    python bench/world_table.py --seconds 10 --prompts 2   # a quick look
+
+Writes bench/results/world-table.{md,json,png}. Checkpoints default to the runs of
+configs/world-*.yaml (the newest checkpoint of each ``runs/world-*`` folder).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reward_forcing.eval import evaluate_video
+from reward_forcing.models.loading import load_causal_wan
+from reward_forcing.models.pixel_codec import PixelCodec
+from reward_forcing.models.text_encoder import MiniLMTextEncoder
+from reward_forcing.pipelines import StreamingPipeline
+from reward_forcing.scheduler import FewStepFlowSchedule
+from reward_forcing.train.trainer import latest_checkpoint, teacher_trajectory
+from reward_forcing.world import sample_scene
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDENTS = {"ODE init": "world-ode-init", "DMD (beta=0)": "world-dmd",
+            "Re-DMD (beta=2, published)": "world-redmd", "tilted critic (beta=2)": "world-tilted"}
+HALF_LIFE = 8.0  # chunks (4 s of video): the sink forgets the stream's start within a minute
+SINKS = {"frozen (alpha=1)": dict(alpha=1.0),
+         "EMA 0.999, fp32 sink": dict(alpha=0.999),
+         "EMA 0.999, bf16 sink": dict(alpha=0.999, sink_dtype=torch.bfloat16),
+         f"half-life {HALF_LIFE:g} chunks (alpha={2 ** (-1 / HALF_LIFE):.3f})": dict(alpha=2 ** (-1 / HALF_LIFE))}
+GEOMETRY = dict(height=64, width=64, fps=16.0, sink_frames=2, window_frames=4, chunk_frames=2)
+SCHEDULE = FewStepFlowSchedule((1000.0, 750.0, 500.0, 250.0), shift=3.0)
+KEYS = ("dynamic_degree", "frame_copying", "drift", "flicker", "found", "colour_right",
+        "direction_right", "keeps_moving", "adherence")
+
+
+def held_out_prompts(n: int, seed: int = 1234) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [sample_scene(rng, split="test").prompt for _ in range(n)]
+
+
+def score_students(runs: dict[str, Path], prompts, seconds: float, text) -> dict:
+    rows = {}
+    for name, ckpt in runs.items():
+        model = load_causal_wan(ckpt, dtype=torch.float32).eval()
+        for sink, kwargs in SINKS.items():
+            pipe = StreamingPipeline(model, PixelCodec(), text, schedule=SCHEDULE, **GEOMETRY, **kwargs)
+            start, scores = time.perf_counter(), []
+            for i, prompt in enumerate(prompts):
+                video = pipe.generate(prompt, seconds, seed=i)
+                scores.append(evaluate_video(video, prompt, fps=GEOMETRY["fps"])["summary"])
+            rows[f"{name} | {sink}"] = _mean(scores) | {"seconds": time.perf_counter() - start}
+            print(f"{name} | {sink}: " + ", ".join(f"{k} {rows[f'{name} | {sink}'][k]:.3f}" for k in KEYS),
+                  flush=True)
+    return rows
+
+
+@torch.no_grad()
+def score_teacher(ckpt: Path, prompts, text, negative: str = "static, blurry, low quality") -> dict:
+    """The bidirectional teacher on its own clip length (8 latent frames = 2 s), 16-step CFG."""
+    teacher = load_causal_wan(ckpt, dtype=torch.float32).eval()
+    codec, scores = PixelCodec(), []
+    for i, prompt in enumerate(prompts):
+        gen = torch.Generator().manual_seed(i)
+        noise = torch.randn(1, codec.channels, 8, 16, 16, generator=gen)
+        x = teacher_trajectory(teacher, text([prompt]), text([negative]), noise, SCHEDULE,
+                               guidance_scale=3.0, num_steps=16)[:, -1]
+        video = ((codec.decode(x)[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).byte()
+        scores.append(evaluate_video(video.numpy(), prompt, fps=GEOMETRY["fps"])["summary"])
+    return _mean(scores)
+
+
+def _mean(scores: list[dict]) -> dict:
+    return {k: float(np.mean([s[k] for s in scores])) for k in KEYS}
+
+
+def write(rows: dict, out: Path, meta: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    lines = [f"# World table: {meta['seconds']:g}-s streams of {len(meta['prompts'])} held-out prompts",
+             "", "Dynamic degree, found, colour/direction right, keeps moving and adherence in % "
+             "(higher is better); frame copying (lower is better), drift and flicker (lower is better).",
+             "", "| model | sink | dynamic degree | frame copying | drift | flicker | found | colour | "
+             "direction | keeps moving | adherence |", "|---" * 11 + "|"]
+    for name, r in rows.items():
+        model, _, sink = name.partition(" | ")
+        pct = lambda k: f"{100 * r[k]:.0f}"  # noqa: E731
+        lines.append(f"| {model} | {sink or '-'} | {pct('dynamic_degree')} | {r['frame_copying']:.3f} | "
+                     f"{r['drift']:.3f} | {r['flicker']:.2f} | {pct('found')} | {pct('colour_right')} | "
+                     f"{pct('direction_right')} | {pct('keeps_moving')} | {pct('adherence')} |")
+    lines += ["", "Prompts:", *[f"- {p}" for p in meta["prompts"]], ""]
+    out.with_suffix(".md").write_text("\n".join(lines))
+    names = list(rows)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 0.35 * len(names) + 1.5), sharey=True)
+    for ax, key in zip(axes, ("dynamic_degree", "frame_copying", "adherence")):
+        ax.barh(range(len(names)), [rows[n][key] for n in names])
+        ax.set_title(key)
+    axes[0].set_yticks(range(len(names)), names, fontsize=7)
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--prompts", type=int, default=4, help="number of held-out prompts")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "world-table")
+    args = parser.parse_args()
+    prompts = held_out_prompts(args.prompts)
+    text = MiniLMTextEncoder.from_pretrained(text_len=32)
+    runs = {name: latest_checkpoint(args.runs / folder) for name, folder in STUDENTS.items()}
+    missing = [f"{name} ({args.runs / STUDENTS[name]})" for name, ckpt in runs.items() if ckpt is None]
+    if missing:
+        print("skipping runs without checkpoints: " + ", ".join(missing))
+    rows = score_students({k: v for k, v in runs.items() if v is not None}, prompts, args.seconds, text)
+    teacher = latest_checkpoint(args.runs / "world-teacher")
+    if teacher is not None:
+        rows["teacher (bidirectional, 2-s clips)"] = score_teacher(teacher, prompts, text)
+    meta = {"seconds": args.seconds, "prompts": prompts, "geometry": GEOMETRY,
+            "checkpoints": {k: str(v) for k, v in runs.items()}, "teacher": str(teacher),
+            "machine": "2-core CPU", "torch": torch.__version__}
+    write(rows, args.out, meta)
+    print(f"wrote {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
