@@ -173,6 +173,9 @@ def _cache_attention(layer: LayerCache, update_cache: bool, q, k, v):
     return out
 
 
+X0_MIN_SIGMA = 0.05  # x0-prediction: the velocity's denominator floor (JiT's t_eps)
+
+
 class CausalWanModel(nn.Module):
     """Wan2.1 T2V transformer. Inputs: latents ``x [B, in_dim, F, H, W]``, timesteps ``t`` (the
     warped t in [0, 1000]: a number, ``[B]``, or ``[B, F]`` for one t per latent frame) and the
@@ -254,7 +257,18 @@ class CausalWanModel(nn.Module):
         text = self._text(context, x.shape[0])
         for block, kv, attend in zip(self.blocks, text.kv, attentions):
             tokens = block(tokens, e0, kv, attend)
-        return self._unpatchify(self.head(tokens, e), grid)
+        out = self._unpatchify(self.head(tokens, e), grid)
+        return out if self.config.prediction == "velocity" else self._velocity_from_x0(x, out, t)
+
+    @staticmethod
+    def _velocity_from_x0(x, x0, t):
+        """``(x - x0) / max(sigma, X0_MIN_SIGMA)`` with ``sigma = t / 1000`` per sample or frame."""
+        acc = torch.promote_types(x0.dtype, torch.float32)
+        sigma = torch.as_tensor(t, dtype=acc, device=x.device) / 1000
+        if sigma.dim() == 1:
+            sigma = sigma[:, None]
+        sigma = sigma.reshape((sigma.shape[0], 1, sigma.shape[1], 1, 1) if sigma.dim() == 2 else ())
+        return ((x.to(acc) - x0.to(acc)) / sigma.clamp(min=X0_MIN_SIGMA)).to(x0.dtype)
 
     # ------------------------------------------------------------------ attention modes
     def forward(self, x, t, context, chunk_frames: int | None = None):

@@ -19,6 +19,12 @@ class WanConfig:
     patch_size: tuple[int, int, int] = (1, 2, 2)
     eps: float = 1e-6
     cross_attn_norm: bool = True  # affine LayerNorm ``norm3`` before cross-attention
+    # What the head predicts: "velocity" (Wan) or "x0" (the clean latents; the model still
+    # returns the velocity (x - x0) / max(sigma, 0.05)). x0 is needed when a token carries more
+    # values than the model is wide (the pixel codec's 768 per token vs dim 256): a velocity
+    # contains the full-dimensional noise, which a narrow model cannot pass through, while clean
+    # world frames are simple (JiT, "Back to Basics: Let Denoising Generative Models Denoise").
+    prediction: str = "velocity"
 
     def __post_init__(self):
         for name in ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "text_dim",
@@ -33,6 +39,8 @@ class WanConfig:
             raise ValueError(f"WanConfig.dim={self.dim} is not divisible by num_heads={self.num_heads}")
         if self.head_dim % 2 or self.head_dim < 6:
             raise ValueError(f"head dim {self.head_dim} must be even and >= 6 (3-D RoPE)")
+        if self.prediction not in ("velocity", "x0"):
+            raise ValueError(f"WanConfig.prediction must be 'velocity' or 'x0', got {self.prediction!r}")
         if self.freq_dim % 2:
             raise ValueError(f"WanConfig.freq_dim must be even, got {self.freq_dim}")
 
@@ -53,4 +61,4 @@ WAN_TINY = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32
 # The embedded default model (procedural world, DESIGN §8): MiniLM text states (384 wide, 32 tokens)
 # and the pixel codec's 192-channel latents (4 frames x 4x4 pixels x RGB); 4.7M parameters.
 WAN_WORLD = WanConfig(dim=256, ffn_dim=768, num_heads=4, num_layers=4, in_dim=192, out_dim=192,
-                      text_dim=384, freq_dim=128, text_len=32)
+                      text_dim=384, freq_dim=128, text_len=32, prediction="x0")

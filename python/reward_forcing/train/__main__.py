@@ -153,6 +153,10 @@ def run(config, stage: str = "dmd", progress: bool = True) -> int:
     if resumed is not None and trainer.rank == 0:
         print(f"resumed from {resumed} at step {trainer.step}")
     trainer.train(progress=progress)
+    if trainer.rank == 0 and (Path(cfg.out_dir) / "log.jsonl").is_file():
+        from .curves import plot_log
+
+        plot_log(Path(cfg.out_dir) / "log.jsonl", Path(cfg.out_dir) / "curves.png")
     if distributed:
         dist.destroy_process_group()
     return 0

@@ -62,6 +62,9 @@ class TrainConfig:
     ema_start: int = 200           # the EMA copies the generator before this step, averages after
     max_steps: int = 600
     bf16: bool = True              # autocast, on CUDA only
+    # under torchrun with several ranks: shard the trained models (and the EMA) with FSDP2 instead
+    # of replicating them and all-reducing gradients (train/distributed.py); one process: ignored
+    fsdp: bool = False
     seed: int = 0
     log_every: int = 1
     save_every: int = 100
@@ -79,6 +82,8 @@ class TrainConfig:
                              f"chunk_frames={self.chunk_frames}")
         if self.weighting not in ("generator", "critic", "none"):
             raise ValueError(f"weighting must be 'generator', 'critic' or 'none', got {self.weighting!r}")
+        if not isinstance(self.fsdp, bool):
+            raise ValueError(f"fsdp must be true or false, got {self.fsdp!r}")
         if self.data not in (None, "world"):
             raise ValueError(f"data must be 'world' or null, got {self.data!r}")
         if self.reward is not None and not (isinstance(self.reward, str) and self.reward):

@@ -6,7 +6,9 @@ Each trainer step is a critic step; every ``critic_ratio``-th step first makes a
 :func:`~reward_forcing.train.rollout.rollout` of the causal generator.
 
 Distributed: run under ``torchrun``; gradients are averaged with an all-reduce after backward (the
-rollout calls ``forward_chunk``, which DDP's forward hooks would not see), reward weights are
+rollout calls ``forward_chunk``, which DDP's forward hooks would not see), or, with ``fsdp: true``,
+the trained models (and the EMA) are sharded with FSDP2 (:mod:`.distributed`), which
+reduce-scatters them itself; the frozen teacher stays replicated on every rank. Reward weights are
 normalised over the global batch, and the exit step is the same on every rank by construction.
 Every rank draws the random numbers (prompts, noise, timesteps) of the whole global batch from
 the same streams and keeps its own slice: ``N`` ranks x batch ``B`` then compute what one process
@@ -34,6 +36,8 @@ from ..models.causal_wan import CausalWanModel
 from ..scheduler import FewStepFlowSchedule, shift_sigma
 from . import dmd
 from .config import TrainConfig
+from .distributed import (full_optimizer_state_dict, full_state_dict, is_sharded,
+                          load_full_optimizer_state_dict, load_full_state_dict, shard_model)
 from .rewards import Reward
 from .rollout import draw_exit_step, rollout
 
@@ -120,9 +124,23 @@ class _TrainLoop:
         with torch.no_grad():
             return self.text_encoder(prompts).to(self.device)
 
+    def _shard(self, *models) -> None:
+        """With ``fsdp: true`` and several ranks, shards ``models`` in place with FSDP2 (one unit per
+        block, then the root; :func:`.distributed.shard_model`). Call before building optimizers.
+        An EMA copy is sharded like its model, so its update is a shard-wise lerp of matching
+        local shards with no communication and a sharded EMA costs ``1 / world`` of its memory;
+        checkpoints gather it like the other models. Frozen models (the teacher) are not passed:
+        they stay replicated on every rank, with no gradients to reduce."""
+        if self.cfg.fsdp and self.world > 1:
+            for model in models:
+                shard_model(model)
+
     def _sync_and_clip(self, model) -> float:
+        """Averages gradients over the ranks (an all-reduce; FSDP2-sharded models have
+        reduce-scattered them already) and clips them to the global norm, which
+        ``clip_grad_norm_`` computes over DTensor shards too."""
         params = [p for p in model.parameters() if p.grad is not None]
-        if self.world > 1:
+        if self.world > 1 and not is_sharded(model):
             for p in params:
                 dist.all_reduce(p.grad)
                 p.grad /= self.world
@@ -180,14 +198,17 @@ class _TrainLoop:
     def state_dict(self) -> dict:
         """Model state dicts at the top level (``generator``, ``generator_ema``, ``critic``: the
         layout :func:`reward_forcing.models.loading.load_causal_wan` reads), optimizers, step and
-        every RNG state; only tensors and plain Python values (loads with ``weights_only=True``)."""
+        every RNG state; only tensors and plain Python values (loads with ``weights_only=True``).
+        FSDP2-sharded models and their optimizer states are gathered to full ones (the same keys):
+        then a collective, complete on rank 0 only."""
         name, keys, pos, has_gauss, cached = np.random.get_state()
         return {
             "version": _CHECKPOINT_VERSION, "stage": type(self).__name__, "config": self.cfg.to_dict(),
             "step": self.step,
-            **{k: m.state_dict() for k, m in self._modules().items()},
+            **{k: full_state_dict(m) for k, m in self._modules().items()},
             "model_configs": {k: dataclasses.asdict(m.config) for k, m in self._modules().items()},
-            "optimizers": {k: o.state_dict() for k, o in self._optimizers().items()},
+            "optimizers": {k: full_optimizer_state_dict(self._modules()[k], o)
+                           for k, o in self._optimizers().items()},
             "rng": {"noise": self.noise_rng.get_state(), "prompt": self.prompt_rng.getstate(),
                     "torch": torch.get_rng_state(), "python": random.getstate(),
                     "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
@@ -199,9 +220,9 @@ class _TrainLoop:
             raise ValueError(f"not a {type(self).__name__} checkpoint (version {state.get('version')!r}, "
                              f"stage {state.get('stage')!r})")
         for k, m in self._modules().items():
-            m.load_state_dict(state[k])
+            load_full_state_dict(m, state[k])
         for k, o in self._optimizers().items():
-            o.load_state_dict(state["optimizers"][k])
+            load_full_optimizer_state_dict(self._modules()[k], o, state["optimizers"][k])
         self.step = state["step"]
         rng = state["rng"]
         self.noise_rng.set_state(rng["noise"])
@@ -215,7 +236,11 @@ class _TrainLoop:
 
     def save_checkpoint(self) -> Path | None:
         """Rank 0 writes ``out_dir/checkpoint-<step>.pt`` atomically (a temporary file, fsync,
-        ``os.replace``) and keeps the newest ``keep_checkpoints``."""
+        ``os.replace``) and keeps the newest ``keep_checkpoints``. With FSDP2 every rank must call
+        it (gathering the sharded state is collective)."""
+        if self.rank != 0 and not any(is_sharded(m) for m in self._modules().values()):
+            return None
+        state = self.state_dict()
         if self.rank != 0:
             return None
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -223,7 +248,7 @@ class _TrainLoop:
         tmp = path.with_name(path.name + ".tmp")
         try:
             with open(tmp, "wb") as f:
-                torch.save(self.state_dict(), f)
+                torch.save(state, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -258,6 +283,7 @@ class ReDMDTrainer(_TrainLoop):
         self.generator, self.critic = generator.train(), critic.train()
         self.teacher = teacher.eval().requires_grad_(False)
         self.ema = copy.deepcopy(generator).eval().requires_grad_(False)
+        self._shard(generator, critic, self.ema)
         self.reward, self.decode = reward, decode
         mc = generator.config
         _, ph, pw = mc.patch_size
@@ -440,6 +466,7 @@ class ODEInitTrainer(_TrainLoop):
         super().__init__(cfg, student.device, text_encoder, prompts)
         self.student = student.train()
         self.teacher = teacher.eval().requires_grad_(False)
+        self._shard(student)
         self.opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr_generator, betas=cfg.betas,
                                      weight_decay=cfg.weight_decay)
         self.shape = (cfg.batch_size, student.config.in_dim, cfg.latent_frames, cfg.latent_height,
@@ -487,6 +514,7 @@ class TeacherTrainer(_TrainLoop):
         super().__init__(cfg, model.device, text_encoder, [cfg.negative_prompt])
         self.model, self.data = model.train(), data
         self.ema = copy.deepcopy(model).eval().requires_grad_(False)
+        self._shard(model, self.ema)
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr_generator, betas=cfg.betas,
                                      weight_decay=cfg.weight_decay)
         self.data_rng = np.random.default_rng(cfg.seed)

@@ -1,0 +1,41 @@
+"""Writes a world student checkpoint (a ``runs/world-*`` trainer checkpoint, EMA weights) as the
+embedded default model, python/reward_forcing/weights/world-student.safetensors, with the
+streaming settings of configs/world-*.yaml and the run's provenance.
+
+    python scripts/export_world_student.py runs/world-tilted/checkpoint-00000200.pt
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+import torch
+import yaml
+
+from reward_forcing.models import default as default_model
+from reward_forcing.models.loading import load_causal_wan
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--out", type=Path, default=default_model.WEIGHTS)
+    parser.add_argument("--note", default="", help="free text stored in the provenance")
+    args = parser.parse_args()
+    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    cfg = ckpt["config"]
+    model = load_causal_wan(args.checkpoint, dtype=torch.float32)
+    settings = dict(height=cfg["latent_height"] * 4, width=cfg["latent_width"] * 4, fps=16.0,
+                    sink_frames=cfg["sink_frames"], window_frames=cfg["window_frames"],
+                    chunk_frames=cfg["chunk_frames"], alpha=cfg["alpha"], steps=list(cfg["steps"]),
+                    shift=cfg["shift"])
+    provenance = {"checkpoint": str(args.checkpoint), "step": ckpt["step"], "stage": ckpt["stage"],
+                  "sha256": hashlib.sha256(args.checkpoint.read_bytes()).hexdigest(),
+                  "config": yaml.safe_dump(cfg, sort_keys=False), "note": args.note}
+    path = default_model.export(model, settings, args.out, provenance=provenance)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
