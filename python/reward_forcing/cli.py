@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="re-encode the cache under the new prompt at each switch")
     g.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     g.add_argument("--fps", type=_positive_float, help="frame rate (default 16)")
+    g.add_argument("--accelerate", choices=["none", "cuda-graphs", "compile"], default="none",
+                   help="transformer acceleration: CUDA graphs replayed per denoising step (GPU; "
+                   "eager on a CPU) or torch.compile of the blocks (default none)")
 
     s = sub.add_parser("serve", help="browser demo: watch and steer a stream live",
                        description="Serve the streaming demo page (FastAPI + uvicorn); sink, "
@@ -162,7 +165,8 @@ def _pipeline(args):
     except (RuntimeError, AssertionError) as e:
         raise ValueError(f"--device {args.device}: {e}") from None
     kwargs = dict(sink_dtype=getattr(torch, args.sink_dtype), recache=args.recache,
-                  offload_text_encoder=device.type != "cpu")
+                  offload_text_encoder=device.type != "cpu",
+                  accelerate=getattr(args, "accelerate", "none"))  # serve has no --accelerate
     optional = dict(sink_frames=args.sink_frames, window_frames=args.window_frames,
                     chunk_frames=args.chunk_frames, alpha=args.alpha, fps=args.fps,
                     height=args.height, width=args.width)

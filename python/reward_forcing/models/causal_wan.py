@@ -251,11 +251,13 @@ class CausalWanModel(nn.Module):
         x = x.view(x.shape[0], f, h, w, pt, ph, pw, self.config.out_dim)
         return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(x.shape[0], -1, f * pt, h * ph, w * pw)
 
-    def _run(self, x, t, context, grid, attentions):
+    def _run(self, x, t, context, grid, attentions, blocks=None):
+        """The network on latents ``x``; ``attentions[i]`` is block i's self-attention, ``blocks``
+        replaces ``self.blocks`` (compiled copies: :mod:`reward_forcing.pipelines.accelerate`)."""
         tokens = self.patch_embedding(x.to(self.dtype)).flatten(2).transpose(1, 2)
         e, e0 = self._time(t, x.shape[0], grid[0])
         text = self._text(context, x.shape[0])
-        for block, kv, attend in zip(self.blocks, text.kv, attentions):
+        for block, kv, attend in zip(blocks or self.blocks, text.kv, attentions):
             tokens = block(tokens, e0, kv, attend)
         out = self._unpatchify(self.head(tokens, e), grid)
         return out if self.config.prediction == "velocity" else self._velocity_from_x0(x, out, t)
@@ -292,14 +294,19 @@ class CausalWanModel(nn.Module):
         """One chunk ``x [B, C, c, H, W]`` of a stream against ``cache`` (as it stands before the
         chunk). ``update_cache=True`` (the clean t = 0 pass) then appends the chunk's un-rotated
         K/V to every layer's cache: eviction and EMA-Sink update (DESIGN §2)."""
+        grid = self.check_cache(x, cache)
+        attentions = [functools.partial(_cache_attention, cache.layer(i), update_cache)
+                      for i in range(len(self.blocks))]
+        return self._run(x, t, context, grid, attentions)
+
+    def check_cache(self, x, cache: StreamingKVCache):
+        """The token grid of chunk ``x``, after checking that ``cache`` fits this model and chunk."""
         grid = self._grid(x)
         tokens = grid[1] * grid[2]
         if cache.num_layers != len(self.blocks) or cache.frame_tokens != tokens:
             raise ValueError(f"cache has {cache.num_layers} layers x {cache.frame_tokens} tokens per "
                              f"frame; this model and chunk need {len(self.blocks)} x {tokens}")
-        attentions = [functools.partial(_cache_attention, cache.layer(i), update_cache)
-                      for i in range(len(self.blocks))]
-        return self._run(x, t, context, grid, attentions)
+        return grid
 
     def new_cache(self, batch_size: int, frame_h: int, frame_w: int, *, sink_frames: int = 3,
                   window_frames: int = 3, chunk_frames: int = 3, alpha: float = 0.999,

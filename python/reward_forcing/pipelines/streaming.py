@@ -50,7 +50,11 @@ class StreamingPipeline:
 
     ``forward_chunk`` (the model's, by default) is the one entry point of every transformer call,
     with the signature of :meth:`CausalWanModel.forward_chunk`: replace it with a compiled or
-    CUDA-graph-captured version to accelerate the loop.
+    CUDA-graph-captured version to accelerate the loop. ``accelerate`` does that
+    (:mod:`reward_forcing.pipelines.accelerate`): ``"none"`` (eager), ``"cuda-graphs"`` (one
+    graph per denoising step and for the cache pass, captured at the first steady-state chunk
+    and replayed; eager on a CPU), ``"compile"`` (``torch.compile`` of the transformer blocks)
+    or ``"compile+cuda-graphs"``.
     """
 
     def __init__(self, model: CausalWanModel, vae, text_encoder, *, height: int = 480,
@@ -58,7 +62,12 @@ class StreamingPipeline:
                  chunk_frames: int = 3, alpha: float = 0.999, sink_dtype: torch.dtype = torch.float32,
                  schedule: FewStepFlowSchedule | None = None, fps: float = 16.0,
                  recache: bool = False, sink_recache: str = "keep",
-                 offload_text_encoder: bool = False, cache_backend: str = "auto"):
+                 offload_text_encoder: bool = False, cache_backend: str = "auto",
+                 accelerate: str = "none"):
+        from .accelerate import ACCELERATE_MODES, make_forward_chunk
+
+        if accelerate not in ACCELERATE_MODES:
+            raise ValueError(f"accelerate must be one of {ACCELERATE_MODES}, got {accelerate!r}")
         if sink_recache not in ("keep", "reinit"):
             raise ValueError(f"sink_recache must be 'keep' or 'reinit', got {sink_recache!r}")
         if not fps > 0:
@@ -69,7 +78,6 @@ class StreamingPipeline:
         self.schedule = schedule or FewStepFlowSchedule()
         self.fps, self.recache, self.sink_recache = float(fps), recache, sink_recache
         self.offload_text_encoder = offload_text_encoder
-        self.forward_chunk = model.forward_chunk
 
         cfg, scale = model.config, self.decoder.spatial_scale
         pt, ph, pw = cfg.patch_size
@@ -85,6 +93,8 @@ class StreamingPipeline:
                                      sink_frames=sink_frames, window_frames=window_frames,
                                      chunk_frames=chunk_frames, alpha=alpha, sink_dtype=sink_dtype,
                                      backend=cache_backend)
+        self.accelerate = accelerate
+        self.forward_chunk = make_forward_chunk(model, self.cache, accelerate)
         self.generator = torch.Generator(self.device)
         self._started = False
 
