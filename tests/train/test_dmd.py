@@ -72,6 +72,11 @@ def test_reward_weights_normalise_and_clip():
 def test_critic_loss_and_tilt_weights():
     x0, noise, v = torch.randn(3, 5), torch.randn(3, 5), torch.randn(3, 5)
     torch.testing.assert_close(dmd.denoising_loss(v, noise, x0), ((v - (noise - x0)) ** 2).mean(1))
+    # loss_space x0: the error of x0_hat = x_t - sigma v, with x_t = (1 - sigma) x0 + sigma noise
+    sigma = torch.rand(v.shape[0]) + 0.1
+    x_t = (1 - sigma[:, None]) * x0 + sigma[:, None] * noise
+    x0_hat = x_t - sigma[:, None] * v
+    torch.testing.assert_close(dmd.denoising_loss(v, noise, x0, sigma), ((x0_hat - x0) ** 2).mean(1))
     r = torch.tensor([0.0, 1.0, 2.0])
     w = dmd.critic_weights(r, 1.0, normalize=False)
     torch.testing.assert_close(w, torch.exp(-r))

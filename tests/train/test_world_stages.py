@@ -1,6 +1,8 @@
 """The embedded model's training path: world clips, the teacher stage (flow matching, exact
 resume) and the three stages chained through the CLI with the world's real parts (WAN_WORLD,
 MiniLM, pixel codec, flow reward), at toy sizes."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -48,8 +50,12 @@ def test_teacher_stage_learns_and_resumes_exactly(tmp_path):
     for _ in range(3):
         stopped.train_step()
     path = stopped.save_checkpoint()
+    for step in (2, 3, 4):  # logged before the checkpoint / by the interrupted run after it
+        stopped.log({"step": step, "loss": 1.0})
     resumed = _teacher(tmp_path / "b", seed=7)  # other init: everything must come from the file
     assert resumed.resume() == path and resumed.step == 3
+    log = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log] == [2]  # what the resumed run redoes is gone
     assert resumed.train_step()["loss"] == logs[-1]["loss"]
     for a, b in zip(resumed.ema.state_dict().values(), straight.ema.state_dict().values()):
         assert torch.equal(a, b)

@@ -19,6 +19,9 @@ class TrainConfig:
     prompts: str | None = None     # text file, one prompt per line; None: world prompts or a test prompt
     data: str | None = None        # "world": procedural clips (stage teacher) and their prompts
     cond_dropout: float = 0.1      # stage teacher: share of prompts replaced by the negative prompt
+    # where the teacher's and the critic's denoising loss is measured: "velocity" (Wan) or "x0"
+    # (for x0-predicting models; train/dmd.py denoising_loss)
+    loss_space: str = "velocity"
     negative_prompt: str = "static, blurry, low quality"  # CFG's unconditional branch
     out_dir: str = "runs/redmd"
     # sample geometry (latent frames; pixels are 8x the latent size for Wan's VAE)
@@ -84,6 +87,8 @@ class TrainConfig:
             raise ValueError(f"weighting must be 'generator', 'critic' or 'none', got {self.weighting!r}")
         if not isinstance(self.fsdp, bool):
             raise ValueError(f"fsdp must be true or false, got {self.fsdp!r}")
+        if self.loss_space not in ("velocity", "x0"):
+            raise ValueError(f"loss_space must be 'velocity' or 'x0', got {self.loss_space!r}")
         if self.data not in (None, "world"):
             raise ValueError(f"data must be 'world' or null, got {self.data!r}")
         if self.reward is not None and not (isinstance(self.reward, str) and self.reward):

@@ -135,6 +135,10 @@ class _TrainLoop:
             for model in models:
                 shard_model(model)
 
+    def _loss_sigma(self, sigma):
+        """The ``sigma`` argument of :func:`dmd.denoising_loss` for the configured ``loss_space``."""
+        return sigma if self.cfg.loss_space == "x0" else None
+
     def _sync_and_clip(self, model) -> float:
         """Averages gradients over the ranks (an all-reduce; FSDP2-sharded models have
         reduce-scattered them already) and clips them to the global norm, which
@@ -265,7 +269,21 @@ class _TrainLoop:
         if path is None:
             return None
         self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        self._truncate_log()
         return path
+
+    def _truncate_log(self) -> None:
+        """Drops the log records of steps after the checkpoint (an interrupted run logged them;
+        the resumed run logs them again)."""
+        log = self.out_dir / "log.jsonl"
+        if self.rank != 0 or not log.is_file():
+            return
+        lines = log.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", -1) < self.step]
+        if len(kept) != len(lines):
+            tmp = log.with_name(log.name + ".tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, log)
 
 
 class ReDMDTrainer(_TrainLoop):
@@ -387,10 +405,11 @@ class ReDMDTrainer(_TrainLoop):
             weights = None
             if cfg.weighting == "critic":
                 weights = dmd.critic_weights(self._rewards(x0), cfg.beta)
-            x_t, noise, t, _ = self._noised(x0)
+            x_t, noise, t, sigma = self._noised(x0)
             with self._autocast():
                 velocity = self.critic(x_t, t, cond)
-            loss = dmd.weighted_mean(dmd.denoising_loss(velocity, noise, x0), weights)
+            loss = dmd.weighted_mean(dmd.denoising_loss(velocity, noise, x0, self._loss_sigma(sigma)),
+                                     weights)
             (loss / cfg.grad_accum).backward()
             losses.append(loss.detach())
         grad_norm = self._sync_and_clip(self.critic)
@@ -547,7 +566,7 @@ class TeacherTrainer(_TrainLoop):
             noise = self._randn(x0.shape)
             with self._autocast():
                 velocity = self.model(dmd.add_noise(x0, noise, sigma), sigma * 1000, cond.to(self.device))
-            loss = dmd.denoising_loss(velocity, noise, x0).mean()
+            loss = dmd.denoising_loss(velocity, noise, x0, self._loss_sigma(sigma)).mean()
             (loss / cfg.grad_accum).backward()
             losses.append(loss.detach())
         grad_norm = self._sync_and_clip(self.model)
