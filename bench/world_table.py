@@ -47,20 +47,31 @@ def held_out_prompts(n: int, seed: int = 1234) -> list[str]:
     return [sample_scene(rng, split="test").prompt for _ in range(n)]
 
 
-def score_students(runs: dict[str, Path], prompts, seconds: float, text) -> dict:
+def score_student(name: str, ckpt: Path, prompts, seconds: float, threads: int = 1) -> dict:
+    """One student under every sink setting: ``{"name | sink": mean scores}`` (runs in a worker)."""
+    torch.set_num_threads(threads)
+    text = MiniLMTextEncoder.from_pretrained(text_len=32)
+    model = load_causal_wan(ckpt, dtype=torch.float32).eval()
     rows = {}
-    for name, ckpt in runs.items():
-        model = load_causal_wan(ckpt, dtype=torch.float32).eval()
-        for sink, kwargs in SINKS.items():
-            pipe = StreamingPipeline(model, PixelCodec(), text, schedule=SCHEDULE, **GEOMETRY, **kwargs)
-            start, scores = time.perf_counter(), []
-            for i, prompt in enumerate(prompts):
-                video = pipe.generate(prompt, seconds, seed=i)
-                scores.append(evaluate_video(video, prompt, fps=GEOMETRY["fps"])["summary"])
-            rows[f"{name} | {sink}"] = _mean(scores) | {"seconds": time.perf_counter() - start}
-            print(f"{name} | {sink}: " + ", ".join(f"{k} {rows[f'{name} | {sink}'][k]:.3f}" for k in KEYS),
-                  flush=True)
+    for sink, kwargs in SINKS.items():
+        pipe = StreamingPipeline(model, PixelCodec(), text, schedule=SCHEDULE, **GEOMETRY, **kwargs)
+        start, scores = time.perf_counter(), []
+        for i, prompt in enumerate(prompts):
+            video = pipe.generate(prompt, seconds, seed=i)
+            scores.append(evaluate_video(video, prompt, fps=GEOMETRY["fps"])["summary"])
+        row = rows[f"{name} | {sink}"] = _mean(scores) | {"seconds": time.perf_counter() - start}
+        print(f"{name} | {sink}: " + ", ".join(f"{k} {row[k]:.3f}" for k in KEYS), flush=True)
     return rows
+
+
+def score_students(runs: dict[str, Path], prompts, seconds: float, jobs: int) -> dict:
+    """Every student, ``jobs`` at a time in worker processes of one thread each."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(score_student, name, ckpt, prompts, seconds) for name, ckpt in runs.items()]
+        return {k: v for f in futures for k, v in f.result().items()}
 
 
 @torch.no_grad()
@@ -119,6 +130,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--prompts", type=int, default=4, help="number of held-out prompts")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "world-table")
     args = parser.parse_args()
     prompts = held_out_prompts(args.prompts)
@@ -127,7 +139,7 @@ def main() -> None:
     missing = [f"{name} ({args.runs / STUDENTS[name]})" for name, ckpt in runs.items() if ckpt is None]
     if missing:
         print("skipping runs without checkpoints: " + ", ".join(missing))
-    rows = score_students({k: v for k, v in runs.items() if v is not None}, prompts, args.seconds, text)
+    rows = score_students({k: v for k, v in runs.items() if v is not None}, prompts, args.seconds, args.jobs)
     teacher = latest_checkpoint(args.runs / "world-teacher")
     if teacher is not None:
         rows["teacher (bidirectional, 2-s clips)"] = score_teacher(teacher, prompts, text)

@@ -13,15 +13,13 @@ import torch.multiprocessing as mp
 from torch.distributed.tensor import DTensor
 
 from reward_forcing.models.causal_wan import CausalWanModel
-from reward_forcing.models.pixel_codec import PixelCodec
 from reward_forcing.models.text_encoder import HashedTextEncoder
-from reward_forcing.models.vae import tiny_random_wan_vae
-from reward_forcing.models.wan_config import WAN_TINY, WanConfig
-from reward_forcing.train import FlowMotionReward, ODEInitTrainer, ReDMDTrainer, TrainConfig
-from reward_forcing.train.trainer import TeacherTrainer, vae_video_decoder
+from reward_forcing.models.wan_config import WAN_TINY
+from reward_forcing.train import ODEInitTrainer, TrainConfig
+from reward_forcing.train.trainer import TeacherTrainer
 from reward_forcing.train.world_data import WorldClips
+from trainers import CODEC, PROMPTS, SMALL, redmd_trainer
 
-PROMPTS = ["a red ball rolls", "waves on a beach", "a dog runs in the park"]
 # weighting "generator" also clips: its critic's gradient norms (~0.9) exceed grad_clip, so the
 # global norm over the DTensor shards must be right for the clipped gradients to match
 WEIGHTINGS = {"none": {}, "generator": {"grad_clip": 0.5}}
@@ -29,9 +27,6 @@ STEPS = 3  # generator + critic, critic, generator + critic (critic_ratio 2)
 # 2 ranks x batch B vs 1 process x batch 2B: the same arithmetic up to the order of float sums
 # (per-rank partial sums, then the reduce-scatter), after a few Adam steps at lr 1e-4 .. 1e-3
 TOL = dict(rtol=1e-4, atol=1e-5)
-CODEC = PixelCodec(spatial=2, temporal=1)  # 12 channels (the world teacher stage's data)
-SMALL = WanConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_dim=12, out_dim=12, text_dim=16,
-                  freq_dim=16, text_len=8)
 
 
 def _config(tmp_path, **kw):
@@ -42,18 +37,7 @@ def _config(tmp_path, **kw):
     return TrainConfig(**(base | kw))
 
 
-def _redmd(cfg, seed=0):
-    torch.manual_seed(seed)
-    gen = CausalWanModel(WAN_TINY)
-    critic = CausalWanModel(WAN_TINY)
-    critic.load_state_dict(gen.state_dict())
-    torch.manual_seed(99)  # the frozen teacher is not in the checkpoint: the same in every run
-    teacher = CausalWanModel(WAN_TINY)
-    text = HashedTextEncoder(WAN_TINY.text_dim, WAN_TINY.text_len)
-    reward = decode = None
-    if cfg.weighting != "none":
-        reward, decode = FlowMotionReward(), vae_video_decoder(tiny_random_wan_vae())
-    return ReDMDTrainer(cfg, gen, critic, teacher, text, PROMPTS, reward=reward, decode=decode)
+_redmd = redmd_trainer
 
 
 def _ode(tmp_path, **kw):

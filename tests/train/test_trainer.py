@@ -5,12 +5,11 @@ import torch
 
 from reward_forcing.models.causal_wan import CausalWanModel
 from reward_forcing.models.text_encoder import HashedTextEncoder
-from reward_forcing.models.vae import tiny_random_wan_vae
 from reward_forcing.models.wan_config import WAN_TINY
-from reward_forcing.train import FlowMotionReward, ReDMDTrainer, TrainConfig
-from reward_forcing.train.trainer import latest_checkpoint, vae_video_decoder
+from reward_forcing.train import ReDMDTrainer, TrainConfig
+from reward_forcing.train.trainer import latest_checkpoint
 
-PROMPTS = ["a red ball rolls", "waves on a beach", "a dog runs in the park"]
+from trainers import PROMPTS, redmd_trainer
 
 
 def _config(tmp_path, **kw):
@@ -22,18 +21,7 @@ def _config(tmp_path, **kw):
     return TrainConfig(**base)
 
 
-def _trainer(cfg, seed=0):
-    torch.manual_seed(seed)
-    gen = CausalWanModel(WAN_TINY)
-    critic = CausalWanModel(WAN_TINY)
-    critic.load_state_dict(gen.state_dict())
-    torch.manual_seed(99)  # the frozen teacher is not in the checkpoint: the same in every run
-    teacher = CausalWanModel(WAN_TINY)
-    text = HashedTextEncoder(WAN_TINY.text_dim, WAN_TINY.text_len)
-    reward = decode = None
-    if cfg.weighting != "none":
-        reward, decode = FlowMotionReward(), vae_video_decoder(tiny_random_wan_vae())
-    return ReDMDTrainer(cfg, gen, critic, teacher, text, PROMPTS, reward=reward, decode=decode)
+_trainer = redmd_trainer
 
 
 @pytest.mark.parametrize("weighting", ["generator", "critic"])

@@ -10,17 +10,14 @@ import torch
 from reward_forcing.cli import main
 from reward_forcing.models.causal_wan import CausalWanModel
 from reward_forcing.models.loading import load_causal_wan
-from reward_forcing.models.pixel_codec import PixelCodec
 from reward_forcing.models.text_encoder import HashedTextEncoder
-from reward_forcing.models.wan_config import WAN_WORLD, WanConfig
+from reward_forcing.models.wan_config import WAN_WORLD
 from reward_forcing.train import TrainConfig
 from reward_forcing.train.trainer import TeacherTrainer, latest_checkpoint
 from reward_forcing.train.world_data import WorldClips, world_prompts
 from reward_forcing.world import parse_prompt, scene_split
+from trainers import CODEC, SMALL
 
-CODEC = PixelCodec(spatial=2, temporal=1)  # 12 channels
-SMALL = WanConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_dim=12, out_dim=12, text_dim=16,
-                  freq_dim=16, text_len=8)
 
 
 def test_world_clips_are_encoded_seeded_and_from_the_train_split():
