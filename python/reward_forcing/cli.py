@@ -110,6 +110,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "(same as python -m reward_forcing.train).")
     t.add_argument("--config", required=True, type=Path, help="YAML file of TrainConfig fields")
     t.add_argument("--stage", choices=["teacher", "ode-init", "dmd"], default="dmd", help="default dmd")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field (YAML value, e.g. batch_size=64), repeatable")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser("eval", help="evaluate mp4 videos: motion, copying, drift, flicker report",
@@ -306,7 +308,7 @@ def main(argv=None) -> int:
     if args.command == "train":
         from .train.__main__ import run
 
-        return run(args.config, args.stage, progress=not args.no_progress)
+        return run(args.config, args.stage, progress=not args.no_progress, overrides=args.set)
     try:
         if args.out.is_dir() or not args.out.parent.is_dir():
             raise ValueError(f"--out {args.out}: not a file in an existing folder")

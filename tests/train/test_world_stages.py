@@ -103,3 +103,26 @@ def test_teacher_stage_errors(tmp_path, capsys):
     assert "data: world" in capsys.readouterr().err
     assert _train(tmp_path, "teacher", "novae", teacher="world", vae="tiny") == 2
     assert "pixel codec" in capsys.readouterr().err
+
+
+def test_worker_rendering_gives_the_same_clips():
+    serial = WorldClips(CODEC, 3, 16, 16)
+    pooled = WorldClips(CODEC, 3, 16, 16, workers=2)
+    a, pa = serial.sample(5, np.random.default_rng(3))
+    b, pb = pooled.sample(5, np.random.default_rng(3))
+    assert torch.equal(a, b) and pa == pb
+
+
+def test_max_minutes_stops_with_a_checkpoint_and_overrides_apply(tmp_path, capsys):
+    """A time-limited run stops after its first step (checkpointed); --set overrides the YAML."""
+    args = ["--set", "max_minutes=0.00001", "--set", "max_steps=50", "--set", "batch_size=1"]
+    path = tmp_path / "t.yaml"
+    TrainConfig(**(WORLD | dict(out_dir=str(tmp_path / "t"), teacher="world", max_steps=3))).save(path)
+    assert main(["train", "--config", str(path), "--stage", "teacher", "--no-progress", *args]) == 0
+    assert latest_checkpoint(tmp_path / "t").name == "checkpoint-00000001.pt"
+    saved = TrainConfig.load(tmp_path / "t" / "config.yaml")
+    assert (saved.max_steps, saved.batch_size, saved.max_minutes) == (50, 1, 0.00001)
+    assert main(["train", "--config", str(path), "--stage", "teacher", "--set", "nonsense=1"]) == 2
+    assert "nonsense" in capsys.readouterr().err
+    assert main(["train", "--config", str(path), "--stage", "teacher", "--set", "batch_size"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err

@@ -117,7 +117,7 @@ def _trainer(cfg: TrainConfig, stage: str, device: torch.device):
             raise ValueError("stage teacher encodes world clips with the pixel codec: set vae: pixel")
         model = _model(cfg.teacher, "teacher checkpoint", cfg.seed + 1, device)
         data = WorldClips(codec, cfg.latent_frames, cfg.latent_height * codec.spatial_scale,
-                          cfg.latent_width * codec.spatial_scale)
+                          cfg.latent_width * codec.spatial_scale, workers=cfg.data_workers)
         return TeacherTrainer(cfg, model, _text_encoder(cfg, model, device), data)
     generator, critic, teacher = _models(cfg, device, critic=stage == "dmd")
     text_encoder, prompts = _text_encoder(cfg, generator, device), _prompts(cfg)
@@ -127,13 +127,28 @@ def _trainer(cfg: TrainConfig, stage: str, device: torch.device):
     return ReDMDTrainer(cfg, generator, critic, teacher, text_encoder, prompts, reward=reward, decode=decode)
 
 
-def run(config, stage: str = "dmd", progress: bool = True) -> int:
+def parse_overrides(items) -> dict:
+    """``["key=value", ...]`` (values in YAML: ``batch_size=64``, ``steps=[1000, 500]``) -> dict."""
+    import yaml
+
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def run(config, stage: str = "dmd", progress: bool = True, overrides=None) -> int:
     """Runs training ``stage`` (``"teacher"``, ``"ode-init"`` or ``"dmd"``) from the YAML file ``config``;
     returns the exit status (2, with one line on stderr, for a bad config or a missing path)."""
     try:
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
         cfg = TrainConfig.load(config)
+        if overrides:
+            cfg = TrainConfig.from_dict(cfg.to_dict() | parse_overrides(overrides))
         distributed = "RANK" in os.environ
         if torch.cuda.is_available():
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -143,7 +158,7 @@ def run(config, stage: str = "dmd", progress: bool = True) -> int:
         if distributed:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         trainer = _trainer(cfg, stage, device)
-    except (OSError, ValueError) as e:  # a bad config, a missing or unreadable path
+    except (OSError, ValueError, TypeError) as e:  # a bad config or override, a missing path
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     if trainer.rank == 0:
@@ -166,9 +181,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reward_forcing.train", description=__doc__)
     parser.add_argument("--config", required=True, help="YAML file of TrainConfig fields")
     parser.add_argument("--stage", choices=STAGES, default="dmd")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a config field (YAML value), repeatable")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    return run(args.config, args.stage, progress=not args.no_progress)
+    return run(args.config, args.stage, progress=not args.no_progress, overrides=args.set)
 
 
 if __name__ == "__main__":

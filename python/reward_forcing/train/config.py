@@ -19,6 +19,7 @@ class TrainConfig:
     prompts: str | None = None     # text file, one prompt per line; None: world prompts or a test prompt
     data: str | None = None        # "world": procedural clips (stage teacher) and their prompts
     cond_dropout: float = 0.1      # stage teacher: share of prompts replaced by the negative prompt
+    data_workers: int = 0          # stage teacher: processes rendering world clips (0: in the loop)
     # where the teacher's and the critic's denoising loss is measured: "velocity" (Wan) or "x0"
     # (for x0-predicting models; train/dmd.py denoising_loss)
     loss_space: str = "velocity"
@@ -64,6 +65,9 @@ class TrainConfig:
     # critic_ratio-th also a generator step): 600 steps = 120 generator steps.
     ema_start: int = 200           # the EMA copies the generator before this step, averages after
     max_steps: int = 600
+    # stop (with a checkpoint) after this many minutes of training, to resume later: runs that
+    # must fit a time slot (a lent GPU, a CI job, a session)
+    max_minutes: float | None = None
     bf16: bool = True              # autocast, on CUDA only
     # under torchrun with several ranks: shard the trained models (and the EMA) with FSDP2 instead
     # of replicating them and all-reducing gradients (train/distributed.py); one process: ignored
@@ -87,6 +91,10 @@ class TrainConfig:
             raise ValueError(f"weighting must be 'generator', 'critic' or 'none', got {self.weighting!r}")
         if not isinstance(self.fsdp, bool):
             raise ValueError(f"fsdp must be true or false, got {self.fsdp!r}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be positive or null, got {self.max_minutes}")
+        if self.data_workers < 0:
+            raise ValueError(f"data_workers must be >= 0, got {self.data_workers}")
         if self.loss_space not in ("velocity", "x0"):
             raise ValueError(f"loss_space must be 'velocity' or 'x0', got {self.loss_space!r}")
         if self.data not in (None, "world"):

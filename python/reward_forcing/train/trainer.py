@@ -152,21 +152,34 @@ class _TrainLoop:
 
     # ------------------------------------------------------------------ loop and logs
     def train(self, progress: bool = False) -> None:
-        """Runs to ``max_steps``, logging to ``out_dir/log.jsonl`` (and TensorBoard when it is
-        installed: :meth:`log`) and checkpointing every ``save_every`` steps and at the end."""
+        """Runs to ``max_steps`` (or for ``max_minutes``), logging to ``out_dir/log.jsonl`` (and
+        TensorBoard when it is installed: :meth:`log`) and checkpointing every ``save_every``
+        steps and at the end."""
         from tqdm import tqdm
 
         cfg = self.cfg
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not progress or self.rank != 0)
+        deadline = None if cfg.max_minutes is None else time.monotonic() + 60 * cfg.max_minutes
         while self.step < cfg.max_steps:
             logs = self.train_step()
             bar.update(1)
             if self.rank == 0 and logs["step"] % cfg.log_every == 0:
                 self.log(logs)
-            if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
+            out_of_time = deadline is not None and self._all_agree(time.monotonic() > deadline)
+            if self.step % cfg.save_every == 0 or self.step == cfg.max_steps or out_of_time:
                 self.save_checkpoint()
+            if out_of_time:
+                break
         bar.close()
         self.close_logs()
+
+    def _all_agree(self, flag: bool) -> bool:
+        """Rank 0's ``flag`` on every rank (so all stop at the same step)."""
+        if self.world == 1:
+            return flag
+        value = torch.tensor([float(flag)], device=self.device)
+        dist.broadcast(value, 0)
+        return bool(value.item())
 
     def log(self, record: dict) -> None:
         """Appends ``record`` to ``out_dir/log.jsonl``, and its numbers to TensorBoard

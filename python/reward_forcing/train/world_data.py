@@ -19,19 +19,34 @@ class WorldClips:
 
     def __init__(self, codec: PixelCodec, latent_frames: int, height: int = 64, width: int = 64,
                  fps: float = 16.0, split: str = "train", start_at_zero: float = 0.5,
-                 max_start: int = 160):
+                 max_start: int = 160, workers: int = 0):
         self.codec, self.frames = codec, latent_frames * codec.temporal_scale
         self.height, self.width, self.fps, self.split = height, width, fps, split
         self.start_at_zero, self.max_start = start_at_zero, max_start
+        self._pool = None
+        if workers > 0:  # rendering (~5 ms a clip) would otherwise starve a GPU
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, list[str]]:
-        videos, prompts = [], []
+        """Scenes and start frames are drawn here from ``rng`` (so a run resumes exactly with or
+        without workers); the rendering is spread over the worker processes, if any."""
+        jobs = []
         for _ in range(n):
             scene = sample_scene(rng, height=self.height, width=self.width, fps=self.fps, split=self.split)
             start = 0 if rng.random() < self.start_at_zero else int(rng.integers(0, self.max_start))
-            videos.append(render(scene, self.frames, start)[0])
-            prompts.append(scene.prompt)
-        return self.codec.encode(torch.from_numpy(np.stack(videos))), prompts
+            jobs.append((scene, self.frames, start))
+        if self._pool is None:
+            videos = [_render(*job) for job in jobs]
+        else:
+            videos = list(self._pool.map(_render, *zip(*jobs), chunksize=max(1, n // 16)))
+        return self.codec.encode(torch.from_numpy(np.stack(videos))), [job[0].prompt for job in jobs]
+
+
+def _render(scene, frames: int, start: int) -> np.ndarray:
+    return render(scene, frames, start)[0]
 
 
 def world_prompts(n: int = 4096, seed: int = 0, split: str = "train") -> list[str]:
