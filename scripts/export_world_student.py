@@ -2,7 +2,7 @@
 embedded default model, python/reward_forcing/weights/world-student.safetensors, with the
 streaming settings of configs/world-*.yaml and the run's provenance.
 
-    python scripts/export_world_student.py runs/world-tilted/checkpoint-00000200.pt
+    python scripts/export_world_student.py runs/world-tilted    # or one checkpoint file
 """
 from __future__ import annotations
 
@@ -15,14 +15,16 @@ import yaml
 
 from reward_forcing.models import default as default_model
 from reward_forcing.models.loading import load_causal_wan
+from reward_forcing.train.trainer import latest_checkpoint
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("checkpoint", type=Path, help="a trainer checkpoint or a run folder")
     parser.add_argument("--out", type=Path, default=default_model.WEIGHTS)
     parser.add_argument("--note", default="", help="free text stored in the provenance")
     args = parser.parse_args()
+    args.checkpoint = latest_checkpoint(args.checkpoint) or args.checkpoint  # a run folder: its newest
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True, mmap=True)
     cfg = ckpt["config"]
     model = load_causal_wan(args.checkpoint, dtype=torch.float32)

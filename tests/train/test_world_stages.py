@@ -126,3 +126,13 @@ def test_max_minutes_stops_with_a_checkpoint_and_overrides_apply(tmp_path, capsy
     assert "nonsense" in capsys.readouterr().err
     assert main(["train", "--config", str(path), "--stage", "teacher", "--set", "batch_size"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_shipped_world_configs_load():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parents[2] / "configs").glob("world-*.yaml"))
+    assert len(configs) == 5
+    for path in configs:
+        cfg = TrainConfig.load(path)
+        assert cfg.text_encoder == "minilm" and cfg.vae == "pixel" and cfg.loss_space == "x0", path

