@@ -135,4 +135,5 @@ def test_shipped_world_configs_load():
     assert len(configs) == 5
     for path in configs:
         cfg = TrainConfig.load(path)
-        assert cfg.text_encoder == "minilm" and cfg.vae == "pixel" and cfg.loss_space == "x0", path
+        assert cfg.text_encoder == "minilm" and cfg.vae == "pixel", path
+        assert cfg.loss_space == "x0" or "ode-init" in path.name, path  # ODE init regresses on x0
