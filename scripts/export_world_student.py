@@ -24,7 +24,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=default_model.WEIGHTS)
     parser.add_argument("--note", default="", help="free text stored in the provenance")
     args = parser.parse_args()
-    args.checkpoint = latest_checkpoint(args.checkpoint) or args.checkpoint  # a run folder: its newest
+    if args.checkpoint.is_dir():  # a run folder: its newest checkpoint
+        found = latest_checkpoint(args.checkpoint)
+        if found is None:
+            raise SystemExit(f"error: no checkpoint-*.pt in {args.checkpoint}")
+        args.checkpoint = found
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True, mmap=True)
     cfg = ckpt["config"]
     model = load_causal_wan(args.checkpoint, dtype=torch.float32)

@@ -18,7 +18,7 @@ TEACHER_MIN=${TEACHER_MIN:-4} ODE_MIN=${ODE_MIN:-1.5} DMD_MIN=${DMD_MIN:-0.7}
 START=$(date +%s)
 say() { echo "[train_world_gpu $(( $(date +%s) - START ))s] $*" | tee -a "$OUT/progress.log"; }
 
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/env.txt" 2>&1
 say "building (CPU ops only: training uses the SDPA path)"
@@ -30,7 +30,7 @@ build || build --break-system-packages || { say "build failed"; tail -30 "$OUT/b
 train() {
   local stage=$1 config=$2 minutes=$3; shift 3
   say "$config ($stage, $minutes min)"
-  timeout $(python3 -c "print(int($minutes * 60 + 90))") \
+  timeout $(python3 -c "print(int($minutes * 60 + 150))") \
     python3 -m reward_forcing.train --config "configs/$config.yaml" --stage "$stage" --no-progress \
     --set text_encoder=.whl/minilm-fp16 --set max_minutes="$minutes" --set max_steps=1000000 \
     "$@" > "$OUT/$config.log" 2>&1 || say "$config exited with $?"
