@@ -7,7 +7,9 @@ and the world's ground truth; the bidirectional teacher on its own 2-s clips for
     python bench/world_table.py --seconds 10 --prompts 2   # a quick look
 
 Writes bench/results/world-table.{md,json,png}. Checkpoints default to the runs of
-configs/world-*.yaml (the newest checkpoint of each ``runs/world-*`` folder).
+configs/world-*.yaml (the newest checkpoint of each ``runs/world-*`` folder); ``--exports DIR``
+reads the default-model files ``DIR/world-<run>.safetensors`` that scripts/train_world_gpu.sh
+returns instead.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 from reward_forcing.eval import evaluate_video
+from reward_forcing.models import default as default_model
 from reward_forcing.models.loading import load_causal_wan
 from reward_forcing.models.pixel_codec import PixelCodec
 from reward_forcing.models.text_encoder import MiniLMTextEncoder
@@ -51,7 +54,7 @@ def score_student(name: str, ckpt: Path, prompts, seconds: float, threads: int =
     """One student under every sink setting: ``{"name | sink": mean scores}`` (runs in a worker)."""
     torch.set_num_threads(threads)
     text = MiniLMTextEncoder.from_pretrained(text_len=32)
-    model = load_causal_wan(ckpt, dtype=torch.float32).eval()
+    model = _load(ckpt)
     rows = {}
     for sink, kwargs in SINKS.items():
         pipe = StreamingPipeline(model, PixelCodec(), text, schedule=SCHEDULE, **GEOMETRY, **kwargs)
@@ -77,7 +80,7 @@ def score_students(runs: dict[str, Path], prompts, seconds: float, jobs: int) ->
 @torch.no_grad()
 def score_teacher(ckpt: Path, prompts, text, negative: str = "static, blurry, low quality") -> dict:
     """The bidirectional teacher on its own clip length (8 latent frames = 2 s), 16-step CFG."""
-    teacher = load_causal_wan(ckpt, dtype=torch.float32).eval()
+    teacher = _load(ckpt)
     codec, scores = PixelCodec(), []
     for i, prompt in enumerate(prompts):
         gen = torch.Generator().manual_seed(i)
@@ -87,6 +90,13 @@ def score_teacher(ckpt: Path, prompts, text, negative: str = "static, blurry, lo
         video = ((codec.decode(x)[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).byte()
         scores.append(evaluate_video(video.numpy(), prompt, fps=GEOMETRY["fps"])["summary"])
     return _mean(scores)
+
+
+def _load(path: Path):
+    """A trainer checkpoint, or a default-model file (config in its metadata)."""
+    if path.suffix == ".safetensors":
+        return default_model.load(path)[0]
+    return load_causal_wan(path, dtype=torch.float32).eval()
 
 
 def _mean(scores: list[dict]) -> dict:
@@ -130,17 +140,24 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--prompts", type=int, default=4, help="number of held-out prompts")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs")
+    parser.add_argument("--exports", type=Path, help="folder of world-<run>.safetensors files")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "world-table")
     args = parser.parse_args()
     prompts = held_out_prompts(args.prompts)
     text = MiniLMTextEncoder.from_pretrained(text_len=32)
-    runs = {name: latest_checkpoint(args.runs / folder) for name, folder in STUDENTS.items()}
+    def find(folder: str) -> Path | None:
+        if args.exports is not None:
+            path = args.exports / f"{folder}.safetensors"
+            return path if path.is_file() else None
+        return latest_checkpoint(args.runs / folder)
+
+    runs = {name: find(folder) for name, folder in STUDENTS.items()}
     missing = [f"{name} ({args.runs / STUDENTS[name]})" for name, ckpt in runs.items() if ckpt is None]
     if missing:
         print("skipping runs without checkpoints: " + ", ".join(missing))
     rows = score_students({k: v for k, v in runs.items() if v is not None}, prompts, args.seconds, args.jobs)
-    teacher = latest_checkpoint(args.runs / "world-teacher")
+    teacher = find("world-teacher")
     if teacher is not None:
         rows["teacher (bidirectional, 2-s clips)"] = score_teacher(teacher, prompts, text)
     meta = {"seconds": args.seconds, "prompts": prompts, "geometry": GEOMETRY,

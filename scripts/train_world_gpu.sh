@@ -2,8 +2,10 @@
 # The embedded world model on a lent GPU in one device call (issue 8): teacher -> ODE init -> DMD,
 # Re-DMD and tilted critic (configs/world-*.yaml with GPU batch sizes), each stage time-limited
 # with max_minutes (it stops with a checkpoint; rerunning resumes every run where it stopped).
-# Each run's EMA weights are exported as a float16 default-model file (~9.5 MB) with its log and
-# curves into $OUT; full checkpoints (~76 MB, with optimizer state) stay under runs/ there.
+# $OUT gets each run's EMA weights as a float16 default-model file (~9.5 MB; 5 files) and one
+# world-logs.tar.gz (logs, jsonl, curves; refreshed after every stage): 6 files, ~48 MB, within
+# what the device tool returns (8 files, 16 MiB each). Full checkpoints (~76 MB, with optimizer
+# state) stay under runs/ on the machine.
 # Then, here: copy a student's file to python/reward_forcing/weights/world-student.safetensors,
 # run bench/world_table.py (CPU) on the exports, commit weights + logs (bench/results/world-*).
 #
@@ -12,19 +14,21 @@
 # Budget (minutes, defaults): TEACHER_MIN=4 ODE_MIN=1.5 DMD_MIN=0.7 (x3) -> ~8 min plus ~1 min build.
 set -uo pipefail
 OUT=${OUT:-/tmp/rf-world-out}
-mkdir -p "$OUT" runs
+LOGS=/tmp/rf-world-logs
+mkdir -p "$OUT" "$LOGS" runs
 export PYTHONUNBUFFERED=1
 TEACHER_MIN=${TEACHER_MIN:-4} ODE_MIN=${ODE_MIN:-1.5} DMD_MIN=${DMD_MIN:-0.7}
 START=$(date +%s)
-say() { echo "[train_world_gpu $(( $(date +%s) - START ))s] $*" | tee -a "$OUT/progress.log"; }
+say() { echo "[train_world_gpu $(( $(date +%s) - START ))s] $*" | tee -a "$LOGS/progress.log"; }
+pack() { tar czf "$OUT/world-logs.tar.gz" -C "$LOGS" .; }
 
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/env.txt" 2>&1
+nvidia-smi --query-gpu=name,memory.total --format=csv > "$LOGS/env.txt" 2>&1
 say "building (CPU ops only: training uses the SDPA path)"
 build() { CMAKE_ARGS="-DRF_CUDA=OFF" timeout 240 python3 -m pip install -q --no-build-isolation --no-deps \
-            -C build-dir=build/train "$@" . > "$OUT/build.log" 2>&1; }
-build || build --break-system-packages || { say "build failed"; tail -30 "$OUT/build.log"; exit 1; }
+            -C build-dir=build/train "$@" . > "$LOGS/build.log" 2>&1; }
+build || build --break-system-packages || { say "build failed"; tail -30 "$LOGS/build.log"; pack; exit 1; }
 
 # stage config minutes [--set KEY=VALUE ...]
 train() {
@@ -33,12 +37,13 @@ train() {
   timeout $(python3 -c "print(int($minutes * 60 + 150))") \
     python3 -m reward_forcing.train --config "configs/$config.yaml" --stage "$stage" --no-progress \
     --set text_encoder=.whl/minilm-fp16 --set max_minutes="$minutes" --set max_steps=1000000 \
-    "$@" > "$OUT/$config.log" 2>&1 || say "$config exited with $?"
+    "$@" > "$LOGS/$config.log" 2>&1 || say "$config exited with $?"
   tail -2 "runs/$config/log.jsonl" 2>/dev/null
-  cp "runs/$config/log.jsonl" "$OUT/$config-log.jsonl" 2>/dev/null
-  cp "runs/$config/curves.png" "$OUT/$config-curves.png" 2>/dev/null
+  cp "runs/$config/log.jsonl" "$LOGS/$config-log.jsonl" 2>/dev/null
+  cp "runs/$config/curves.png" "$LOGS/$config-curves.png" 2>/dev/null
   python3 scripts/export_world_student.py "runs/$config" --out "$OUT/$config.safetensors" \
-    --note "trained on $(head -2 "$OUT/env.txt" | tail -1)" >> "$OUT/progress.log" 2>&1
+    --note "trained on $(head -2 "$LOGS/env.txt" | tail -1)" >> "$LOGS/progress.log" 2>&1
+  pack
 }
 train teacher world-teacher "$TEACHER_MIN" --set batch_size=64 --set data_workers=12 --set save_every=1000 \
   --set ema_decay=0.999 --set ema_start=500
@@ -46,4 +51,4 @@ train ode-init world-ode-init "$ODE_MIN" --set batch_size=32 --set save_every=20
 for v in dmd redmd tilted; do
   train dmd "world-$v" "$DMD_MIN" --set batch_size=16 --set save_every=100
 done
-say "done"; ls -la "$OUT"
+say "done"; pack; ls -la "$OUT"

@@ -181,8 +181,8 @@ def _pipeline(args):
     if not args.random_model:
         if default_model.available():
             return StreamingPipeline.default(device=device, **kwargs)
-        print(f"{PROG}: warning: the embedded default model is missing from this install "
-              f"({default_model.WEIGHTS})", file=sys.stderr)
+        print(f"{PROG}: warning: no embedded default model in this install yet ({default_model.WEIGHTS}"
+              " is written by scripts/export_world_student.py)", file=sys.stderr)
     print(f"{PROG}: warning: using a tiny RANDOM model; the video will not follow the prompt",
           file=sys.stderr)
     with warnings.catch_warnings():

@@ -32,7 +32,7 @@ def test_time_reversed_video_has_the_wrong_direction(scenes):
         video, _ = render(scene, lead)
         s = world_scores(video[::-1], scene.prompt)
         assert s["direction_right"] == 0.0, scene.prompt
-        assert s["found"] >= 0.9
+        assert s["found"] >= 0.85  # 1 of 9 frames may have an object mostly hidden by another
 
 
 def test_wrong_colour_and_background_in_the_prompt(scenes):
@@ -61,3 +61,16 @@ def test_freezing_after_half_stops_keeps_moving(scenes):
         frozen[24:] = video[24]
         s = world_scores(frozen, scene.prompt)
         assert s["keeps_moving"] == 0.0 and s["direction_right"] == 1.0, scene.prompt
+
+
+def test_noise_is_not_an_object(scenes):
+    """Random colour noise contains pixels of every colour, but no object-sized blob."""
+    scene = scenes[0]
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (32, scene.height, scene.width, 3), dtype=np.uint8)
+    noise[:, 0], noise[:, -1], noise[:, :, 0], noise[:, :, -1] = 0, 0, 0, 0  # a black border
+    s = world_scores(noise, scene.prompt)
+    assert s["found"] < 0.2 and s["colour_right"] < 0.2 and s["adherence"] < 0.2, s
+    flooded = np.zeros_like(noise)
+    flooded[:, 4:-4, 4:-4] = COLOURS[scene.objects[0].colour]  # one colour over the whole frame
+    assert world_scores(flooded, scene.prompt)["objects"][0]["colour_right"] == 0.0

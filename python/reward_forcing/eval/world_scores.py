@@ -4,11 +4,15 @@ in its colour, moving in its direction, and still moving at the end?
 Segmentation is by colour: the background is estimated from the border pixels, foreground is what
 differs from it, and a prompted object's pixels are foreground pixels nearest (among the world's
 object colours) to its colour. Objects in a world scene have distinct colours, so this separates them.
+An object is its colour's largest 8-connected blob, and counts only at a plausible size (MIN_AREA
+to MAX_AREA of the prompted area): scattered pixels of noise, which contain every colour, or a
+frame flooded with one colour are not an object.
 """
 from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 
 from ..world import (BACKGROUNDS, COLOURS, DIRECTIONS, LEAD_SECONDS, PromptSpec, parse_prompt,
@@ -18,6 +22,7 @@ from .metrics import as_video
 FOREGROUND_DISTANCE = 48.0  # RGB distance from the background that makes a pixel foreground
 COLOUR_DISTANCE = 80.0      # max RGB distance of a pixel to the object colour it is assigned to
 MIN_AREA = 0.3              # fraction of the object's expected area that must be seen
+MAX_AREA = 4.0              # ... and that it may not exceed
 MIN_SPEED = 0.25            # fraction of the prompted speed that counts as moving
 MAX_ANGLE = 22.5            # degrees: the nearest of the 8 compass directions must be the prompted one
 
@@ -27,20 +32,30 @@ def _estimate_background(video: np.ndarray) -> np.ndarray:
     return np.median(border.reshape(-1, 3).astype(np.float32), axis=0)
 
 
+def _largest_blob(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a bool mask [H, W] (all False when empty)."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+    if n <= 1:
+        return np.zeros_like(mask)
+    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+
 def _masks(video: np.ndarray, background: np.ndarray, colours: list[str], block: int = 64):
-    """Foreground area per frame [F] and the prompted colours' masks [F, K, H, W]."""
+    """Per frame, the foreground outside the prompted colours' blobs [F, H, W] and each prompted
+    colour's largest blob [F, K, H, W]."""
     palette = np.array(list(COLOURS.values()), np.float32)
     wanted = [list(COLOURS).index(c) for c in colours]
-    fg_area = np.empty(len(video))
+    rest = np.empty(video.shape[:3], bool)
     masks = np.empty((len(video), len(colours), *video.shape[1:3]), bool)
     for b in range(0, len(video), block):
         x = video[b:b + block].astype(np.float32)
         fg = np.linalg.norm(x - background, axis=-1) > FOREGROUND_DISTANCE
         dist = np.linalg.norm(x[..., None, :] - palette, axis=-1)  # [f, H, W, palette]
         label = np.where(fg & (dist.min(-1) < COLOUR_DISTANCE), dist.argmin(-1), -1)
-        fg_area[b:b + block] = fg.sum(axis=(1, 2))
-        masks[b:b + block] = np.stack([label == i for i in wanted], axis=1)
-    return fg_area, masks
+        for i, frame in enumerate(label):
+            masks[b + i] = [_largest_blob(frame == c) for c in wanted]
+        rest[b:b + block] = fg & ~masks[b:b + block].any(axis=1)
+    return rest, masks
 
 
 def _centroids(masks: np.ndarray) -> np.ndarray:
@@ -55,9 +70,9 @@ def _centroids(masks: np.ndarray) -> np.ndarray:
 
 def world_scores(video, prompt: str | PromptSpec, *, fps: float = 16.0, segment: float = 0.25) -> dict:
     """Scores in [0, 1], averaged over the prompted objects (per object in "objects"):
-    - found: fraction of frames with foreground of at least MIN_AREA of the object's expected area,
-      not counting pixels of the other prompted objects' colours (any colour counts);
-    - colour_right: fraction of frames with at least MIN_AREA of the expected area in its colour;
+    - found: fraction of frames with a foreground blob of a plausible size (MIN_AREA to MAX_AREA
+      of the object's expected area) in its colour or any colour but the other prompted objects';
+    - colour_right: fraction of frames where its colour's blob has a plausible size;
     - direction_right: over the first LEAD_SECONDS (before any bounce, by construction of the
       world), the least-squares velocity of its colour's centroid is at least MIN_SPEED of the
       prompted speed and within MAX_ANGLE of the prompted direction;
@@ -72,8 +87,9 @@ def world_scores(video, prompt: str | PromptSpec, *, fps: float = 16.0, segment:
     background = _estimate_background(x)
     names = list(BACKGROUNDS)
     bg_dist = [np.linalg.norm(background - np.array(BACKGROUNDS[n], np.float32)) for n in names]
-    fg_area, masks = _masks(x, background, [o.colour for o in spec.objects])
+    rest, masks = _masks(x, background, [o.colour for o in spec.objects])
     area = masks.sum(axis=(-2, -1)).astype(np.float64)  # [F, K]
+    rest_blob = np.array([_largest_blob(frame).sum() for frame in rest], np.float64)  # [F]
     centre = _centroids(masks)
     lead = min(f, max(3, int(round(LEAD_SECONDS * fps)) + 1))
     late = np.arange(max(0, f - max(2, int(round(f * segment)))), f)
@@ -81,9 +97,9 @@ def world_scores(video, prompt: str | PromptSpec, *, fps: float = 16.0, segment:
     for k, obj in enumerate(spec.objects):
         expected = shape_area(obj.shape, radius_px(obj.size, h, w))
         speed = speed_px(obj.speed, h, w, fps)
-        seen = area[:, k] >= MIN_AREA * expected
-        others = area.sum(axis=1) - area[:, k]
-        found = (fg_area - others) >= MIN_AREA * expected
+        plausible = lambda a: (a >= MIN_AREA * expected) & (a <= MAX_AREA * expected)  # noqa: E731
+        seen = plausible(area[:, k])
+        found = seen | plausible(rest_blob)
 
         t = np.arange(lead)[seen[:lead]]
         direction_right = False
