@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from reward_forcing.models import default as default_model
 from reward_forcing.models.causal_wan import CausalWanModel
+from reward_forcing.models.loading import load_causal_wan
 from reward_forcing.models.wan_config import WAN_WORLD
 from reward_forcing.pipelines import StreamingPipeline
 
@@ -34,6 +35,8 @@ def test_export_and_load_round_trip(random_export):
     assert meta["provenance"] == {"what": "random"}
     loaded, settings = default_model.load(path)
     assert settings == SETTINGS and loaded.dtype == torch.float32
+    # the generic loader (--checkpoint, from_pretrained) reads the recorded config too: x0 head
+    assert load_causal_wan(path, dtype=torch.float32).config == WAN_WORLD
     for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a.half().float(), b), k  # stored as float16
 

@@ -49,6 +49,8 @@ def test_teacher_stage_learns_and_resumes_exactly(tmp_path):
     path = stopped.save_checkpoint()
     for step in (2, 3, 4):  # logged before the checkpoint / by the interrupted run after it
         stopped.log({"step": step, "loss": 1.0})
+    with open(tmp_path / "b" / "log.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')  # a write cut short
     resumed = _teacher(tmp_path / "b", seed=7)  # other init: everything must come from the file
     assert resumed.resume() == path and resumed.step == 3
     log = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
@@ -96,6 +98,14 @@ def test_three_stages_chain_through_the_cli(tmp_path):
     assert _train(tmp_path, "dmd", "dmd", generator=ode, critic=teacher, teacher=teacher,
                   weighting="critic", reward="flow", beta=2.0) == 0
     assert latest_checkpoint(tmp_path / "dmd") is not None
+
+
+def test_resume_refuses_a_changed_run_and_allows_more_steps(tmp_path, capsys):
+    assert _train(tmp_path, "teacher", "t", teacher="world") == 0
+    assert _train(tmp_path, "teacher", "t", teacher="world", lr_generator=1e-3) == 2
+    assert "lr_generator" in capsys.readouterr().err
+    assert _train(tmp_path, "teacher", "t", teacher="world", max_steps=2) == 0
+    assert latest_checkpoint(tmp_path / "t").name == "checkpoint-00000002.pt"
 
 
 def test_teacher_stage_errors(tmp_path, capsys):

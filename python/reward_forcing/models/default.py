@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .causal_wan import CausalWanModel
-from .wan_config import WanConfig
+from .loading import safetensors_config
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "world-student.safetensors"
 # Pipeline keyword arguments a default-model file must record.
@@ -61,9 +61,7 @@ def read_metadata(path=WEIGHTS) -> dict:
         meta = f.metadata() or {}
     if not {"config", "settings"} <= set(meta):
         raise ValueError(f"{path}: not a default-model file (metadata keys {sorted(meta)})")
-    config = json.loads(meta["config"])
-    config["patch_size"] = tuple(config["patch_size"])
-    return {"config": WanConfig(**config), "settings": json.loads(meta["settings"]),
+    return {"config": safetensors_config(path), "settings": json.loads(meta["settings"]),
             "provenance": json.loads(meta.get("provenance", "{}"))}
 
 

@@ -127,7 +127,7 @@ def _read(path, use_ema: bool):
         folder = _weights_folder(path)
         state = _read_folder(folder)
     elif path.suffix == ".safetensors":
-        state = load_file(path)
+        state, config = load_file(path), safetensors_config(path)
     else:
         state, config = _read_training_checkpoint(path, use_ema)
     out = {}
@@ -138,8 +138,20 @@ def _read(path, use_ema: bool):
         out[new] = value
     if any(k.startswith("condition_embedder.") or ".attn1." in k for k in out):
         out = {diffusers_to_wan_key(k): v for k, v in out.items()}
-    hints = _config_hints(folder)
-    return out, hints if config is None else hints | {"config": config}
+    return out, _config_hints(folder), config
+
+
+def safetensors_config(path) -> WanConfig | None:
+    """The WanConfig a safetensors file records in its metadata (``"config"``: our default-model
+    files), or None."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        recorded = (f.metadata() or {}).get("config")
+    if recorded is None:
+        return None
+    fields = json.loads(recorded)
+    return WanConfig(**(fields | {"patch_size": tuple(fields["patch_size"])}))
 
 
 def load_wan_state_dict(path, *, use_ema: bool = True) -> dict[str, torch.Tensor]:
@@ -196,10 +208,10 @@ def check_state_dict(model: torch.nn.Module, state_dict: dict, strict: bool = Tr
 
 def load_causal_wan(path, config: WanConfig | None = None, *, dtype: torch.dtype = torch.bfloat16,
                     device="cpu", strict: bool = True, use_ema: bool = True) -> CausalWanModel:
-    """A :class:`CausalWanModel` with the weights at ``path`` (config inferred when not given).
+    """A :class:`CausalWanModel` with the weights at ``path`` (config: given, else the one the
+    file records (our trainer checkpoints and default-model files), else inferred from shapes).
     ``strict=False`` tolerates unexpected keys; missing keys and wrong shapes always raise."""
-    state, hints = _read(path, use_ema)
-    recorded = hints.pop("config", None)
+    state, hints, recorded = _read(path, use_ema)
     config = config or recorded or infer_config(state, **hints)
     with torch.device("meta"):
         model = CausalWanModel(config)

@@ -170,22 +170,22 @@ def run(config, stage: str = "dmd", progress: bool = True, overrides=None) -> in
         if distributed:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         trainer = _trainer(cfg, stage, device)
-    except (OSError, ValueError, TypeError) as e:  # a bad config or override, a missing path
+        resumed = trainer.resume()  # refuses a checkpoint of another stage or configuration
+    except (OSError, ValueError, TypeError) as e:  # a bad config, override, path or checkpoint
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     if trainer.rank == 0:
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
         cfg.save(Path(cfg.out_dir) / "config.yaml")
-    resumed = trainer.resume()
-    if resumed is not None and trainer.rank == 0:
-        print(f"resumed from {resumed} at step {trainer.step}")
+        if resumed is not None:
+            print(f"resumed from {resumed} at step {trainer.step}")
     trainer.train(progress=progress)
     if trainer.rank == 0 and (Path(cfg.out_dir) / "log.jsonl").is_file():
         from .curves import plot_log
 
         try:
             plot_log(Path(cfg.out_dir) / "log.jsonl", Path(cfg.out_dir) / "curves.png")
-        except ImportError as e:  # matplotlib is optional where training runs
+        except (ImportError, ValueError) as e:  # matplotlib is optional where training runs
             print(f"note: no training curves PNG ({e})", file=sys.stderr)
     if distributed:
         dist.destroy_process_group()

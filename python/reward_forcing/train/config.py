@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+
+# Fields a resumed run may change: where and how long it runs, not what it computes.
+RESUMABLE_CHANGES = frozenset({"out_dir", "max_steps", "max_minutes", "save_every", "log_every",
+                               "keep_checkpoints", "data_workers", "fsdp"})
 
 
 @dataclass
@@ -108,7 +114,18 @@ class TrainConfig:
         return d
 
     def save(self, path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Writes the YAML atomically (a temporary file renamed over ``path``)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        os.replace(tmp, path)
+
+    def resume_changes(self, saved: dict) -> list[str]:
+        """The fields that differ from a checkpoint's config ``saved`` and would make a resumed
+        run differ from an uninterrupted one (all but :data:`RESUMABLE_CHANGES`)."""
+        mine = self.to_dict()
+        return sorted(k for k in mine.keys() | saved.keys()
+                      if k not in RESUMABLE_CHANGES and mine.get(k) != saved.get(k))
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

@@ -17,7 +17,12 @@ def plot_log(log, out, smooth: int = 25) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
+    records = []
+    for line in Path(log).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:  # a write cut short: skip it
+            continue
     keys = sorted({k for r in records for k, v in r.items()
                    if k not in _SKIP and isinstance(v, (int, float)) and not isinstance(v, bool)})
     if not keys:

@@ -236,6 +236,10 @@ class _TrainLoop:
         if state.get("version") != _CHECKPOINT_VERSION or state.get("stage") != type(self).__name__:
             raise ValueError(f"not a {type(self).__name__} checkpoint (version {state.get('version')!r}, "
                              f"stage {state.get('stage')!r})")
+        changed = self.cfg.resume_changes(state["config"])
+        if changed:
+            raise ValueError(f"the checkpoint was written with other values of {changed}: resuming would "
+                             "not continue the same run (start a new out_dir, or restore them)")
         for k, m in self._modules().items():
             load_full_state_dict(m, state[k])
         for k, o in self._optimizers().items():
@@ -292,7 +296,7 @@ class _TrainLoop:
         if self.rank != 0 or not log.is_file():
             return
         lines = log.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() and json.loads(line).get("step", -1) < self.step]
+        kept = [line for line in lines if _logged_step(line) < self.step]
         if len(kept) != len(lines):
             tmp = log.with_name(log.name + ".tmp")
             tmp.write_text("".join(kept))
@@ -589,6 +593,14 @@ class TeacherTrainer(_TrainLoop):
             for e, p in zip(self.ema.parameters(), self.model.parameters()):
                 e.lerp_(p.detach(), 1 - decay)
         return {"loss": float(torch.stack(losses).mean()), "grad_norm": grad_norm}
+
+
+def _logged_step(line: str) -> float:
+    """The step of a log line; infinity for a line that does not parse (a write cut short)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 def latest_checkpoint(out_dir) -> Path | None:
