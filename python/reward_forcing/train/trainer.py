@@ -221,7 +221,7 @@ class _TrainLoop:
         name, keys, pos, has_gauss, cached = np.random.get_state()
         return {
             "version": _CHECKPOINT_VERSION, "stage": type(self).__name__, "config": self.cfg.to_dict(),
-            "step": self.step,
+            "world": self.world, "step": self.step,
             **{k: full_state_dict(m) for k, m in self._modules().items()},
             "model_configs": {k: dataclasses.asdict(m.config) for k, m in self._modules().items()},
             "optimizers": {k: full_optimizer_state_dict(self._modules()[k], o)
@@ -236,7 +236,9 @@ class _TrainLoop:
         if state.get("version") != _CHECKPOINT_VERSION or state.get("stage") != type(self).__name__:
             raise ValueError(f"not a {type(self).__name__} checkpoint (version {state.get('version')!r}, "
                              f"stage {state.get('stage')!r})")
-        changed = self.cfg.resume_changes(state["config"])
+        saved = dict(state["config"])  # per-rank batch: compare the global batch
+        saved["batch_size"] = saved["batch_size"] * state.get("world", 1) / self.world
+        changed = self.cfg.resume_changes(saved)
         if changed:
             raise ValueError(f"the checkpoint was written with other values of {changed}: resuming would "
                              "not continue the same run (start a new out_dir, or restore them)")
