@@ -57,7 +57,10 @@ def score_student(name: str, ckpt: Path, prompts, seconds: float, threads: int =
     model = _load(ckpt)
     rows = {}
     for sink, kwargs in SINKS.items():
-        pipe = StreamingPipeline(model, PixelCodec(), text, schedule=SCHEDULE, **GEOMETRY, **kwargs)
+        if ckpt.suffix == ".safetensors":  # an export: its own recorded streaming settings
+            pipe = StreamingPipeline.default(path=ckpt, **kwargs)
+        else:
+            pipe = StreamingPipeline(model, PixelCodec(), text, schedule=SCHEDULE, **GEOMETRY, **kwargs)
         start, scores = time.perf_counter(), []
         for i, prompt in enumerate(prompts):
             video = pipe.generate(prompt, seconds, seed=i)
@@ -146,6 +149,7 @@ def main() -> None:
     args = parser.parse_args()
     prompts = held_out_prompts(args.prompts)
     text = MiniLMTextEncoder.from_pretrained(text_len=32)
+
     def find(folder: str) -> Path | None:
         if args.exports is not None:
             path = args.exports / f"{folder}.safetensors"
@@ -153,16 +157,16 @@ def main() -> None:
         return latest_checkpoint(args.runs / folder)
 
     runs = {name: find(folder) for name, folder in STUDENTS.items()}
-    missing = [f"{name} ({args.runs / STUDENTS[name]})" for name, ckpt in runs.items() if ckpt is None]
+    missing = [name for name, ckpt in runs.items() if ckpt is None]
     if missing:
-        print("skipping runs without checkpoints: " + ", ".join(missing))
+        print(f"skipping (nothing in {args.exports or args.runs}): " + ", ".join(missing))
     rows = score_students({k: v for k, v in runs.items() if v is not None}, prompts, args.seconds, args.jobs)
     teacher = find("world-teacher")
     if teacher is not None:
         rows["teacher (bidirectional, 2-s clips)"] = score_teacher(teacher, prompts, text)
     meta = {"seconds": args.seconds, "prompts": prompts, "geometry": GEOMETRY,
             "checkpoints": {k: str(v) for k, v in runs.items()}, "teacher": str(teacher),
-            "machine": "2-core CPU", "torch": torch.__version__}
+            "cpu_threads": torch.get_num_threads(), "torch": torch.__version__}
     write(rows, args.out, meta)
     print(f"wrote {args.out.with_suffix('.md')}")
 

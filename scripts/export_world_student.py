@@ -15,7 +15,11 @@ import yaml
 
 from reward_forcing.models import default as default_model
 from reward_forcing.models.loading import load_causal_wan
+from reward_forcing.models.pixel_codec import PixelCodec
 from reward_forcing.train.trainer import latest_checkpoint
+
+
+WORLD_FPS = 16.0  # reward_forcing.world's default frame rate, which the world clips are rendered at
 
 
 def main() -> None:
@@ -32,7 +36,8 @@ def main() -> None:
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True, mmap=True)
     cfg = ckpt["config"]
     model = load_causal_wan(args.checkpoint, dtype=torch.float32)
-    settings = dict(height=cfg["latent_height"] * 4, width=cfg["latent_width"] * 4, fps=16.0,
+    scale = PixelCodec().spatial_scale  # the world configs' vae: pixel
+    settings = dict(height=cfg["latent_height"] * scale, width=cfg["latent_width"] * scale, fps=WORLD_FPS,
                     sink_frames=cfg["sink_frames"], window_frames=cfg["window_frames"],
                     chunk_frames=cfg["chunk_frames"], alpha=cfg["alpha"], steps=list(cfg["steps"]),
                     shift=cfg["shift"])

@@ -86,9 +86,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="re-encode the cache under the new prompt at each switch")
     g.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     g.add_argument("--fps", type=_positive_float, help="frame rate (default 16)")
-    g.add_argument("--accelerate", choices=["none", "cuda-graphs", "compile"], default="none",
-                   help="transformer acceleration: CUDA graphs replayed per denoising step (GPU; "
-                   "eager on a CPU) or torch.compile of the blocks (default none)")
+    g.add_argument("--accelerate", choices=["none", "cuda-graphs", "compile", "compile+cuda-graphs"],
+                   default="none", help="transformer acceleration: CUDA graphs replayed per denoising "
+                   "step (GPU; eager on a CPU), torch.compile of the blocks, or both (default none)")
 
     s = sub.add_parser("serve", help="browser demo: watch and steer a stream live",
                        description="Serve the streaming demo page (FastAPI + uvicorn); sink, "
@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         s._add_action(action)  # share the option (help, type, default) with generate
     s.set_defaults(sink_frames=None, window_frames=None, alpha=None)
 
-    t = sub.add_parser("train", help="train: ODE init, then Re-DMD (reward_forcing.train)",
+    t = sub.add_parser("train", help="train: (teacher,) ODE init, then Re-DMD (reward_forcing.train)",
                        description="Run a training stage from a YAML config of TrainConfig fields "
                                    "(same as python -m reward_forcing.train).")
     t.add_argument("--config", required=True, type=Path, help="YAML file of TrainConfig fields")

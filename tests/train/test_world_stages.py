@@ -1,6 +1,7 @@
 """The embedded model's training path: world clips, the teacher stage (flow matching, exact
 resume) and the three stages chained through the CLI with the world's real parts (WAN_WORLD,
 MiniLM, pixel codec, flow reward), at toy sizes."""
+import dataclasses
 import json
 
 import numpy as np
@@ -65,6 +66,22 @@ def test_teacher_stage_learns_and_resumes_exactly(tmp_path):
                                                  stopped.ema.state_dict().values()))
 
 
+def test_loss_space_x0_measures_the_x0_error(tmp_path):
+    """Same step, same draws: the x0 loss is the velocity loss with each sample's error scaled by
+    sigma <= 1, so it is smaller (a swapped wiring would make it equal or larger)."""
+    velocity = _teacher(tmp_path / "v").train_step()["loss"]
+    x0 = _teacher(tmp_path / "x", loss_space="x0").train_step()["loss"]
+    assert x0 < 0.9 * velocity, (x0, velocity)
+
+
+def test_x0_model_with_a_velocity_loss_warns(tmp_path):
+    model = CausalWanModel(dataclasses.replace(SMALL, prediction="x0"))
+    cfg = TrainConfig(out_dir=str(tmp_path), latent_frames=3, latent_height=8, latent_width=8,
+                      chunk_frames=1, data="world")
+    with pytest.warns(UserWarning, match="loss_space: x0"):
+        TeacherTrainer(cfg, model, HashedTextEncoder(16, 8), WorldClips(CODEC, 3, 16, 16))
+
+
 def test_teacher_loss_falls_on_a_fixed_batch(tmp_path):
     """A flow-matching step on the same clips, noise and times lowers the loss (the gradient is right)."""
     trainer = _teacher(tmp_path, max_steps=50)
@@ -79,7 +96,8 @@ def test_teacher_loss_falls_on_a_fixed_batch(tmp_path):
 
 WORLD = dict(latent_frames=4, latent_height=8, latent_width=8, chunk_frames=2, sink_frames=1,
              window_frames=1, critic_ratio=2, grad_accum=1, batch_size=1, ema_start=1, max_steps=1,
-             ode_steps=4, save_every=1, text_encoder="minilm", vae="pixel", data="world", shift=3.0)
+             ode_steps=4, save_every=1, text_encoder="minilm", vae="pixel", data="world", shift=3.0,
+             loss_space="x0")
 
 
 def _train(tmp_path, stage, name, **kw):

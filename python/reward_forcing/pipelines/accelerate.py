@@ -270,12 +270,6 @@ class CompiledForwardChunk:
         return self.model._run(x, t, context, grid, [self._attend] * len(self.blocks), blocks=self.blocks)
 
 
-def compiled_forward_chunk(model: CausalWanModel, mode: str | None = None,
-                           **kwargs) -> CompiledForwardChunk:
-    """A :class:`CompiledForwardChunk` (``mode`` as for ``torch.compile``: None = default)."""
-    return CompiledForwardChunk(model, mode=mode, **kwargs)
-
-
 # ----------------------------------------------------------------------------- by name
 def make_forward_chunk(model: CausalWanModel, cache: StreamingKVCache, accelerate: str = "none",
                        **compile_kwargs) -> Callable:
@@ -296,4 +290,4 @@ def make_forward_chunk(model: CausalWanModel, cache: StreamingKVCache, accelerat
 
 
 __all__ = ["ACCELERATE_MODES", "CUDAGraphBackend", "CUDAGraphForwardChunk", "CompiledForwardChunk",
-           "compiled_forward_chunk", "make_forward_chunk"]
+           "make_forward_chunk"]

@@ -1,13 +1,13 @@
-"""Re-DMD training (DESIGN §5): DMD / Re-DMD formulas, rewards, self-forcing rollout, trainer."""
+"""Re-DMD training (DESIGN §5): DMD / Re-DMD formulas, rewards, self-forcing rollout, trainers."""
 from .config import TrainConfig
 from .dmd import (critic_weights, denoising_loss, dmd_gradient, dmd_loss, reward_weights,
                   sample_timesteps)
 from .rewards import FlowMotionReward, Reward
 from .rollout import draw_exit_step, rollout
-from .trainer import ODEInitTrainer, ReDMDTrainer
+from .trainer import ODEInitTrainer, ReDMDTrainer, TeacherTrainer
 from .vlm_reward import VLMReward
 
-__all__ = ["TrainConfig", "ReDMDTrainer", "ODEInitTrainer", "Reward", "FlowMotionReward", "VLMReward",
+__all__ = ["TrainConfig", "ReDMDTrainer", "ODEInitTrainer", "TeacherTrainer", "Reward", "FlowMotionReward", "VLMReward",
            "rollout", "draw_exit_step",
            "sample_timesteps", "dmd_gradient", "dmd_loss", "reward_weights", "critic_weights",
            "denoising_loss"]

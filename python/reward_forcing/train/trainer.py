@@ -1,5 +1,6 @@
-"""The Re-DMD trainer (DESIGN §5), nanoGPT-style: one loop, explicit state, nothing hidden, and
-the ODE-init stage before it (:class:`ODEInitTrainer`).
+"""The Re-DMD trainer (DESIGN §5), nanoGPT-style: one loop, explicit state, nothing hidden, the
+ODE-init stage before it (:class:`ODEInitTrainer`) and, for the embedded world model, the teacher's
+own flow-matching stage (:class:`TeacherTrainer`).
 
 Each trainer step is a critic step; every ``critic_ratio``-th step first makes a generator step
 (Self Forcing's ``dfake_gen_update_ratio``). Both draw their samples with a self-forcing
@@ -24,6 +25,7 @@ import json
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -67,7 +69,7 @@ def vae_video_decoder(vae) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 class _TrainLoop:
-    """What both stages share: global-batch random streams, autocast, gradient all-reduce and
+    """What the stages share: global-batch random streams, autocast, gradient all-reduce and
     clipping, the loop, jsonl logging and atomic checkpoints with exact resume. A stage defines
     ``_step`` (one step's work, returning its log values) and the ``_modules`` / ``_optimizers``
     it checkpoints."""
@@ -138,6 +140,12 @@ class _TrainLoop:
     def _loss_sigma(self, sigma):
         """The ``sigma`` argument of :func:`dmd.denoising_loss` for the configured ``loss_space``."""
         return sigma if self.cfg.loss_space == "x0" else None
+
+    def _check_loss_space(self, model: CausalWanModel) -> None:
+        if model.config.prediction == "x0" and self.cfg.loss_space != "x0":
+            warnings.warn("an x0-predicting model trained with loss_space: velocity weights noise level "
+                          "sigma by 1/sigma^2 and leaves high noise levels untrained; set loss_space: x0",
+                          stacklevel=3)
 
     def _sync_and_clip(self, model) -> float:
         """Averages gradients over the ranks (an all-reduce; FSDP2-sharded models have
@@ -320,6 +328,7 @@ class ReDMDTrainer(_TrainLoop):
         self.generator, self.critic = generator.train(), critic.train()
         self.teacher = teacher.eval().requires_grad_(False)
         self.ema = copy.deepcopy(generator).eval().requires_grad_(False)
+        self._check_loss_space(critic)
         self._shard(generator, critic, self.ema)
         self.reward, self.decode = reward, decode
         mc = generator.config
@@ -551,6 +560,7 @@ class TeacherTrainer(_TrainLoop):
     def __init__(self, cfg: TrainConfig, model: CausalWanModel, text_encoder, data):
         super().__init__(cfg, model.device, text_encoder, [cfg.negative_prompt])
         self.model, self.data = model.train(), data
+        self._check_loss_space(model)
         self.ema = copy.deepcopy(model).eval().requires_grad_(False)
         self._shard(model, self.ema)
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr_generator, betas=cfg.betas,
