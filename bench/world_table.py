@@ -28,8 +28,9 @@ from reward_forcing.models.pixel_codec import PixelCodec
 from reward_forcing.models.text_encoder import MiniLMTextEncoder
 from reward_forcing.pipelines import StreamingPipeline
 from reward_forcing.scheduler import FewStepFlowSchedule
-from reward_forcing.train.trainer import latest_checkpoint, teacher_trajectory
+from reward_forcing.train.trainer import latest_checkpoint
 from reward_forcing.world import sample_scene
+from world_probe import samples  # bench/, next to this script
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDENTS = {"ODE init": "world-ode-init", "DMD (beta=0)": "world-dmd",
@@ -80,19 +81,9 @@ def score_students(runs: dict[str, Path], prompts, seconds: float, jobs: int) ->
         return {k: v for f in futures for k, v in f.result().items()}
 
 
-@torch.no_grad()
-def score_teacher(ckpt: Path, prompts, text, negative: str = "static, blurry, low quality") -> dict:
+def score_teacher(ckpt: Path, prompts, text) -> dict:
     """The bidirectional teacher on its own clip length (8 latent frames = 2 s), 16-step CFG."""
-    teacher = _load(ckpt)
-    codec, scores = PixelCodec(), []
-    for i, prompt in enumerate(prompts):
-        gen = torch.Generator().manual_seed(i)
-        noise = torch.randn(1, codec.channels, 8, 16, 16, generator=gen)
-        x = teacher_trajectory(teacher, text([prompt]), text([negative]), noise, SCHEDULE,
-                               guidance_scale=3.0, num_steps=16)[:, -1]
-        video = ((codec.decode(x)[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).byte()
-        scores.append(evaluate_video(video.numpy(), prompt, fps=GEOMETRY["fps"])["summary"])
-    return _mean(scores)
+    return _mean(samples(_load(ckpt), text, PixelCodec(), prompts)[1])
 
 
 def _load(path: Path):
