@@ -16,7 +16,7 @@ from reward_forcing.models.causal_wan import CausalWanModel
 from reward_forcing.models.text_encoder import HashedTextEncoder
 from reward_forcing.models.wan_config import WAN_TINY
 from reward_forcing.train import ODEInitTrainer, TrainConfig
-from reward_forcing.train.trainer import TeacherTrainer
+from reward_forcing.train.teacher import TeacherTrainer
 from reward_forcing.train.world_data import WorldClips
 from trainers import CODEC, PROMPTS, SMALL, redmd_trainer
 

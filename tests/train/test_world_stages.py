@@ -14,7 +14,8 @@ from reward_forcing.models.loading import load_causal_wan
 from reward_forcing.models.text_encoder import HashedTextEncoder
 from reward_forcing.models.wan_config import WAN_WORLD
 from reward_forcing.train import TrainConfig
-from reward_forcing.train.trainer import TeacherTrainer, latest_checkpoint
+from reward_forcing.train.teacher import TeacherTrainer
+from reward_forcing.train.trainer import latest_checkpoint
 from reward_forcing.train.world_data import WorldClips, world_prompts
 from reward_forcing.world import parse_prompt, scene_split
 from trainers import CODEC, SMALL

@@ -4,10 +4,11 @@ from .dmd import (critic_weights, denoising_loss, dmd_gradient, dmd_loss, reward
                   sample_timesteps)
 from .rewards import FlowMotionReward, Reward
 from .rollout import draw_exit_step, rollout
-from .trainer import ODEInitTrainer, ReDMDTrainer, TeacherTrainer
+from .teacher import TeacherTrainer
+from .trainer import ODEInitTrainer, ReDMDTrainer
 from .vlm_reward import VLMReward
 
-__all__ = ["TrainConfig", "ReDMDTrainer", "ODEInitTrainer", "TeacherTrainer", "Reward", "FlowMotionReward", "VLMReward",
-           "rollout", "draw_exit_step",
+__all__ = ["TrainConfig", "ReDMDTrainer", "ODEInitTrainer", "TeacherTrainer", "Reward",
+           "FlowMotionReward", "VLMReward", "rollout", "draw_exit_step",
            "sample_timesteps", "dmd_gradient", "dmd_loss", "reward_weights", "critic_weights",
            "denoising_loss"]

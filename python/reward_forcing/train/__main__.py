@@ -116,7 +116,8 @@ def _prompts(cfg: TrainConfig) -> list[str]:
 
 
 def _trainer(cfg: TrainConfig, stage: str, device: torch.device):
-    from .trainer import ODEInitTrainer, ReDMDTrainer, TeacherTrainer
+    from .teacher import TeacherTrainer
+    from .trainer import ODEInitTrainer, ReDMDTrainer
 
     if stage == "teacher":  # the model being trained is the teacher
         if cfg.data != "world":

@@ -49,6 +49,11 @@ from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forwar
 _GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)  # full tensors, on rank 0 only
 _SCATTER = StateDictOptions(full_state_dict=True)  # every rank passes the full state dict
 
+# A block's outputs and the text keys/values are views, which FSDP2 warns about because an in-place
+# op on one would skip its pre-backward hook; the model never writes to them.
+warnings.filterwarnings("ignore", category=UserWarning, message=r"FSDP2-wrapped module "
+                        r"\(FSDP(WanAttentionBlock|CausalWanModel)\) returned a view")
+
 
 def is_sharded(model: nn.Module) -> bool:
     """Whether ``model`` was sharded with FSDP2 (``fully_shard``)."""
@@ -60,10 +65,6 @@ def shard_model(model: nn.Module) -> nn.Module:
     and returns it. Build optimizers after this: FSDP2 replaces the parameters with DTensors."""
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("FSDP2 sharding needs an initialised process group (run under torchrun)")
-    # A block's outputs and the text keys/values are views, which FSDP2 warns about because an
-    # in-place op on one would skip its pre-backward hook; the model never writes to them.
-    warnings.filterwarnings("ignore", category=UserWarning, message=r"FSDP2-wrapped module "
-                            r"\(FSDP(WanAttentionBlock|CausalWanModel)\) returned a view")
     for block in model.blocks:
         fully_shard(block)
         _route_text_encoding(block)

@@ -1,6 +1,6 @@
 """The Re-DMD trainer (DESIGN §5), nanoGPT-style: one loop, explicit state, nothing hidden, the
-ODE-init stage before it (:class:`ODEInitTrainer`) and, for the embedded world model, the teacher's
-own flow-matching stage (:class:`TeacherTrainer`).
+ODE-init stage before it (:class:`ODEInitTrainer`); the world model's teacher stage, which shares
+the loop, is in :mod:`.teacher`.
 
 Each trainer step is a critic step; every ``critic_ratio``-th step first makes a generator step
 (Self Forcing's ``dfake_gen_update_ratio``). Both draw their samples with a self-forcing
@@ -74,11 +74,13 @@ class _TrainLoop:
     ``_step`` (one step's work, returning its log values) and the ``_modules`` / ``_optimizers``
     it checkpoints."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, text_encoder, prompts: Sequence[str]):
-        if not prompts:
+    def __init__(self, cfg: TrainConfig, device: torch.device, text_encoder,
+                 prompts: Sequence[str] | None):
+        if prompts is not None and not prompts:
             raise ValueError("no training prompts")
         self.cfg, self.device, (self.rank, self.world) = cfg, device, _world()
-        self.text_encoder, self.prompts = text_encoder, list(prompts)
+        self.text_encoder = text_encoder
+        self.prompts = None if prompts is None else list(prompts)  # None: the data brings its own
         self.schedule = FewStepFlowSchedule(cfg.steps, cfg.shift)
         # Global-batch streams, the same on every rank (see the module doc).
         self.noise_rng = torch.Generator(device).manual_seed(cfg.seed)
@@ -545,66 +547,6 @@ class ODEInitTrainer(_TrainLoop):
         grad_norm = self._sync_and_clip(self.student)
         self.opt.step()
         return {"ode_loss": float(torch.stack(losses).mean()), "grad_norm": grad_norm}
-
-
-# ---------------------------------------------------------------------------------------- teacher
-class TeacherTrainer(_TrainLoop):
-    """The stage before ODE init when there is no pretrained teacher (the embedded world model):
-    flow-matching training of the bidirectional ``model`` on data clips. ``data.sample(n, rng)``
-    returns (clean latents ``[n, C, F, H, W]``, prompts); a prompt is replaced by the negative
-    prompt with probability ``cond_dropout``, so the teacher also learns the unconditional branch
-    that classifier-free guidance (and DMD's real score) uses. Noise levels are
-    ``shift_sigma(u, shift)``, ``u ~ U(0, 1)``, as Wan trains. Its checkpoints hold the model as
-    ``generator`` and its EMA as ``generator_ema`` (what the loader prefers)."""
-
-    def __init__(self, cfg: TrainConfig, model: CausalWanModel, text_encoder, data):
-        super().__init__(cfg, model.device, text_encoder, [cfg.negative_prompt])
-        self.model, self.data = model.train(), data
-        self._check_loss_space(model)
-        self.ema = copy.deepcopy(model).eval().requires_grad_(False)
-        self._shard(model, self.ema)
-        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr_generator, betas=cfg.betas,
-                                     weight_decay=cfg.weight_decay)
-        self.data_rng = np.random.default_rng(cfg.seed)
-
-    def _modules(self) -> dict:
-        return {"generator": self.model, "generator_ema": self.ema}
-
-    def _optimizers(self) -> dict:
-        return {"generator": self.opt}
-
-    def state_dict(self) -> dict:
-        return super().state_dict() | {"data_rng": self.data_rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.data_rng.bit_generator.state = state["data_rng"]
-
-    def _step(self) -> dict:
-        cfg = self.cfg
-        self.opt.zero_grad(set_to_none=True)
-        losses = []
-        for _ in range(cfg.grad_accum):
-            x0, prompts = self.data.sample(cfg.batch_size * self.world, self.data_rng)
-            x0, prompts = self._mine(x0).to(self.device), self._mine(prompts)
-            drop = self._mine(self.data_rng.random(len(prompts) * self.world) < cfg.cond_dropout)
-            with torch.no_grad():
-                cond = self.text_encoder([cfg.negative_prompt if d else p for p, d in zip(prompts, drop)])
-            u = self._mine(torch.rand(x0.shape[0] * self.world, generator=self.noise_rng, device=self.device))
-            sigma = shift_sigma(u, cfg.shift)
-            noise = self._randn(x0.shape)
-            with self._autocast():
-                velocity = self.model(dmd.add_noise(x0, noise, sigma), sigma * 1000, cond.to(self.device))
-            loss = dmd.denoising_loss(velocity, noise, x0, self._loss_sigma(sigma)).mean()
-            (loss / cfg.grad_accum).backward()
-            losses.append(loss.detach())
-        grad_norm = self._sync_and_clip(self.model)
-        self.opt.step()
-        decay = cfg.ema_decay if self.step >= cfg.ema_start else 0.0
-        with torch.no_grad():
-            for e, p in zip(self.ema.parameters(), self.model.parameters()):
-                e.lerp_(p.detach(), 1 - decay)
-        return {"loss": float(torch.stack(losses).mean()), "grad_norm": grad_norm}
 
 
 def _logged_step(line: str) -> float:
