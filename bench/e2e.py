@@ -242,7 +242,25 @@ def main():
     vae = wan21_vae() if args.vae else None
     accelerators = Accelerators(model)
     torch.cuda.reset_peak_memory_stats()
+    device = torch.cuda.get_device_name()
+    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
+    args.out.mkdir(parents=True, exist_ok=True)
+    shape = ("Wan-1.3B random weights, 832x480, chunk 3 latent frames (12 video frames), S=W=C=3, "
+             f"4 steps + t=0 pass, bf16, modes {','.join(modes)}"
+             + (", Wan2.1 VAE (random weights, bf16)" if vae is not None else ""))
     rows, peak = [], 0.0
+
+    def write() -> dict:
+        """The results so far (rewritten after every row: a run cut short keeps its rows)."""
+        fps_by_mode = {}
+        for r in rows:
+            fps_by_mode.setdefault(r["backend"], {})[r["mode"]] = r.get("dit_fps")
+        result = dict(device=device, torch=torch.__version__, shape=shape, peak_memory_gib=peak,
+                      results=rows, fps_by_mode=fps_by_mode)
+        (args.out / f"{slug}-e2e.json").write_text(json.dumps(result, indent=2))
+        (args.out / f"{slug}-e2e.md").write_text(markdown(result))
+        return result
+
     for backend in args.backends.split(","):
         for mode in modes:
             try:
@@ -250,6 +268,7 @@ def main():
                 peak = max(peak, rows[-1]["peak_memory_gib"])
             except Exception as e:
                 rows.append(dict(backend=backend, mode=mode, error=f"{type(e).__name__}: {e}"))
+            result = write()
             r = rows[-1]
             if "error" in r:
                 print(f"{backend:7s} {mode:20s} ERROR {r['error']}", flush=True)
@@ -259,18 +278,6 @@ def main():
             print(f"{backend:7s} {mode:20s} chunk {r['chunk_wall_ms']:.1f} ms wall / {r['chunk_gpu_ms']:.1f} ms "
                   f"GPU -> DiT-only {r['dit_fps']:.1f} FPS (warm-up {r['warmup_s']:.1f} s){extra}; "
                   f"GPU ms by kind {r['gpu_ms_by_kind']}", flush=True)
-    device = torch.cuda.get_device_name()
-    fps_by_mode = {}
-    for r in rows:
-        fps_by_mode.setdefault(r["backend"], {})[r["mode"]] = r.get("dit_fps")
-    result = dict(device=device, torch=torch.__version__, shape="Wan-1.3B random weights, 832x480, "
-                  "chunk 3 latent frames (12 video frames), S=W=C=3, 4 steps + t=0 pass, bf16, "
-                  f"modes {','.join(modes)}" + (", Wan2.1 VAE (random weights, bf16)" if vae is not None else ""),
-                  peak_memory_gib=peak, results=rows, fps_by_mode=fps_by_mode)
-    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{slug}-e2e.json").write_text(json.dumps(result, indent=2))
-    (args.out / f"{slug}-e2e.md").write_text(markdown(result))
     print(markdown(result))
     print(f"peak memory {peak:.1f} GiB")
 

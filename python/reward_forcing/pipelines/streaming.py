@@ -120,7 +120,8 @@ class StreamingPipeline:
     def default(cls, *, device="cpu", path=None, **kwargs) -> "StreamingPipeline":
         """The embedded default model (:mod:`reward_forcing.models.default`: the world student,
         the packaged MiniLM text encoder, the pixel codec), with the streaming settings it was
-        trained for unless ``kwargs`` override them. Runs on a CPU faster than real time."""
+        trained for unless ``kwargs`` override them. At 64x64 the 4.7M-parameter model streams
+        60 s of video in ~17 s on one CPU thread (measured with random weights)."""
         from ..models import default as default_model
         from ..models.pixel_codec import PixelCodec
         from ..models.text_encoder import MiniLMTextEncoder
