@@ -22,6 +22,8 @@ mkdir -p "$OUT" "$LOGS" runs
 export PYTHONUNBUFFERED=1
 TEACHER_MIN=${TEACHER_MIN:-3.2} ODE_MIN=${ODE_MIN:-1} DMD_MIN=${DMD_MIN:-0.6}
 DEADLINE_S=${DEADLINE_S:-560}  # the device tool stops a command at 600 s: stages shrink to fit
+# batch sizes and render workers (small values make a CPU smoke run of the whole chain)
+B_TEACHER=${B_TEACHER:-64} B_ODE=${B_ODE:-32} B_DMD=${B_DMD:-16} WORKERS=${WORKERS:-12}
 START=$(date +%s)
 say() { echo "[train_world_gpu $(( $(date +%s) - START ))s] $*" | tee -a "$LOGS/progress.log"; }
 pack() { tar czf "$OUT/world-logs.tar.gz" -C "$LOGS" .; }
@@ -53,10 +55,10 @@ train() {
     --note "trained on $(head -2 "$LOGS/env.txt" | tail -1)" >> "$LOGS/progress.log" 2>&1
   pack
 }
-train teacher world-teacher "$TEACHER_MIN" --set batch_size=64 --set data_workers=12 --set save_every=1000 \
+train teacher world-teacher "$TEACHER_MIN" --set batch_size="$B_TEACHER" --set data_workers="$WORKERS" --set save_every=1000 \
   --set ema_decay=0.999 --set ema_start=500
-train ode-init world-ode-init "$ODE_MIN" --set batch_size=32 --set save_every=200
+train ode-init world-ode-init "$ODE_MIN" --set batch_size="$B_ODE" --set save_every=200
 for v in dmd redmd tilted; do
-  train dmd "world-$v" "$DMD_MIN" --set batch_size=16 --set save_every=100
+  train dmd "world-$v" "$DMD_MIN" --set batch_size="$B_DMD" --set save_every=100
 done
 say "done"; pack; ls -la "$OUT"
