@@ -26,7 +26,7 @@ _trainer = redmd_trainer
 
 @pytest.mark.parametrize("weighting", ["generator", "critic"])
 def test_steps_run_and_losses_finite(tmp_path, weighting):
-    trainer = _trainer(_config(tmp_path, weighting=weighting, normalize_weights=True))
+    trainer = _trainer(_config(tmp_path, weighting=weighting, normalize_weights=True, batch_size=2))
     before = [p.clone() for p in trainer.generator.parameters()]
     trainer.train()
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
@@ -293,3 +293,13 @@ def test_tensorboard_logging_when_installed_silent_otherwise(tmp_path, monkeypat
     _trainer(_config(tmp_path / "none", max_steps=2)).train()
     assert len((tmp_path / "none" / "log.jsonl").read_text().splitlines()) == 2
     assert not (tmp_path / "none" / "tensorboard").exists()
+
+
+def test_tilted_critic_is_not_dmd_at_batch_one(tmp_path):
+    """At batch 1 the critic's exp(-beta r) weight must act (normalising it by the batch mean would
+    make it 1, i.e. plain DMD: that combination warns)."""
+    dmd_run = _trainer(_config(tmp_path / "d", weighting="none")).train_step()
+    tilted = _trainer(_config(tmp_path / "t", weighting="critic", beta=2.0)).train_step()
+    assert tilted["critic_loss"] != dmd_run["critic_loss"]
+    with pytest.warns(UserWarning, match="plain DMD"):
+        _trainer(_config(tmp_path / "n", weighting="critic", normalize_weights=True))

@@ -52,6 +52,8 @@ class TrainConfig:
     # Re-DMD
     reward: str | None = "flow"    # "flow" (FlowMotionReward), a VLM reward folder (VLMReward) or None
     beta: float = 2.0
+    # divide the weights (exp(beta r), or the tilted critic's exp(-beta r)) by their mean over the
+    # global micro-batch: the step size stays put, the fixed point too; needs more than one sample
     normalize_weights: bool = False
     weight_clip: float | None = None
     # where exp(beta r) acts: "generator" (published Re-DMD: DMD loss weighted by exp(beta r)),

@@ -331,6 +331,9 @@ class ReDMDTrainer(_TrainLoop):
         self.teacher = teacher.eval().requires_grad_(False)
         self.ema = copy.deepcopy(generator).eval().requires_grad_(False)
         self._check_loss_space(critic)
+        if cfg.normalize_weights and cfg.weighting != "none" and cfg.batch_size * self.world == 1:
+            warnings.warn("normalize_weights over a global micro-batch of one sample makes every weight 1: "
+                          f"weighting {cfg.weighting!r} would train plain DMD", stacklevel=2)
         self._shard(generator, critic, self.ema)
         self.reward, self.decode = reward, decode
         mc = generator.config
@@ -434,7 +437,7 @@ class ReDMDTrainer(_TrainLoop):
                 x0 = self._sample(cond)
             weights = None
             if cfg.weighting == "critic":
-                weights = dmd.critic_weights(self._rewards(x0), cfg.beta)
+                weights = dmd.critic_weights(self._rewards(x0), cfg.beta, normalize=cfg.normalize_weights)
             x_t, noise, t, sigma = self._noised(x0)
             with self._autocast():
                 velocity = self.critic(x_t, t, cond)
