@@ -1,5 +1,6 @@
-"""Training curves: every numeric field of a run's ``log.jsonl`` against the step, one panel each,
-as a PNG (what ``reward-forcing train`` leaves next to its checkpoints)."""
+"""Training curves: every numeric field of a run's ``log.jsonl`` against the step, one panel each
+(log scale where a field is positive), as a PNG (what ``reward-forcing train`` leaves next to its
+checkpoints)."""
 from __future__ import annotations
 
 import json
@@ -35,9 +36,12 @@ def plot_log(log, out, smooth: int = 25) -> Path:
         if len(values) >= smooth > 1:
             kernel = np.ones(smooth) / smooth
             ax.plot(steps[smooth - 1:], np.convolve(values, kernel, mode="valid"), lw=1.5)
+        if (values > 0).all():
+            ax.set_yscale("log")  # losses span decades (and change scale between stages)
         ax.set_title(key)
         ax.set_xlabel("step")
-    fig.suptitle(Path(log).parent.name)
+    log = Path(log)
+    fig.suptitle(log.parent.name if log.name == "log.jsonl" else log.stem)
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=90)
