@@ -4,6 +4,7 @@
 # with max_minutes (it stops with a checkpoint; rerunning on the same warm machine resumes every
 # run where it stopped: runs/ does not come back, a fresh machine starts from scratch). Written
 # for the first GPU session; not yet run on a GPU.
+# The teacher's clips are rendered on the GPU (world.render_batch), so batch 256 is not data-bound.
 # $OUT gets each run's EMA weights as a float16 default-model file (~9.5 MB; 5 files) and one
 # world-logs.tar.gz (logs, jsonl, curves; refreshed after every stage): 6 files, ~48 MB, within
 # what the device tool returns (8 files, 16 MiB each). Full checkpoints (~76 MB, with optimizer
@@ -23,7 +24,7 @@ export PYTHONUNBUFFERED=1
 TEACHER_MIN=${TEACHER_MIN:-3.2} ODE_MIN=${ODE_MIN:-1} DMD_MIN=${DMD_MIN:-0.6}
 DEADLINE_S=${DEADLINE_S:-560}  # the device tool stops a command at 600 s: stages shrink to fit
 # batch sizes and render workers (small values make a CPU smoke run of the whole chain)
-B_TEACHER=${B_TEACHER:-64} B_ODE=${B_ODE:-32} B_DMD=${B_DMD:-16} WORKERS=${WORKERS:-12}
+B_TEACHER=${B_TEACHER:-256} B_ODE=${B_ODE:-32} B_DMD=${B_DMD:-16} WORKERS=${WORKERS:-0}
 START=$(date +%s)
 say() { echo "[train_world_gpu $(( $(date +%s) - START ))s] $*" | tee -a "$LOGS/progress.log"; }
 pack() { tar czf "$OUT/world-logs.tar.gz" -C "$LOGS" .; }

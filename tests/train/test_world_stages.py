@@ -166,3 +166,9 @@ def test_shipped_world_configs_load():
         cfg = TrainConfig.load(path)
         assert cfg.text_encoder == "minilm" and cfg.vae == "pixel", path
         assert cfg.loss_space == "x0" or "ode-init" in path.name, path  # ODE init regresses on x0
+
+
+def test_clips_rendered_with_torch_are_the_same():
+    a, pa = WorldClips(CODEC, 3, 16, 16).sample(4, np.random.default_rng(9))
+    b, pb = WorldClips(CODEC, 3, 16, 16, render_device="cpu").sample(4, np.random.default_rng(9))
+    assert torch.equal(a, b) and pa == pb

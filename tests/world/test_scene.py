@@ -111,3 +111,14 @@ def test_describe_states_every_attribute():
     spec = PromptSpec((ObjectSpec("triangle", "orange", "large", "down-left", "slow"),), "white")
     for seed in range(20):
         assert parse_prompt(describe(spec, seed)) == spec
+
+
+def test_batch_renderer_gives_the_same_pixels():
+    """world.render_batch (torch, any device) == render (numpy), bit for bit, for a mixed batch."""
+    from reward_forcing.world import render_batch
+
+    rng = np.random.default_rng(7)
+    scenes = [sample_scene(rng) for _ in range(12)]
+    starts = [int(rng.integers(0, 200)) for _ in scenes]
+    expected = np.stack([render(s, 10, t)[0] for s, t in zip(scenes, starts)])
+    assert np.array_equal(render_batch(scenes, 10, starts).numpy(), expected)

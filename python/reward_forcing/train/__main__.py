@@ -130,7 +130,8 @@ def _trainer(cfg: TrainConfig, stage: str, device: torch.device):
             raise ValueError("stage teacher encodes world clips with the pixel codec: set vae: pixel")
         model = _model(cfg.teacher, "teacher checkpoint", cfg.seed + 1, device)
         data = WorldClips(codec, cfg.latent_frames, cfg.latent_height * codec.spatial_scale,
-                          cfg.latent_width * codec.spatial_scale, workers=cfg.data_workers)
+                          cfg.latent_width * codec.spatial_scale, workers=cfg.data_workers,
+                          render_device=device if device.type == "cuda" else None)
         return TeacherTrainer(cfg, model, _text_encoder(cfg, model, device), data)
     generator, critic, teacher = _models(cfg, device, critic=stage == "dmd")
     text_encoder, prompts = _text_encoder(cfg, generator, device), _prompts(cfg)

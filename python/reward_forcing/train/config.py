@@ -25,7 +25,8 @@ class TrainConfig:
     prompts: str | None = None     # text file, one prompt per line; None: world prompts or a test prompt
     data: str | None = None        # "world": procedural clips (stage teacher) and their prompts
     cond_dropout: float = 0.1      # stage teacher: share of prompts replaced by the negative prompt
-    data_workers: int = 0          # stage teacher: processes rendering world clips (0: in the loop)
+    data_workers: int = 0          # stage teacher on a CPU: processes rendering world clips (0: in
+                                   # the loop); on a GPU the clips are rendered there
     # where the teacher's and the critic's denoising loss is measured: "velocity" (Wan) or "x0"
     # (for x0-predicting models; train/dmd.py denoising_loss)
     loss_space: str = "velocity"

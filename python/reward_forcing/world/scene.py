@@ -125,15 +125,24 @@ def shape_area(shape: str, radius: float) -> float:
     return {"circle": math.pi, "square": 3.24, "triangle": 1.732}[shape] * radius ** 2
 
 
-def _signed_distance(shape: str, r: float, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+def _signed_distance(shape: str, r, dx, dy):
+    """Signed distance (pixels) to the shape of radius ``r`` centred at the origin; numpy arrays, or
+    torch tensors (then ``r`` may be a tensor broadcasting against ``dx``: :func:`render_batch`)."""
+    xp = np if isinstance(dx, np.ndarray) else _torch()
     if shape == "circle":
-        return np.hypot(dx, dy) - r
+        return xp.hypot(dx, dy) - r
     if shape == "square":
-        return np.maximum(np.abs(dx), np.abs(dy)) - 0.9 * r
+        return xp.maximum(abs(dx), abs(dy)) - 0.9 * r
     # equilateral triangle, apex up, side 2r, bounding box centred on the origin
     a = 0.866 * r
-    norm = math.hypot(2 * a, r)
-    return np.maximum(dy - a, (np.abs(dx) * 2 * a - (dy + a) * r) / norm)
+    norm = math.hypot(2 * a, r) if isinstance(r, float) else (4 * a * a + r * r) ** 0.5
+    return xp.maximum(dy - a, (abs(dx) * 2 * a - (dy + a) * r) / norm)
+
+
+def _torch():
+    import torch
+
+    return torch
 
 
 def _fold(x: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
@@ -194,6 +203,44 @@ def render(scene: Scene, num_frames: int, start: int = 0, block: int = 64
                   visible=visible, colour=colours.astype(np.uint8),
                   shape=tuple(o.shape for o in scene.objects), radius=radii)
     return video, truth
+
+
+def render_batch(scenes, num_frames: int, starts, device="cpu"):
+    """The frames of many scenes at once with torch on ``device`` (a GPU renders a training batch
+    in a few ms): uint8 ``[B, num_frames, H, W, 3]``, scene i from frame ``starts[i]``; the same
+    pixels as :func:`render` (same float32 arithmetic), without the ground truth."""
+    import torch
+
+    h, w = scenes[0].height, scenes[0].width
+    if any((sc.height, sc.width) != (h, w) for sc in scenes):
+        raise ValueError("render_batch needs scenes of one size")
+    k_max = max(len(sc.objects) for sc in scenes)
+    b = len(scenes)
+    pos = np.zeros((b, num_frames, k_max, 2), np.float32)
+    radius = np.ones((b, k_max), np.float32)
+    colour = np.zeros((b, k_max, 3), np.float32)
+    shape = np.full((b, k_max), -1)
+    for i, (sc, start) in enumerate(zip(scenes, starts)):
+        n = len(sc.objects)
+        pos[i, :, :n] = trajectory(sc, np.arange(start, start + num_frames))[0]
+        radius[i, :n] = [radius_px(o.size, h, w) for o in sc.objects]
+        colour[i, :n] = [COLOURS[o.colour] for o in sc.objects]
+        shape[i, :n] = [SHAPES.index(o.shape) for o in sc.objects]
+    pos, radius, colour, shape = (torch.from_numpy(x).to(device) for x in (pos, radius, colour, shape))
+    img = torch.tensor([BACKGROUNDS[sc.background] for sc in scenes], dtype=torch.float32, device=device)
+    img = img[:, None, None, None].expand(b, num_frames, h, w, 3).contiguous()
+    xs = torch.arange(w, dtype=torch.float32, device=device) + 0.5
+    ys = torch.arange(h, dtype=torch.float32, device=device)[:, None] + 0.5
+    for k in range(k_max):
+        dx = xs - pos[:, :, k, 0, None, None]
+        dy = ys - pos[:, :, k, 1, None, None]
+        r = radius[:, k, None, None, None]
+        sdf = torch.full_like(dx, float("inf"))  # absent objects cover nothing
+        for index, name in enumerate(SHAPES):
+            sdf = torch.where((shape[:, k] == index)[:, None, None, None], _signed_distance(name, r, dx, dy), sdf)
+        cover = (0.5 - sdf).clamp(0.0, 1.0)
+        img += (colour[:, k, None, None, None] - img) * cover[..., None]
+    return img.round().to(torch.uint8)
 
 
 def stream_scene(scene: Scene, chunk_frames: int = 16, start: int = 0
