@@ -67,8 +67,5 @@ class TeacherTrainer(_TrainLoop):
             losses.append(loss.detach())
         grad_norm = self._sync_and_clip(self.model)
         self.opt.step()
-        decay = cfg.ema_decay if self.step >= cfg.ema_start else 0.0
-        with torch.no_grad():
-            for e, p in zip(self.ema.parameters(), self.model.parameters()):
-                e.lerp_(p.detach(), 1 - decay)
+        self._update_ema(self.ema, self.model)
         return {"loss": float(torch.stack(losses).mean()), "grad_norm": grad_norm}

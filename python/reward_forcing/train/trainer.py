@@ -139,6 +139,14 @@ class _TrainLoop:
             for model in models:
                 shard_model(model)
 
+    @torch.no_grad()
+    def _update_ema(self, ema, model) -> None:
+        """``ema``: a plain copy of ``model`` before trainer step ``ema_start`` (Self Forcing's
+        counter, which counts critic steps too), then ``ema = decay ema + (1 - decay) param``."""
+        decay = self.cfg.ema_decay if self.step >= self.cfg.ema_start else 0.0
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1 - decay)
+
     def _loss_sigma(self, sigma):
         """The ``sigma`` argument of :func:`dmd.denoising_loss` for the configured ``loss_space``."""
         return sigma if self.cfg.loss_space == "x0" else None
@@ -420,7 +428,7 @@ class ReDMDTrainer(_TrainLoop):
             losses.append(loss.detach())
         logs["generator_grad_norm"] = self._sync_and_clip(self.generator)
         self.opt_g.step()
-        self._update_ema()
+        self._update_ema(self.ema, self.generator)
         self.generator_steps += 1
         logs["generator_loss"] = float(torch.stack(losses).mean())
         if rewards:
@@ -448,14 +456,6 @@ class ReDMDTrainer(_TrainLoop):
         grad_norm = self._sync_and_clip(self.critic)
         self.opt_c.step()
         return {"critic_loss": float(torch.stack(losses).mean()), "critic_grad_norm": grad_norm}
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        """EMA of the generator: a plain copy before trainer step ``ema_start`` (Self Forcing's
-        counter, which counts critic steps too), then ``ema = decay ema + (1 - decay) param``."""
-        decay = self.cfg.ema_decay if self.step >= self.cfg.ema_start else 0.0
-        for e, p in zip(self.ema.parameters(), self.generator.parameters()):
-            e.lerp_(p.detach(), 1 - decay)
 
     def _step(self) -> dict:
         """A critic step, preceded by a generator step every ``critic_ratio`` steps."""
