@@ -98,12 +98,8 @@ class Accelerators:
             return self.model.forward_chunk
         if self.import_error:
             raise RuntimeError(self.import_error)
-        acc = self.accelerate
-        if mode == "cuda-graphs":
-            return acc.CUDAGraphForwardChunk(self.model, cache)
-        if mode == "compile":
-            return self.compiled()
-        return acc.CUDAGraphForwardChunk(self.model, cache, forward=self.compiled())
+        compiled = self.compiled() if "compile" in mode else None
+        return self.accelerate.make_forward_chunk(self.model, cache, mode, compiled=compiled)
 
 
 def timed_chunks(forward_chunk, text, cache, sched, gen, chunks, decoder=None):

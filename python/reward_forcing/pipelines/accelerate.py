@@ -272,18 +272,19 @@ class CompiledForwardChunk:
 
 # ----------------------------------------------------------------------------- by name
 def make_forward_chunk(model: CausalWanModel, cache: StreamingKVCache, accelerate: str = "none",
-                       **compile_kwargs) -> Callable:
+                       compiled: CompiledForwardChunk | None = None, **compile_kwargs) -> Callable:
     """The ``forward_chunk`` for an ``accelerate`` mode (:data:`ACCELERATE_MODES`): the model's
     own (``"none"``), :class:`CUDAGraphForwardChunk`, :class:`CompiledForwardChunk`, or graphs
-    captured over the compiled blocks (``"compile+cuda-graphs"``). ``compile_kwargs`` go to
-    :class:`CompiledForwardChunk`."""
+    captured over the compiled blocks (``"compile+cuda-graphs"``). The compiled modes use
+    ``compiled`` when given (one compilation shared by several caches), else a new
+    :class:`CompiledForwardChunk` built with ``compile_kwargs``."""
     if accelerate not in ACCELERATE_MODES:
         raise ValueError(f"accelerate must be one of {ACCELERATE_MODES}, got {accelerate!r}")
     if accelerate == "none":
         return model.forward_chunk
     if accelerate == "cuda-graphs":
         return CUDAGraphForwardChunk(model, cache)
-    compiled = CompiledForwardChunk(model, **compile_kwargs)
+    compiled = compiled or CompiledForwardChunk(model, **compile_kwargs)
     if accelerate == "compile":
         return compiled
     return CUDAGraphForwardChunk(model, cache, forward=compiled)
