@@ -55,17 +55,14 @@ def score_student(name: str, ckpt: Path, prompts, seconds: float, threads: int =
     """One student under every sink setting: ``{"name | sink": mean scores}`` (runs in a worker)."""
     torch.set_num_threads(threads)
     text = MiniLMTextEncoder.from_pretrained(text_len=32)
-    model = _load(ckpt)
+    model, settings = _student(ckpt)
     rows = {}
     for sink, kwargs in SINKS.items():
-        if ckpt.suffix == ".safetensors":  # an export: its own recorded streaming settings
-            pipe = StreamingPipeline.default(path=ckpt, **kwargs)
-        else:
-            pipe = StreamingPipeline(model, PixelCodec(), text, schedule=SCHEDULE, **GEOMETRY, **kwargs)
+        pipe = StreamingPipeline(model, PixelCodec(), text, **(settings | kwargs))
         start, scores = time.perf_counter(), []
         for i, prompt in enumerate(prompts):
             video = pipe.generate(prompt, seconds, seed=i)
-            scores.append(evaluate_video(video, prompt, fps=GEOMETRY["fps"])["summary"])
+            scores.append(evaluate_video(video, prompt, fps=settings["fps"])["summary"])
         row = rows[f"{name} | {sink}"] = _mean(scores) | {"seconds": time.perf_counter() - start}
         print(f"{name} | {sink}: " + ", ".join(f"{k} {row[k]:.3f}" for k in KEYS), flush=True)
     return rows
@@ -84,6 +81,15 @@ def score_students(runs: dict[str, Path], prompts, seconds: float, jobs: int) ->
 def score_teacher(ckpt: Path, prompts, text) -> dict:
     """The bidirectional teacher on its own clip length (8 latent frames = 2 s), 16-step CFG."""
     return _mean(samples(_load(ckpt), text, PixelCodec(), prompts)[1])
+
+
+def _student(path: Path):
+    """(model, StreamingPipeline settings): an export's own recorded ones, else the world configs'
+    (GEOMETRY, SCHEDULE) for a trainer checkpoint."""
+    if path.suffix != ".safetensors":
+        return _load(path), GEOMETRY | {"schedule": SCHEDULE}
+    model, settings = default_model.load(path)
+    return model, default_model.pipeline_kwargs(settings)
 
 
 def _load(path: Path):

@@ -65,6 +65,14 @@ def read_metadata(path=WEIGHTS) -> dict:
             "provenance": json.loads(meta.get("provenance", "{}"))}
 
 
+def pipeline_kwargs(settings: dict) -> dict:
+    """The recorded ``settings`` as StreamingPipeline keyword arguments (steps + shift -> schedule)."""
+    from ..scheduler import FewStepFlowSchedule
+
+    geometry = {k: v for k, v in settings.items() if k not in ("steps", "shift")}
+    return geometry | {"schedule": FewStepFlowSchedule(tuple(settings["steps"]), settings["shift"])}
+
+
 def load(path=WEIGHTS, *, device="cpu", dtype: torch.dtype = torch.float32) -> tuple[CausalWanModel, dict]:
     """The model (strict load: every key, every shape) and its streaming settings."""
     from .loading import load_causal_wan

@@ -127,10 +127,8 @@ class StreamingPipeline:
         from ..models.text_encoder import MiniLMTextEncoder
 
         model, settings = default_model.load(path or default_model.WEIGHTS, device=device)
-        settings = dict(settings)
-        schedule = FewStepFlowSchedule(tuple(settings.pop("steps")), settings.pop("shift"))
         text = MiniLMTextEncoder.from_pretrained(text_len=model.config.text_len, device=device)
-        return cls(model, PixelCodec(), text, schedule=schedule, **(settings | kwargs))
+        return cls(model, PixelCodec(), text, **(default_model.pipeline_kwargs(settings) | kwargs))
 
     @classmethod
     def tiny_random(cls, *, device="cpu", seed: int = 0, **kwargs) -> "StreamingPipeline":

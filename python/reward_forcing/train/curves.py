@@ -11,6 +11,17 @@ import numpy as np
 _SKIP = {"step", "seconds"}
 
 
+def read_log(log) -> list[dict]:
+    """The records of a ``log.jsonl``, skipping a line that does not parse (a write cut short)."""
+    records = []
+    for line in Path(log).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
 def plot_log(log, out, smooth: int = 25) -> Path:
     """Plots ``log`` (jsonl) into ``out`` (PNG); ``smooth``-step running means over the raw points."""
     import matplotlib
@@ -18,12 +29,7 @@ def plot_log(log, out, smooth: int = 25) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = []
-    for line in Path(log).read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:  # a write cut short: skip it
-            continue
+    records = read_log(log)
     keys = sorted({k for r in records for k, v in r.items()
                    if k not in _SKIP and isinstance(v, (int, float)) and not isinstance(v, bool)})
     if not keys:

@@ -38,6 +38,7 @@ from ..models.causal_wan import CausalWanModel
 from ..scheduler import FewStepFlowSchedule, shift_sigma
 from . import dmd
 from .config import TrainConfig
+from .curves import read_log
 from .distributed import (full_optimizer_state_dict, full_state_dict, is_sharded,
                           load_full_optimizer_state_dict, load_full_state_dict, shard_model)
 from .rewards import Reward
@@ -315,12 +316,10 @@ class _TrainLoop:
         log = self.out_dir / "log.jsonl"
         if self.rank != 0 or not log.is_file():
             return
-        lines = log.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if _logged_step(line) < self.step]
-        if len(kept) != len(lines):
-            tmp = log.with_name(log.name + ".tmp")
-            tmp.write_text("".join(kept))
-            os.replace(tmp, log)
+        kept = [r for r in read_log(log) if r.get("step", float("inf")) < self.step]
+        tmp = log.with_name(log.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, log)
 
 
 class ReDMDTrainer(_TrainLoop):
@@ -550,14 +549,6 @@ class ODEInitTrainer(_TrainLoop):
         grad_norm = self._sync_and_clip(self.student)
         self.opt.step()
         return {"ode_loss": float(torch.stack(losses).mean()), "grad_norm": grad_norm}
-
-
-def _logged_step(line: str) -> float:
-    """The step of a log line; infinity for a line that does not parse (a write cut short)."""
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return float("inf")
 
 
 def latest_checkpoint(out_dir) -> Path | None:
