@@ -66,8 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--prompts", type=Path, help="timed prompt switches (see below)")
     g.add_argument("--checkpoint", type=Path, help="transformer weights (Wan safetensors, "
                    "Self/Reward Forcing .pt, or a diffusers folder)")
-    g.add_argument("--text-encoder", type=Path, help="UMT5 encoder folder (transformers format)")
-    g.add_argument("--vae", type=Path, help="Wan VAE folder (diffusers AutoencoderKLWan)")
+    g.add_argument("--text-encoder", type=Path, help="UMT5 encoder: a transformers or diffusers "
+                   "folder, Wan's models_t5_umt5-xxl-enc-bf16.pth or its release folder")
+    g.add_argument("--vae", type=Path, help="Wan VAE: a diffusers folder, Wan2.1_VAE.pth or Wan's "
+                   "release folder")
     g.add_argument("--random-model", action="store_true",
                    help="use a tiny RANDOM model instead of the embedded default (tests, timing)")
     g.add_argument("--height", type=int, help="pixels (default 480 for Wan checkpoints, 64 for "

@@ -88,3 +88,98 @@ def test_hashed_encoder_is_deterministic():
     assert torch.equal(a[:1], b) and not torch.equal(a[0], a[1])
     assert a[0, :3].abs().sum(-1).gt(0).all() and not a[0, 3:].any()
     assert not torch.equal(HashedTextEncoder(16, TEXT_LEN, seed=1)("a red ball"), b)
+
+
+# --- Wan's own T5 checkpoint (models_t5_umt5-xxl-enc-bf16.pth) --------------------------------------
+
+def wan_t5_weights(vocab, dim=16, heads=4, ffn=24, layers=2, buckets=8, seed=0):
+    """Random weights in Wan's T5 encoder key layout (wan/modules/t5.py, shared_pos=False)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *shape: torch.randn(*shape, generator=g) * 0.3  # noqa: E731
+    state = {"token_embedding.weight": r(vocab, dim), "norm.weight": 1 + r(dim)}
+    for i in range(layers):
+        b = f"blocks.{i}."
+        state |= {b + "norm1.weight": 1 + r(dim), b + "norm2.weight": 1 + r(dim),
+                  b + "pos_embedding.embedding.weight": r(buckets, heads),
+                  b + "ffn.gate.0.weight": r(ffn, dim), b + "ffn.fc1.weight": r(ffn, dim),
+                  b + "ffn.fc2.weight": r(dim, ffn)}
+        state |= {b + f"attn.{n}.weight": r(dim, dim) for n in "qkvo"}
+    return state
+
+
+def wan_t5_reference(state, ids, mask, heads=4, buckets=8, max_dist=128):
+    """Wan's T5 encoder restated in float64: RMSNorm, unscaled attention with a per-layer
+    bidirectional relative-position bias, FFN fc2(fc1(x) * gelu_tanh(gate(x)))."""
+    import math
+
+    s = {k: v.double() for k, v in state.items()}
+    norm = lambda x, w: w * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)  # noqa: E731
+    n = ids.shape[1]
+    rel = torch.arange(n)[None, :] - torch.arange(n)[:, None]  # key - query
+    half = buckets // 2
+    bucket = (rel > 0).long() * half
+    rel, exact = rel.abs(), half // 2
+    large = exact + (torch.log(rel.double().clamp(min=1) / exact) / math.log(max_dist / exact)
+                     * (half - exact)).long()
+    bucket = bucket + torch.where(rel < exact, rel, large.clamp(max=half - 1))
+    x = s["token_embedding.weight"][ids]
+    bsz, dim = x.shape[0], x.shape[-1]
+    masked = (mask == 0)[:, None, None, :]
+    i = 0
+    while f"blocks.{i}.norm1.weight" in s:
+        w = lambda k: s[f"blocks.{i}.{k}.weight"]  # noqa: E731,B023
+        h = norm(x, w("norm1"))
+        q, k, v = ((h @ w(f"attn.{c}").T).view(bsz, n, heads, -1).transpose(1, 2) for c in "qkv")
+        logits = q @ k.transpose(-1, -2) + w("pos_embedding.embedding")[bucket].permute(2, 0, 1)
+        logits = logits.masked_fill(masked, torch.finfo(torch.float64).min)
+        att = (logits.softmax(-1) @ v).transpose(1, 2).reshape(bsz, n, dim)
+        x = x + att @ w("attn.o").T
+        h = norm(x, w("norm2"))
+        gate = torch.nn.functional.gelu(h @ w("ffn.gate.0").T, approximate="tanh")
+        x = x + ((h @ w("ffn.fc1").T) * gate) @ w("ffn.fc2").T
+        i += 1
+    return norm(x, s["norm.weight"])
+
+
+def save_wan_release(folder, state):
+    """A Wan release folder: the T5 .pth and the tokenizer under google/umt5-xxl/."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(state, folder / "models_t5_umt5-xxl-enc-bf16.pth")
+    save_tiny_umt5(folder / "google" / "umt5-xxl")  # (its tokenizer; the encoder files are unused)
+
+
+def test_wan_t5_checkpoint_matches_wan_math(tmp_path):
+    """Wan's own .pth, mapped onto transformers' UMT5EncoderModel, computes Wan's T5 encoder:
+    equal to a float64 restatement within 1e-5 (float32). Swapping the FFN's gate and fc1 (the
+    easy mistake: transformers calls them wi_0 / wi_1) breaks it."""
+    pytest.importorskip("transformers")
+    state = wan_t5_weights(vocab=len(WORDS) + 3)
+    save_wan_release(tmp_path, state)
+    for path in (tmp_path, tmp_path / "models_t5_umt5-xxl-enc-bf16.pth"):
+        encoder = UMT5TextEncoder.from_pretrained(path, text_len=TEXT_LEN)
+        states = encoder(["a red ball", "blue square slides right on green grass"])
+        tokens = encoder.tokenizer(["a red ball", "blue square slides right on green grass"],
+                                   padding="max_length", max_length=TEXT_LEN, return_tensors="pt")
+        ref = wan_t5_reference(state, tokens.input_ids, tokens.attention_mask)
+        ref = ref * tokens.attention_mask[..., None]
+        torch.testing.assert_close(states.double(), ref, rtol=1e-5, atol=1e-5)
+    swapped = dict(state)
+    for i in range(2):
+        swapped[f"blocks.{i}.ffn.fc1.weight"] = state[f"blocks.{i}.ffn.gate.0.weight"]
+        swapped[f"blocks.{i}.ffn.gate.0.weight"] = state[f"blocks.{i}.ffn.fc1.weight"]
+    ref = wan_t5_reference(swapped, tokens.input_ids, tokens.attention_mask) * tokens.attention_mask[..., None]
+    assert not torch.allclose(states.double(), ref, rtol=1e-3, atol=1e-3)
+
+
+def test_wan_t5_checkpoint_errors_name_the_problem(tmp_path):
+    pytest.importorskip("transformers")
+    state = wan_t5_weights(vocab=len(WORDS) + 3)
+    del state["blocks.1.attn.k.weight"]
+    state["blocks.0.extra.weight"] = torch.zeros(1)
+    save_wan_release(tmp_path, state)
+    with pytest.raises(ValueError, match=r"blocks\.1\.attn\.k\.weight.*blocks\.0\.extra\.weight"):
+        UMT5TextEncoder.from_pretrained(tmp_path, text_len=TEXT_LEN)
+    (tmp_path / "lone").mkdir()
+    torch.save(wan_t5_weights(vocab=len(WORDS) + 3), tmp_path / "lone" / "t5.pth")
+    with pytest.raises(FileNotFoundError, match="umt5-xxl"):  # no tokenizer next to the file
+        UMT5TextEncoder.from_pretrained(tmp_path / "lone" / "t5.pth", text_len=TEXT_LEN)

@@ -54,6 +54,90 @@ class _TransformersTextEncoder(nn.Module):
         return states * mask[..., None].to(states.dtype)  # zero the padding rows
 
 
+# Wan's own UMT5 encoder (wan/modules/t5.py) -> transformers' UMT5EncoderModel, per block. Wan's FFN
+# is fc2(fc1(x) * gelu(gate(x))) and transformers' gated FFN wo(gelu(wi_0(x)) * wi_1(x)), so the
+# gate is wi_0 and fc1 is wi_1. Both use tanh-GELU, unscaled attention, RMSNorm eps 1e-6 and
+# per-layer bidirectional relative position buckets (max distance 128).
+_WAN_T5_BLOCK_KEYS = {
+    "norm1.weight": "layer.0.layer_norm.weight",
+    "attn.q.weight": "layer.0.SelfAttention.q.weight",
+    "attn.k.weight": "layer.0.SelfAttention.k.weight",
+    "attn.v.weight": "layer.0.SelfAttention.v.weight",
+    "attn.o.weight": "layer.0.SelfAttention.o.weight",
+    "pos_embedding.embedding.weight": "layer.0.SelfAttention.relative_attention_bias.weight",
+    "norm2.weight": "layer.1.layer_norm.weight",
+    "ffn.gate.0.weight": "layer.1.DenseReluDense.wi_0.weight",
+    "ffn.fc1.weight": "layer.1.DenseReluDense.wi_1.weight",
+    "ffn.fc2.weight": "layer.1.DenseReluDense.wo.weight",
+}
+# The file names of Wan's release folders (Wan2.1-T2V-1.3B / 14B).
+WAN_T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
+WAN_TOKENIZER_DIR = Path("google") / "umt5-xxl"
+
+
+def wan_t5_to_transformers(state_dict: dict) -> tuple[dict, "UMT5Config"]:
+    """A Wan-format UMT5 encoder state dict (``models_t5_umt5-xxl-enc-bf16.pth``: ``token_embedding``,
+    ``blocks.{i}.*``, ``norm``) -> (transformers ``UMT5EncoderModel`` state dict, its
+    ``UMT5Config`` read off the shapes). Unknown or missing keys raise ValueError naming them."""
+    from transformers import UMT5Config
+
+    out, unknown = {}, []
+    for key, value in state_dict.items():
+        if key == "token_embedding.weight":
+            out["shared.weight"] = out["encoder.embed_tokens.weight"] = value
+        elif key == "norm.weight":
+            out["encoder.final_layer_norm.weight"] = value
+        elif (m := re.fullmatch(r"blocks\.(\d+)\.(.+)", key)) and m[2] in _WAN_T5_BLOCK_KEYS:
+            out[f"encoder.block.{m[1]}.{_WAN_T5_BLOCK_KEYS[m[2]]}"] = value
+        else:
+            unknown.append(key)
+    layers = 1 + max((int(k.split(".")[1]) for k in state_dict if k.startswith("blocks.")), default=-1)
+    expected = {"token_embedding.weight", "norm.weight"} | {
+        f"blocks.{i}.{k}" for i in range(layers) for k in _WAN_T5_BLOCK_KEYS}
+    missing = sorted(expected - set(state_dict))
+    if unknown or missing or layers == 0:
+        raise ValueError("not a Wan UMT5 encoder checkpoint: "
+                         f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}, "
+                         f"unexpected keys {sorted(unknown)[:10]}{' ...' if len(unknown) > 10 else ''}")
+    buckets, heads = state_dict["blocks.0.pos_embedding.embedding.weight"].shape
+    vocab, d_model = state_dict["token_embedding.weight"].shape
+    config = UMT5Config(vocab_size=vocab, d_model=d_model, num_layers=layers, num_heads=heads,
+                        d_kv=state_dict["blocks.0.attn.q.weight"].shape[0] // heads,
+                        d_ff=state_dict["blocks.0.ffn.fc1.weight"].shape[0],
+                        relative_attention_num_buckets=buckets, relative_attention_max_distance=128,
+                        feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6, dropout_rate=0.0,
+                        is_encoder_decoder=False, use_cache=False)
+    return out, config
+
+
+def _read_weights(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
+    return state
+
+
+def _wan_t5_encoder(path: Path, dtype: torch.dtype) -> nn.Module:
+    """transformers' ``UMT5EncoderModel`` holding the weights of Wan's own T5 checkpoint file, built
+    on the meta device first (a random 5.7B-parameter init would cost minutes and 23 GB)."""
+    from transformers import UMT5EncoderModel
+
+    from .loading import check_state_dict
+
+    state, config = wan_t5_to_transformers(_read_weights(path))
+    with torch.device("meta"):
+        encoder = UMT5EncoderModel(config)
+    check_state_dict(encoder, state)  # shapes that contradict each other
+    state = {k: v.to(dtype) for k, v in state.items()}
+    encoder.load_state_dict(state, strict=True, assign=True)
+    encoder.encoder.embed_tokens = encoder.shared  # one table, as transformers ties them
+    return encoder
+
+
 class UMT5TextEncoder(_TransformersTextEncoder):
     """Wan's text encoder: a transformers ``UMT5EncoderModel`` and its tokenizer. Prompts are
     tokenized to at most ``text_len`` tokens (with the end-of-sequence token); the states of the
@@ -65,23 +149,37 @@ class UMT5TextEncoder(_TransformersTextEncoder):
     @classmethod
     def from_pretrained(cls, path, *, tokenizer_path=None, text_len: int = 512,
                         dtype: torch.dtype = torch.float32, device="cpu") -> "UMT5TextEncoder":
-        """From local files only: a transformers UMT5 encoder folder (``config.json`` + weights)
-        holding its tokenizer too, or with ``tokenizer_path``; or a diffusers pipeline folder
-        with ``text_encoder/`` and ``tokenizer/`` subfolders."""
+        """From local files only, any of:
+
+        * a transformers UMT5 encoder folder (``config.json`` + weights) holding its tokenizer too;
+        * a diffusers pipeline folder with ``text_encoder/`` and ``tokenizer/`` subfolders;
+        * Wan's own checkpoint file (``models_t5_umt5-xxl-enc-bf16.pth``, or a safetensors file with
+          the same keys), or a Wan release folder holding it; its tokenizer is then the release's
+          ``google/umt5-xxl/`` folder next to the file.
+
+        ``tokenizer_path`` overrides where the tokenizer is read from."""
         from transformers import AutoTokenizer, UMT5EncoderModel
 
         path = Path(path)
-        if (path / "text_encoder" / "config.json").is_file():
+        if path.is_dir() and (path / WAN_T5_FILE).is_file():
+            path = path / WAN_T5_FILE
+        if path.is_file():
+            encoder_dir, tokenizer_dir = None, path.parent / WAN_TOKENIZER_DIR
+        elif (path / "text_encoder" / "config.json").is_file():
             encoder_dir, tokenizer_dir = path / "text_encoder", path / "tokenizer"
         elif (path / "config.json").is_file():
             encoder_dir, tokenizer_dir = path, path
         else:
-            raise FileNotFoundError(f"no UMT5 config.json in {path} (nor in {path / 'text_encoder'})")
+            raise FileNotFoundError(f"no UMT5 encoder at {path}: expected a folder with config.json "
+                                    f"(or text_encoder/config.json, or {WAN_T5_FILE}) or a Wan T5 file")
         tokenizer_dir = Path(tokenizer_path) if tokenizer_path is not None else tokenizer_dir
         if not tokenizer_dir.is_dir():
             raise FileNotFoundError(f"tokenizer folder {tokenizer_dir} does not exist")
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-        encoder = UMT5EncoderModel.from_pretrained(encoder_dir, local_files_only=True, dtype=dtype)
+        if encoder_dir is None:
+            encoder = _wan_t5_encoder(path, dtype)
+        else:
+            encoder = UMT5EncoderModel.from_pretrained(encoder_dir, local_files_only=True, dtype=dtype)
         return cls(encoder.to(device), tokenizer, text_len)
 
     @property

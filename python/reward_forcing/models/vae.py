@@ -10,17 +10,59 @@ from pathlib import Path
 import torch
 
 
+# The VAE file of Wan's release folders (Wan2.1-T2V-1.3B / 14B).
+WAN_VAE_FILE = "Wan2.1_VAE.pth"
+
+
 def load_wan_vae(path, *, dtype: torch.dtype = torch.float32, device="cpu"):
-    """An ``AutoencoderKLWan`` from a local diffusers folder (``config.json`` + weights), or a
-    diffusers pipeline folder with a ``vae/`` subfolder. Never downloads."""
+    """An ``AutoencoderKLWan`` from local files, never a download: a diffusers folder (``config.json``
+    + weights), a diffusers pipeline folder with ``vae/``, or Wan's own checkpoint
+    (``Wan2.1_VAE.pth``, or a Wan release folder holding it; keys mapped by diffusers'
+    ``convert_wan_vae_to_diffusers``)."""
     from diffusers import AutoencoderKLWan
 
     path = Path(path)
+    if path.is_dir() and (path / WAN_VAE_FILE).is_file():
+        path = path / WAN_VAE_FILE
+    if path.is_file():
+        return _load_wan_vae_file(path, dtype).to(device).eval()
     for folder in (path, path / "vae"):
         if (folder / "config.json").is_file():
             vae = AutoencoderKLWan.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
             return vae.to(device).eval()
-    raise FileNotFoundError(f"no AutoencoderKLWan config.json in {path} (nor in {path / 'vae'})")
+    raise FileNotFoundError(f"no Wan VAE at {path}: expected a folder with config.json (or "
+                            f"vae/config.json, or {WAN_VAE_FILE}) or a Wan VAE .pth file")
+
+
+def _load_wan_vae_file(path: Path, dtype: torch.dtype):
+    """Wan's original VAE state dict -> diffusers' ``AutoencoderKLWan`` with the Wan2.1 layout (its
+    default config; the base width is read off the weights), built on the meta device and loaded
+    strictly: missing, unexpected or mis-shaped keys raise ValueError naming them."""
+    from diffusers import AutoencoderKLWan
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    from .loading import check_state_dict
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(state, dict) or "encoder.conv1.weight" not in state or "conv1.weight" not in state:
+        raise ValueError(f"{path} is not a Wan VAE checkpoint (no encoder.conv1 / conv1 weights)")
+    z_dim = state["conv1.weight"].shape[0] // 2
+    if z_dim != 16:
+        raise ValueError(f"{path}: {z_dim} latent channels; only the Wan2.1 VAE (16) is supported")
+    with torch.device("meta"):
+        vae = AutoencoderKLWan(base_dim=state["encoder.conv1.weight"].shape[0], z_dim=z_dim)
+    state = convert_wan_vae_to_diffusers(state)
+    try:
+        check_state_dict(vae, state)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    vae.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+    return vae
 
 
 def tiny_random_wan_vae(seed: int = 0, *, dtype: torch.dtype = torch.float32, device="cpu"):
