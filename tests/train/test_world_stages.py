@@ -172,3 +172,41 @@ def test_clips_rendered_with_torch_are_the_same():
     a, pa = WorldClips(CODEC, 3, 16, 16).sample(4, np.random.default_rng(9))
     b, pb = WorldClips(CODEC, 3, 16, 16, render_device="cpu").sample(4, np.random.default_rng(9))
     assert torch.equal(a, b) and pa == pb
+
+
+def test_cpu_bf16_autocasts_the_teacher_step_and_resumes_with_it(tmp_path, capsys):
+    """``cpu_bf16`` runs the CPU forward under bf16 autocast (the linear layers see bf16; weights,
+    loss and optimizer stay float32), learns like float32 on a fixed batch, and may be switched
+    on when resuming a run (a resumable change)."""
+    seen = {}
+    for flag in (False, True):
+        trainer = _teacher(tmp_path / str(flag), cpu_bf16=flag, max_steps=50)
+        hook = trainer.model.head.head.register_forward_hook(lambda m, i, o: seen.__setitem__(flag, o.dtype))
+        state = trainer.data_rng.bit_generator.state, trainer.noise_rng.get_state()
+        losses = []
+        for _ in range(15):
+            trainer.data_rng.bit_generator.state, _ = state
+            trainer.noise_rng.set_state(state[1])
+            losses.append(trainer.train_step()["loss"])
+        hook.remove()
+        assert losses[-1] < 0.8 * losses[0], (flag, losses)
+        assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert seen == {False: torch.float32, True: torch.bfloat16}
+    assert _train(tmp_path, "teacher", "t", teacher="world") == 0
+    assert _train(tmp_path, "teacher", "t", teacher="world", max_steps=2, cpu_bf16=True) == 0
+    assert latest_checkpoint(tmp_path / "t").name == "checkpoint-00000002.pt"
+
+
+@pytest.mark.slow
+def test_ode_init_and_dmd_steps_run_under_cpu_bf16(tmp_path):
+    """The ODE-init and DMD stages under CPU bf16 autocast (teacher/critic forwards in bf16,
+    rollouts in float32 outside autocast) give finite losses."""
+    assert _train(tmp_path, "teacher", "teacher", teacher="world", cpu_bf16=True) == 0
+    teacher = str(latest_checkpoint(tmp_path / "teacher"))
+    assert _train(tmp_path, "ode-init", "ode", generator=teacher, teacher=teacher, cpu_bf16=True) == 0
+    ode = str(latest_checkpoint(tmp_path / "ode"))
+    assert _train(tmp_path, "dmd", "dmd", generator=ode, critic=teacher, teacher=teacher,
+                  weighting="generator", reward="flow", beta=2.0, cpu_bf16=True) == 0
+    for name in ("ode", "dmd"):
+        rows = [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+        assert rows and all(np.isfinite(v) for r in rows for k, v in r.items() if "loss" in k), rows
