@@ -12,6 +12,9 @@
 # Then, here: copy a student's file to python/reward_forcing/weights/world-student.safetensors,
 # run bench/world_table.py (CPU) on the exports, commit weights + logs (bench/results/world-*).
 #
+# The teacher starts from TEACHER_INIT when that file exists (default: the CPU-trained teacher
+# committed at bench/results/world-teacher-cpu.safetensors, EMA weights; TEACHER_INIT= starts
+# from scratch), so CPU sessions and GPU sessions add up.
 # Before: bash scripts/device-carry.sh (fills .whl/: einops, cutlass, MiniLM float16).
 # Run:    device tool, carry [".whl"], command: OUT=$OUT bash scripts/train_world_gpu.sh
 # Budget (minutes, defaults): TEACHER_MIN=3.2 ODE_MIN=1 DMD_MIN=0.6 (x3), ~25 s startup per stage,
@@ -24,6 +27,7 @@ export PYTHONUNBUFFERED=1
 TEACHER_MIN=${TEACHER_MIN:-3.2} ODE_MIN=${ODE_MIN:-1} DMD_MIN=${DMD_MIN:-0.6}
 DEADLINE_S=${DEADLINE_S:-560}  # the device tool stops a command at 600 s: stages shrink to fit
 # batch sizes and render workers (small values make a CPU smoke run of the whole chain)
+TEACHER_INIT=${TEACHER_INIT-bench/results/world-teacher-cpu.safetensors}
 B_TEACHER=${B_TEACHER:-256} B_ODE=${B_ODE:-32} B_DMD=${B_DMD:-16} WORKERS=${WORKERS:-0}
 START=$(date +%s)
 say() { echo "[train_world_gpu $(( $(date +%s) - START ))s] $*" | tee -a "$LOGS/progress.log"; }
@@ -56,7 +60,9 @@ train() {
     --note "trained on $(head -2 "$LOGS/env.txt" | tail -1)" >> "$LOGS/progress.log" 2>&1
   pack
 }
-train teacher world-teacher "$TEACHER_MIN" --set batch_size="$B_TEACHER" --set data_workers="$WORKERS" --set save_every=1000 \
+init=()
+[ -n "$TEACHER_INIT" ] && [ -f "$TEACHER_INIT" ] && init=(--set teacher="$TEACHER_INIT") && say "teacher starts from $TEACHER_INIT"
+train teacher world-teacher "$TEACHER_MIN" "${init[@]}" --set batch_size="$B_TEACHER" --set data_workers="$WORKERS" --set save_every=1000 \
   --set ema_decay=0.999 --set ema_start=500
 train ode-init world-ode-init "$ODE_MIN" --set batch_size="$B_ODE" --set save_every=200
 for v in dmd redmd tilted; do
