@@ -4,7 +4,9 @@
 
 Everything is built on the meta device (no weights, no GPU): the transformer, the streaming cache
 the pipeline allocates (ring of sink + window + chunk frames in bf16, EMA sink in ``--sink-dtype``),
-the per-prompt cross-attention K/V, UMT5-XXL and the Wan2.1 VAE. The sum is what stays resident;
+the per-prompt cross-attention K/V, UMT5-XXL, the Wan2.1 VAE and the temporal feature cache its
+streaming decoder keeps between chunks (measured by decoding two chunks on meta tensors). The sum is
+what stays resident;
 the workspace of one forward and of the VAE decode comes on top and is measured on a GPU by
 ``bench/e2e.py`` (``peak_memory_gib``, DiT + VAE, text encoder excluded).
 
@@ -39,14 +41,24 @@ def umt5_xxl_bytes() -> int:
     return sum(p.numel() for p in encoder.parameters()) * BF16  # embed_tokens is tied to shared
 
 
-def wan_vae_bytes() -> int | None:
+def wan_vae_bytes(height: int, width: int, chunk: int) -> tuple[int, int] | None:
+    """(Wan2.1 VAE weights, the streaming decoder's temporal cache after two chunks), bf16."""
     try:
         from diffusers import AutoencoderKLWan
     except ImportError:
         return None
+    from reward_forcing.models.vae import StreamingVAEDecoder
+
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()  # its "keep in float32" notice on .to(): none here
     with torch.device("meta"):
-        vae = AutoencoderKLWan()
-    return sum(p.numel() for p in vae.parameters()) * BF16
+        vae = AutoencoderKLWan().to(torch.bfloat16)
+    decoder = StreamingVAEDecoder(vae)
+    for _ in range(2):
+        decoder.decode(torch.zeros(1, 16, chunk, height // 8, width // 8, device="meta"))
+    cache = [t for t in decoder.state_dict()["feat_cache"] if torch.is_tensor(t)]
+    return tensor_bytes(vae.parameters()), tensor_bytes(cache)
 
 
 def budget(name: str, config, *, height: int, width: int, sink: int, window: int, chunk: int,
@@ -76,11 +88,13 @@ def main(argv=None) -> None:
     rows = [budget(name, cfg, **setting, sink_dtype=dtype)
             for name, cfg in (("Wan-1.3B", WAN_1_3B), ("Wan-14B", WAN_14B))
             for dtype in (torch.float32, torch.bfloat16)]
-    extra = dict(umt5_xxl_gib=umt5_xxl_bytes() / GIB, wan_vae_gib=(wan_vae_bytes() or 0) / GIB or None)
+    vae = wan_vae_bytes(setting["height"], setting["width"], setting["chunk"]) or (0, 0)
+    extra = dict(umt5_xxl_gib=umt5_xxl_bytes() / GIB, wan_vae_gib=vae[0] / GIB or None,
+                 vae_decode_cache_gib=vae[1] / GIB or None)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "memory-computed.json").write_text(json.dumps(dict(rows=rows, **extra), indent=1))
-    vae = extra["wan_vae_gib"] or 0.0
-    lines = ["| model | sink dtype | transformer | KV ring | EMA sink | text K/V | resident | + VAE "
+    vae = (extra["wan_vae_gib"] or 0.0) + (extra["vae_decode_cache_gib"] or 0.0)
+    lines = ["| model | sink dtype | transformer | KV ring | EMA sink | text K/V | DiT resident | + VAE "
              "| + UMT5-XXL on GPU |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['config']} | {r['sink_dtype']} | {r['transformer_gib']:.2f} | "
@@ -88,8 +102,10 @@ def main(argv=None) -> None:
                      f"{r['resident_gib']:.2f} | {r['resident_gib'] + vae:.2f} | "
                      f"{r['resident_gib'] + vae + extra['umt5_xxl_gib']:.2f} |")
     note = (f"GiB, bf16 weights, batch 1, 480x832, sink/window/chunk = 3/3/3 latent frames. UMT5-XXL "
-            f"(bf16) = {extra['umt5_xxl_gib']:.2f} GiB, Wan2.1 VAE = {vae:.2f} GiB. Forward and "
-            "VAE-decode workspace not included (bench/e2e.py measures the peak on a GPU).")
+            f"(bf16) = {extra['umt5_xxl_gib']:.2f} GiB; + VAE = its weights "
+            f"({extra['wan_vae_gib'] or 0:.2f}) and its streaming decoder's temporal cache "
+            f"({extra['vae_decode_cache_gib'] or 0:.2f}). Forward and VAE-decode workspace not "
+            "included (bench/e2e.py measures the peak on a GPU).")
     (args.out / "memory-computed.md").write_text("\n".join(lines) + "\n\n" + note + "\n")
     print("\n".join(lines) + "\n\n" + note)
 

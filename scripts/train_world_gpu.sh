@@ -61,7 +61,10 @@ train() {
   pack
 }
 init=()
-[ -n "$TEACHER_INIT" ] && [ -f "$TEACHER_INIT" ] && init=(--set teacher="$TEACHER_INIT") && say "teacher starts from $TEACHER_INIT"
+if [ -n "$TEACHER_INIT" ]; then
+  [ -f "$TEACHER_INIT" ] || { say "TEACHER_INIT $TEACHER_INIT does not exist (TEACHER_INIT= starts from scratch)"; pack; exit 1; }
+  init=(--set teacher="$TEACHER_INIT"); say "teacher starts from $TEACHER_INIT"
+fi
 train teacher world-teacher "$TEACHER_MIN" "${init[@]}" --set batch_size="$B_TEACHER" --set data_workers="$WORKERS" --set save_every=1000 \
   --set ema_decay=0.999 --set ema_start=500
 train ode-init world-ode-init "$ODE_MIN" --set batch_size="$B_ODE" --set save_every=200

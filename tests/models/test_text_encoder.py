@@ -107,21 +107,26 @@ def wan_t5_weights(vocab, dim=16, heads=4, ffn=24, layers=2, buckets=8, seed=0):
     return state
 
 
-def wan_t5_reference(state, ids, mask, heads=4, buckets=8, max_dist=128):
-    """Wan's T5 encoder restated in float64: RMSNorm, unscaled attention with a per-layer
-    bidirectional relative-position bias, FFN fc2(fc1(x) * gelu_tanh(gate(x)))."""
+def wan_buckets(n, buckets, max_dist):
+    """Wan's bidirectional relative-position buckets [query, key] of an n-token sequence."""
     import math
 
-    s = {k: v.double() for k, v in state.items()}
-    norm = lambda x, w: w * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)  # noqa: E731
-    n = ids.shape[1]
     rel = torch.arange(n)[None, :] - torch.arange(n)[:, None]  # key - query
     half = buckets // 2
     bucket = (rel > 0).long() * half
     rel, exact = rel.abs(), half // 2
     large = exact + (torch.log(rel.double().clamp(min=1) / exact) / math.log(max_dist / exact)
                      * (half - exact)).long()
-    bucket = bucket + torch.where(rel < exact, rel, large.clamp(max=half - 1))
+    return bucket + torch.where(rel < exact, rel, large.clamp(max=half - 1))
+
+
+def wan_t5_reference(state, ids, mask, heads=4, buckets=8, max_dist=128):
+    """Wan's T5 encoder restated in float64: RMSNorm, unscaled attention with a per-layer
+    bidirectional relative-position bias, FFN fc2(fc1(x) * gelu_tanh(gate(x)))."""
+    s = {k: v.double() for k, v in state.items()}
+    n = ids.shape[1]
+    norm = lambda x, w: w * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)  # noqa: E731
+    bucket = wan_buckets(ids.shape[1], buckets, max_dist)
     x = s["token_embedding.weight"][ids]
     bsz, dim = x.shape[0], x.shape[-1]
     masked = (mask == 0)[:, None, None, :]
@@ -171,13 +176,26 @@ def test_wan_t5_checkpoint_matches_wan_math(tmp_path):
     assert not torch.allclose(states.double(), ref, rtol=1e-3, atol=1e-3)
 
 
+def test_wan_t5_buckets_at_umt5_xxl_size(tmp_path):
+    """At UMT5-XXL's sizes (32 buckets, Wan's 512 tokens) the loaded encoder buckets relative
+    positions as Wan does: a wrong max distance (the tiny test above cannot see one) fails."""
+    pytest.importorskip("transformers")
+    state = wan_t5_weights(vocab=len(WORDS) + 3, buckets=32)
+    save_wan_release(tmp_path, state)
+    encoder = UMT5TextEncoder.from_pretrained(tmp_path, text_len=TEXT_LEN).encoder
+    attention = encoder.encoder.block[0].layer[0].SelfAttention
+    rel = torch.arange(512)[None, :] - torch.arange(512)[:, None]
+    assert torch.equal(attention._relative_position_bucket(rel), wan_buckets(512, 32, 128))
+    assert not torch.equal(wan_buckets(512, 32, 128), wan_buckets(512, 32, 64))
+
+
 def test_wan_t5_checkpoint_errors_name_the_problem(tmp_path):
     pytest.importorskip("transformers")
     state = wan_t5_weights(vocab=len(WORDS) + 3)
     del state["blocks.1.attn.k.weight"]
     state["blocks.0.extra.weight"] = torch.zeros(1)
     save_wan_release(tmp_path, state)
-    with pytest.raises(ValueError, match=r"blocks\.1\.attn\.k\.weight.*blocks\.0\.extra\.weight"):
+    with pytest.raises(ValueError, match=r"enc-bf16\.pth: .*blocks\.1\.attn\.k\.weight.*blocks\.0\.extra\.weight"):
         UMT5TextEncoder.from_pretrained(tmp_path, text_len=TEXT_LEN)
     (tmp_path / "lone").mkdir()
     torch.save(wan_t5_weights(vocab=len(WORDS) + 3), tmp_path / "lone" / "t5.pth")

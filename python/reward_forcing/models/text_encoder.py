@@ -128,11 +128,17 @@ def _wan_t5_encoder(path: Path, dtype: torch.dtype) -> nn.Module:
 
     from .loading import check_state_dict
 
-    state, config = wan_t5_to_transformers(_read_weights(path))
-    with torch.device("meta"):
-        encoder = UMT5EncoderModel(config)
-    check_state_dict(encoder, state)  # shapes that contradict each other
-    state = {k: v.to(dtype) for k, v in state.items()}
+    try:
+        state, config = wan_t5_to_transformers(_read_weights(path))
+        with torch.device("meta"):
+            encoder = UMT5EncoderModel(config)
+        check_state_dict(encoder, state)  # shapes that contradict each other
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    table = state.pop("shared.weight").to(dtype)  # tied to embed_tokens: converted once
+    del state["encoder.embed_tokens.weight"]
+    state = {k: v.to(dtype) for k, v in state.items()} | {"shared.weight": table,
+                                                           "encoder.embed_tokens.weight": table}
     encoder.load_state_dict(state, strict=True, assign=True)
     encoder.encoder.embed_tokens = encoder.shared  # one table, as transformers ties them
     return encoder

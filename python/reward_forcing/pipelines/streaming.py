@@ -112,8 +112,9 @@ class StreamingPipeline:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         model = load_causal_wan(checkpoint, dtype=dtype, device=device)
-        encoder = UMT5TextEncoder.from_pretrained(text_encoder, text_len=model.config.text_len,
-                                                  dtype=dtype, device=device)
+        encoder = UMT5TextEncoder.from_pretrained(  # offloaded: it waits on the CPU for prompts
+            text_encoder, text_len=model.config.text_len, dtype=dtype,
+            device="cpu" if kwargs.get("offload_text_encoder") else device)
         return cls(model, load_wan_vae(vae, dtype=dtype, device=device), encoder, **kwargs)
 
     @classmethod

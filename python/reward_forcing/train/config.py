@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 
 
-# Fields a resumed run may change: where and how long it runs, not what it computes.
+# Fields a resumed run may change: where and how long it runs, not what it computes; and how the
+# same arithmetic is carried out (FSDP sharding, CPU bf16 autocast), which changes the rounding only.
 RESUMABLE_CHANGES = frozenset({"out_dir", "max_steps", "max_minutes", "save_every", "log_every",
                                "keep_checkpoints", "data_workers", "fsdp", "cpu_bf16"})
 

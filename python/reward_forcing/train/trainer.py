@@ -90,6 +90,9 @@ class _TrainLoop:
             self.negative = text_encoder([cfg.negative_prompt]).to(device)
         self.step = 0
         self.out_dir = Path(cfg.out_dir)
+        if cfg.cpu_bf16 and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            warnings.warn("cpu_bf16: this CPU has no bf16 matmul units (AVX512-BF16/AMX); bf16 autocast "
+                          "will be slower than float32 here: set cpu_bf16: false", stacklevel=2)
 
     def _modules(self) -> dict:
         raise NotImplementedError
