@@ -46,11 +46,12 @@ def x0_errors(model, text, codec, clips: int = 16, seed: int = 5) -> dict:
 
 
 @torch.no_grad()
-def samples(model, text, codec, prompts=PROMPTS, steps: int = 16, guidance: float = 3.0):
+def samples(model, text, codec, prompts=PROMPTS, steps: int = 16, guidance: float = 3.0,
+            shift: float = 3.0):
     """The teacher's 2-s clips (8 latent frames, its training length) for ``prompts``, sampled
-    with ``steps`` Euler steps and CFG against the negative prompt: (uint8 videos
-    [P, 32, 64, 64, 3], their evaluate_video summaries)."""
-    schedule = FewStepFlowSchedule(shift=3.0)
+    with ``steps`` Euler steps (noise levels warped by ``shift``) and CFG against the negative
+    prompt: (uint8 videos [P, 32, 64, 64, 3], their evaluate_video summaries)."""
+    schedule = FewStepFlowSchedule(shift=shift)
     videos, scores = [], []
     for i, prompt in enumerate(prompts):
         noise = torch.randn(1, codec.channels, 8, 16, 16, generator=torch.Generator().manual_seed(i))
@@ -66,6 +67,9 @@ def main() -> None:
     parser.add_argument("checkpoint", type=Path, help="a teacher checkpoint or run folder")
     parser.add_argument("--out", type=Path, required=True, help="output path without suffix")
     parser.add_argument("--raw", action="store_true", help="the raw weights, not the EMA")
+    parser.add_argument("--steps", type=int, default=16, help="sampling steps (default 16)")
+    parser.add_argument("--guidance", type=float, default=3.0, help="CFG scale (default 3)")
+    parser.add_argument("--shift", type=float, default=3.0, help="noise-level shift (default 3)")
     args = parser.parse_args()
     import cv2
 
@@ -73,10 +77,12 @@ def main() -> None:
     model = load_causal_wan(ckpt, dtype=torch.float32, use_ema=not args.raw).eval()
     text, codec = MiniLMTextEncoder.from_pretrained(text_len=model.config.text_len), PixelCodec()
     errors = x0_errors(model, text, codec)
-    videos, scores = samples(model, text, codec)
+    videos, scores = samples(model, text, codec, steps=args.steps, guidance=args.guidance,
+                             shift=args.shift)
     step = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("step")
     keys = ("found", "colour_right", "direction_right", "adherence")
     result = {"checkpoint": str(ckpt), "step": step, "ema": not args.raw, "x0_mse": errors,
+              "sampler": {"steps": args.steps, "guidance": args.guidance, "shift": args.shift},
               "samples": {p: {k: s[k] for k in keys} for p, s in zip(PROMPTS, scores)}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
