@@ -83,9 +83,11 @@ def test_x0_model_with_a_velocity_loss_warns(tmp_path):
         TeacherTrainer(cfg, model, HashedTextEncoder(16, 8), WorldClips(CODEC, 3, 16, 16))
 
 
-def test_teacher_loss_falls_on_a_fixed_batch(tmp_path):
-    """A flow-matching step on the same clips, noise and times lowers the loss (the gradient is right)."""
-    trainer = _teacher(tmp_path, max_steps=50)
+@pytest.mark.parametrize("cpu_bf16", [False, True])
+def test_teacher_loss_falls_on_a_fixed_batch(tmp_path, cpu_bf16):
+    """A flow-matching step on the same clips, noise and times lowers the loss (the gradient is
+    right), in float32 and under CPU bf16 autocast."""
+    trainer = _teacher(tmp_path, max_steps=50, cpu_bf16=cpu_bf16)
     state = trainer.data_rng.bit_generator.state, trainer.noise_rng.get_state()
     losses = []
     for _ in range(15):
@@ -174,22 +176,16 @@ def test_clips_rendered_with_torch_are_the_same():
     assert torch.equal(a, b) and pa == pb
 
 
-def test_cpu_bf16_autocasts_the_teacher_step_and_resumes_with_it(tmp_path, capsys):
+def test_cpu_bf16_autocasts_the_teacher_step_and_resumes_with_it(tmp_path):
     """``cpu_bf16`` runs the CPU forward under bf16 autocast (the linear layers see bf16; weights,
-    loss and optimizer stay float32), learns like float32 on a fixed batch, and may be switched
-    on when resuming a run (a resumable change)."""
+    loss and optimizer stay float32; it learns: the fixed-batch test above) and may be switched on
+    when resuming a run (a resumable change)."""
     seen = {}
     for flag in (False, True):
-        trainer = _teacher(tmp_path / str(flag), cpu_bf16=flag, max_steps=50)
+        trainer = _teacher(tmp_path / str(flag), cpu_bf16=flag)
         hook = trainer.model.head.head.register_forward_hook(lambda m, i, o: seen.__setitem__(flag, o.dtype))
-        state = trainer.data_rng.bit_generator.state, trainer.noise_rng.get_state()
-        losses = []
-        for _ in range(15):
-            trainer.data_rng.bit_generator.state, _ = state
-            trainer.noise_rng.set_state(state[1])
-            losses.append(trainer.train_step()["loss"])
+        assert np.isfinite(trainer.train_step()["loss"])
         hook.remove()
-        assert losses[-1] < 0.8 * losses[0], (flag, losses)
         assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     assert seen == {False: torch.float32, True: torch.bfloat16}
     assert _train(tmp_path, "teacher", "t", teacher="world") == 0
