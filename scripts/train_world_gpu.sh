@@ -26,8 +26,8 @@ mkdir -p "$OUT" "$LOGS" runs
 export PYTHONUNBUFFERED=1
 TEACHER_MIN=${TEACHER_MIN:-3.2} ODE_MIN=${ODE_MIN:-1} DMD_MIN=${DMD_MIN:-0.6}
 DEADLINE_S=${DEADLINE_S:-560}  # the device tool stops a command at 600 s: stages shrink to fit
+TEACHER_INIT=${TEACHER_INIT-bench/results/world-teacher-cpu.safetensors}  # empty: from scratch
 # batch sizes and render workers (small values make a CPU smoke run of the whole chain)
-TEACHER_INIT=${TEACHER_INIT-bench/results/world-teacher-cpu.safetensors}
 B_TEACHER=${B_TEACHER:-256} B_ODE=${B_ODE:-32} B_DMD=${B_DMD:-16} WORKERS=${WORKERS:-0}
 START=$(date +%s)
 say() { echo "[train_world_gpu $(( $(date +%s) - START ))s] $*" | tee -a "$LOGS/progress.log"; }

@@ -103,8 +103,9 @@ class StreamingPipeline:
     def from_pretrained(cls, checkpoint, text_encoder, vae, *, device=None,
                         dtype: torch.dtype | None = None, **kwargs) -> "StreamingPipeline":
         """Loads a transformer checkpoint (any format of DESIGN §6), a UMT5 text encoder and a Wan
-        VAE (diffusers/transformers folders or Wan's own release files), all local. Default device: CUDA when present; dtype: bf16 on CUDA
-        (the VAE and text encoder too), float32 on the CPU."""
+        VAE (diffusers/transformers folders or Wan's own release files), all local. Default
+        device: CUDA when present; dtype: bf16 on CUDA (the VAE and text encoder too), float32 on
+        the CPU."""
         from ..models.loading import load_causal_wan
         from ..models.text_encoder import UMT5TextEncoder
         from ..models.vae import load_wan_vae
