@@ -91,12 +91,21 @@ def _read_folder(folder: Path) -> dict:
     return state
 
 
-def _read_training_checkpoint(path: Path, use_ema: bool) -> tuple[dict, WanConfig | None]:
-    """The state dict, and the model config when the checkpoint records it (our trainer's
-    ``model_configs``)."""
+def read_checkpoint_file(path: Path) -> dict:
+    """The dict in one weights file: a safetensors file, or a torch pickle (``.pt``/``.pth``, read
+    with ``weights_only`` and memory-mapped). Anything but a dict raises ValueError."""
+    if path.suffix == ".safetensors":
+        return load_file(path)
     ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
+    return ckpt
+
+
+def _read_training_checkpoint(path: Path, use_ema: bool) -> tuple[dict, WanConfig | None]:
+    """The state dict, and the model config when the checkpoint records it (our trainer's
+    ``model_configs``)."""
+    ckpt = read_checkpoint_file(path)
     for name in ("generator_ema", "generator") if use_ema else ("generator",):
         if name in ckpt:
             config = (ckpt.get("model_configs") or {}).get(name)

@@ -110,26 +110,16 @@ def wan_t5_to_transformers(state_dict: dict) -> tuple[dict, "UMT5Config"]:
     return out, config
 
 
-def _read_weights(path: Path) -> dict:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
-    return state
-
-
 def _wan_t5_encoder(path: Path, dtype: torch.dtype) -> nn.Module:
     """transformers' ``UMT5EncoderModel`` holding the weights of Wan's own T5 checkpoint file, built
     on the meta device first (a random 5.7B-parameter init would cost minutes and 23 GB)."""
     from transformers import UMT5EncoderModel
 
-    from .loading import check_state_dict
+    from .loading import check_state_dict, read_checkpoint_file
 
+    state = read_checkpoint_file(path)  # its errors name the file
     try:
-        state, config = wan_t5_to_transformers(_read_weights(path))
+        state, config = wan_t5_to_transformers(state)
         with torch.device("meta"):
             encoder = UMT5EncoderModel(config)
         check_state_dict(encoder, state)  # shapes that contradict each other

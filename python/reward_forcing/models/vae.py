@@ -41,15 +41,10 @@ def _load_wan_vae_file(path: Path, dtype: torch.dtype):
     from diffusers import AutoencoderKLWan
     from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
-    from .loading import check_state_dict
+    from .loading import check_state_dict, read_checkpoint_file
 
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    if not isinstance(state, dict) or "encoder.conv1.weight" not in state or "conv1.weight" not in state:
+    state = read_checkpoint_file(path)
+    if "encoder.conv1.weight" not in state or "conv1.weight" not in state:
         raise ValueError(f"{path} is not a Wan VAE checkpoint (no encoder.conv1 / conv1 weights)")
     z_dim = state["conv1.weight"].shape[0] // 2
     if z_dim != 16:
