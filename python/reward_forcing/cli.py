@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--text-encoder", type=Path, help="UMT5 encoder: a transformers or diffusers "
                    "folder, Wan's models_t5_umt5-xxl-enc-bf16.pth or its release folder")
     g.add_argument("--vae", type=Path, help="Wan VAE: a diffusers folder, Wan2.1_VAE.pth or Wan's "
-                   "release folder")
+                   "release folder; or a TAEHV taew2_1 .pth/.safetensors file (light decoder)")
     g.add_argument("--random-model", action="store_true",
                    help="use a tiny RANDOM model instead of the embedded default (tests, timing)")
     g.add_argument("--height", type=int, help="pixels (default 480 for Wan checkpoints, 64 for "

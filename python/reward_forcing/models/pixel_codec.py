@@ -67,10 +67,15 @@ class PixelCodec:
 
 
 def streaming_decoder(vae):
-    """The chunk-by-chunk decoder of ``vae``: the codec itself for a :class:`PixelCodec`, else a
-    :class:`~reward_forcing.models.vae.StreamingVAEDecoder` around a Wan VAE."""
+    """The chunk-by-chunk decoder of ``vae``: the codec itself for a :class:`PixelCodec`, a
+    :class:`~reward_forcing.models.tiny_decoder.StreamingTinyDecoder` for the light decoder, else
+    a :class:`~reward_forcing.models.vae.StreamingVAEDecoder` around a Wan VAE."""
+    from .tiny_decoder import StreamingTinyDecoder, TinyDecoder
+
     if isinstance(vae, PixelCodec):
         return vae
+    if isinstance(vae, TinyDecoder):
+        return StreamingTinyDecoder(vae)
     from .vae import StreamingVAEDecoder
 
     return StreamingVAEDecoder(vae)

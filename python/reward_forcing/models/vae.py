@@ -34,6 +34,17 @@ def load_wan_vae(path, *, dtype: torch.dtype = torch.float32, device="cpu"):
                             f"vae/config.json, or {WAN_VAE_FILE}) or a Wan VAE .pth file")
 
 
+def load_vae(path, *, dtype: torch.dtype = torch.float32, device="cpu"):
+    """The decoder behind ``--vae PATH``: a TAEHV weights file (``taew2_1.pth`` /
+    ``.safetensors``) gives the light :class:`~reward_forcing.models.tiny_decoder.TinyDecoder`,
+    anything else the Wan VAE of :func:`load_wan_vae`."""
+    from .tiny_decoder import is_tiny_decoder_checkpoint, load_tiny_decoder
+
+    if is_tiny_decoder_checkpoint(path):
+        return load_tiny_decoder(path, dtype=dtype, device=device)
+    return load_wan_vae(path, dtype=dtype, device=device)
+
+
 def _load_wan_vae_file(path: Path, dtype: torch.dtype):
     """Wan's original VAE state dict -> diffusers' ``AutoencoderKLWan`` with the Wan2.1 layout (its
     default config; the base width is read off the weights), built on the meta device and loaded

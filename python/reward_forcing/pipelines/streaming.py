@@ -103,12 +103,13 @@ class StreamingPipeline:
     def from_pretrained(cls, checkpoint, text_encoder, vae, *, device=None,
                         dtype: torch.dtype | None = None, **kwargs) -> "StreamingPipeline":
         """Loads a transformer checkpoint (any format of DESIGN §6), a UMT5 text encoder and a Wan
-        VAE (diffusers/transformers folders or Wan's own release files), all local. Default
+        VAE (diffusers/transformers folders or Wan's own release files; a TAEHV ``taew2_1`` file
+        gives the light decoder instead), all local. Default
         device: CUDA when present; dtype: bf16 on CUDA (the VAE and text encoder too), float32 on
         the CPU."""
         from ..models.loading import load_causal_wan
         from ..models.text_encoder import UMT5TextEncoder
-        from ..models.vae import load_wan_vae
+        from ..models.vae import load_vae
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -116,7 +117,7 @@ class StreamingPipeline:
         encoder = UMT5TextEncoder.from_pretrained(  # offloaded: it waits on the CPU for prompts
             text_encoder, text_len=model.config.text_len, dtype=dtype,
             device="cpu" if kwargs.get("offload_text_encoder") else device)
-        return cls(model, load_wan_vae(vae, dtype=dtype, device=device), encoder, **kwargs)
+        return cls(model, load_vae(vae, dtype=dtype, device=device), encoder, **kwargs)
 
     @classmethod
     def default(cls, *, device="cpu", path=None, **kwargs) -> "StreamingPipeline":
