@@ -91,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--accelerate", choices=["none", "cuda-graphs", "compile", "compile+cuda-graphs"],
                    default="none", help="transformer acceleration: CUDA graphs replayed per denoising "
                    "step (GPU; eager on a CPU), torch.compile of the blocks, or both (default none)")
+    g.add_argument("--no-overlap", action="store_true",
+                   help="decode each chunk after it is denoised instead of while the next one is "
+                   "(overlap is on by default on CUDA)")
 
     s = sub.add_parser("serve", help="browser demo: watch and steer a stream live",
                        description="Serve the streaming demo page (FastAPI + uvicorn); sink, "
@@ -170,7 +173,8 @@ def _pipeline(args):
         raise ValueError(f"--device {args.device}: {e}") from None
     kwargs = dict(sink_dtype=getattr(torch, args.sink_dtype), recache=args.recache,
                   offload_text_encoder=device.type != "cpu",
-                  accelerate=getattr(args, "accelerate", "none"))  # serve has no --accelerate
+                  accelerate=getattr(args, "accelerate", "none"),  # serve has no --accelerate
+                  overlap=False if getattr(args, "no_overlap", False) else None)
     optional = dict(sink_frames=args.sink_frames, window_frames=args.window_frames,
                     chunk_frames=args.chunk_frames, alpha=args.alpha, fps=args.fps,
                     height=args.height, width=args.width)

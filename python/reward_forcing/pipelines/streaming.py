@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -55,6 +55,11 @@ class StreamingPipeline:
     graph per denoising step and for the cache pass, captured at the first steady-state chunk
     and replayed; eager on a CPU), ``"compile"`` (``torch.compile`` of the transformer blocks)
     or ``"compile+cuda-graphs"``.
+
+    ``overlap`` (default: on for CUDA) decodes chunk k while chunk k+1 is denoised
+    (:mod:`reward_forcing.pipelines.overlap`): same frames, in order. The generator then runs one
+    chunk ahead of the frames handed out, so a prompt switch lands a chunk later, and a stream
+    left before its end cannot be resumed (its state is ahead of its frames).
     """
 
     def __init__(self, model: CausalWanModel, vae, text_encoder, *, height: int = 480,
@@ -63,7 +68,7 @@ class StreamingPipeline:
                  schedule: FewStepFlowSchedule | None = None, fps: float = 16.0,
                  recache: bool = False, sink_recache: str = "keep",
                  offload_text_encoder: bool = False, cache_backend: str = "auto",
-                 accelerate: str = "none"):
+                 accelerate: str = "none", overlap: bool | None = None):
         from .accelerate import ACCELERATE_MODES, make_forward_chunk
 
         if accelerate not in ACCELERATE_MODES:
@@ -94,6 +99,7 @@ class StreamingPipeline:
                                      chunk_frames=chunk_frames, alpha=alpha, sink_dtype=sink_dtype,
                                      backend=cache_backend)
         self.accelerate = accelerate
+        self.overlap = self.device.type == "cuda" if overlap is None else bool(overlap)
         self.forward_chunk = make_forward_chunk(model, self.cache, accelerate)
         self.generator = torch.Generator(self.device)
         self._started = False
@@ -193,15 +199,33 @@ class StreamingPipeline:
             raise ValueError("generate needs a finite number of seconds")
         return np.concatenate(list(self.stream(prompt, seconds, seed=seed, prompts=prompts)))
 
-    def resume(self) -> Iterator[np.ndarray]:
-        """Continues the current stream (e.g. after :meth:`load_state_dict`) where it stands."""
+    def resume(self, before_chunk: Callable[[], bool | None] | None = None) -> Iterator[np.ndarray]:
+        """Continues the current stream (e.g. after :meth:`load_state_dict`) where it stands.
+        ``before_chunk()`` runs before each chunk is generated, in the thread that generates it
+        (prompt switches, pacing); returning False ends the stream."""
         if not self._started:
             raise RuntimeError("no stream to resume: call stream() or load_state_dict() first")
-        return self._chunks()
+        return self._chunks(before_chunk)
 
-    def _chunks(self) -> Iterator[np.ndarray]:
-        while self.end_frame is None or self.frames_emitted < self.end_frame:
-            yield self.next_chunk()
+    def _more(self) -> bool:
+        """Whether the stream needs another chunk (its frames start before ``end_frame``)."""
+        return self.end_frame is None or self.chunk_start_frame(self.chunk_index) < self.end_frame
+
+    def _chunks(self, before_chunk=None) -> Iterator[np.ndarray]:
+        if not self.overlap:
+            while self._more() and (before_chunk is None or before_chunk() is not False):
+                yield self.next_chunk()
+            return
+        from .overlap import overlapped
+
+        done = False
+        try:
+            yield from overlapped(self.next_latents, self.decode_latents, more=self._more,
+                                  before=before_chunk, device=self.device)
+            done = True
+        finally:
+            if not done:  # the denoiser may have run ahead of the frames handed out
+                self._started = False
 
     def set_prompt(self, prompt: str, recache: bool | None = None) -> None:
         """Switches the prompt from the next chunk on (interactive use); ``recache`` overrides
@@ -211,9 +235,15 @@ class StreamingPipeline:
         prompt = clean_prompt(prompt)
         self._switch(prompt, self._encode([prompt])[prompt], self.recache if recache is None else recache)
 
-    @torch.no_grad()
     def next_chunk(self) -> np.ndarray:
         """Generates, caches and decodes one chunk; returns its frames (trimmed at the end)."""
+        return self.decode_latents(self.next_latents())
+
+    @torch.no_grad()
+    def next_latents(self) -> torch.Tensor:
+        """Generates and caches one chunk: its clean latents ``[1, C, c, h, w]`` (float32), to be
+        given to :meth:`decode_latents` in stream order (the overlapped loop decodes chunk k while
+        this makes chunk k+1)."""
         if not self._started:
             raise RuntimeError("no stream: call stream() first")
         while self._switches and self._switches[0][0] <= self.chunk_index:
@@ -224,8 +254,14 @@ class StreamingPipeline:
         keep = self.cache.sink_frames + self.cache.window_frames
         kept = torch.cat([self._kept, x0], 2)
         self._kept = kept[:, :, kept.shape[2] - keep:]
-        frames = to_uint8_frames(self.decoder.decode(x0))
         self.chunk_index += 1
+        return x0
+
+    @torch.no_grad()
+    def decode_latents(self, x0: torch.Tensor) -> np.ndarray:
+        """The frames of the next chunk's latents (the VAE's temporal cache advances; the last
+        chunk is trimmed at ``end_frame``)."""
+        frames = to_uint8_frames(self.decoder.decode(x0))
         if self.end_frame is not None:
             frames = frames[:self.end_frame - self.frames_emitted]
         self.frames_emitted += len(frames)

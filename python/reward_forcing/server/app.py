@@ -169,7 +169,7 @@ def sibling_factory(base) -> Callable[..., object]:
             sink_frames=sink_frames, window_frames=window_frames, chunk_frames=c.chunk_frames,
             alpha=alpha, sink_dtype=c.sink_dtype, schedule=base.schedule, fps=base.fps,
             recache=base.recache, sink_recache=base.sink_recache, offload_text_encoder=False,
-            cache_backend=c.backend)
+            cache_backend=c.backend, overlap=base.overlap)
     return make
 
 

@@ -144,37 +144,54 @@ class StreamSession:
                 self._buffer.append((jpeg, interval))
         self._notify()
 
+    def _before_chunk(self) -> bool:
+        """Runs before each chunk, in the thread that generates it: real-time pacing, then the
+        pending prompt, if any. False ends the stream (cancelled)."""
+        pipe = self.pipeline
+        if self._cancel.is_set():
+            return False
+        if self.pace:
+            period, lead = 1.0 / pipe.fps, self.chunk_size / 2 / pipe.fps
+            delay = self._clock + self.generated * period - lead - time.monotonic()
+            if delay < -1.0:  # far behind real time: do not burst once faster again
+                self._clock -= delay + 1.0
+            elif delay > 0 and self._cancel.wait(delay):
+                return False
+        with self._lock:
+            prompt, self._pending_prompt = self._pending_prompt, None
+        if prompt is not None:
+            pipe.set_prompt(prompt)
+            self.switches.append(pipe.prompt)
+            self._notify()
+        return True
+
     def _chunks(self):
-        """Generated chunks, each trimmed to the frames handed out before a cancel."""
+        """Generated chunks, each trimmed to the frames handed out before a cancel. With the
+        pipeline's ``overlap`` the next chunk is generated while this one is encoded."""
         pipe = self.pipeline
         pipe.stream(self.prompt, None, seed=self.seed)
-        period, lead = 1.0 / pipe.fps, self.chunk_size / 2 / pipe.fps
-        start = time.monotonic()
-        while not self._cancel.is_set():
-            if self.pace:
-                delay = start + self.generated * period - lead - time.monotonic()
-                if delay < -1.0:  # far behind real time: do not burst once faster again
-                    start -= delay + 1.0
-                elif delay > 0 and self._cancel.wait(delay):
-                    return
-            with self._lock:
-                prompt, self._pending_prompt = self._pending_prompt, None
-            if prompt is not None:
-                pipe.set_prompt(prompt)
-                self.switches.append(pipe.prompt)
-                self._notify()
-            t0 = time.monotonic()
-            chunk = pipe.next_chunk()
-            jpegs = []
-            for frame in chunk:
+        period = 1.0 / pipe.fps
+        self._clock = t0 = time.monotonic()
+        chunks = pipe.resume(before_chunk=self._before_chunk)
+        try:
+            for chunk in chunks:
+                jpegs = []
+                for frame in chunk:
+                    if self._cancel.is_set():
+                        break
+                    jpegs.append(encode_jpeg(frame, self.jpeg_quality))
+                # spread this chunk over the time the next one will take (about this one's)
+                now = time.monotonic()
+                interval = max(period, (now - t0) / len(chunk)) if self.pace else 0.0
+                t0 = now
+                self._push(jpegs, interval)
+                self.generated += len(jpegs)
+                yield chunk[:len(jpegs)]
                 if self._cancel.is_set():
-                    break
-                jpegs.append(encode_jpeg(frame, self.jpeg_quality))
-            # spread this chunk over the time the next one will take (about this one's)
-            interval = max(period, (time.monotonic() - t0) / len(chunk)) if self.pace else 0.0
-            self._push(jpegs, interval)
-            self.generated += len(jpegs)
-            yield chunk[:len(jpegs)]
+                    return
+        finally:
+            chunks.close()
+
     def _run(self) -> None:
         try:
             chunks = self._chunks()
