@@ -4,10 +4,13 @@ and the pipeline picking it up. Random weights throughout (the real file is not 
 import numpy as np
 import pytest
 import torch
+from reward_forcing.models.tiny_decoder import (
+    StreamingTinyDecoder,
+    TinyDecoder,
+    is_tiny_decoder_checkpoint,
+    load_tiny_decoder,
+)
 from safetensors.torch import save_file
-
-from reward_forcing.models.tiny_decoder import (StreamingTinyDecoder, TinyDecoder,
-                                                is_tiny_decoder_checkpoint, load_tiny_decoder)
 
 # Every decoder key of a taew2_1 checkpoint (madebyollin/taehv, taehv.py's decoder layout).
 MEM = [(3, 256), (4, 256), (5, 256), (9, 128), (10, 128), (11, 128), (15, 64), (16, 64), (17, 64)]

@@ -10,7 +10,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-
 from reward_forcing.pipelines.overlap import overlapped
 
 
