@@ -64,7 +64,7 @@ from . import reference
 from ._extension import HAS_CPP, HAS_CUDA_KERNELS
 from .rope import rope_cos_sin, rope_rotate
 
-BACKENDS = ("auto", "kernel", "sdpa", "reference")
+BACKENDS = ("auto", "kernel", "sdpa", "flash", "reference")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -144,8 +144,8 @@ def _resolve(backend: str, device: torch.device, op: str) -> str:
         raise RuntimeError("backend='kernel' needs the compiled extension reward_forcing._C")
     if backend == "kernel" and device.type == "cuda" and not HAS_CUDA_KERNELS:
         raise RuntimeError("backend='kernel' on CUDA needs reward_forcing built with CUDA")
-    if backend == "sdpa" and op == "ring_append":
-        backend = "auto"  # SDPA only serves attention; the append runs on our ops
+    if backend in ("sdpa", "flash") and op == "ring_append":
+        backend = "auto"  # SDPA / flash-attn only serve attention; the append runs on our ops
     if backend != "auto":
         return backend
     if device.type == "cuda":
@@ -180,7 +180,9 @@ def sink_window_attention(q, k, v, k_cache, v_cache, state, *, frame_tokens, sin
     """A chunk's attention over sink + window + itself (schema in the module docstring).
 
     ``backend``: ``"kernel"`` (our C++/CUDA op), ``"sdpa"`` (PyTorch SDPA on the same storage),
-    ``"reference"`` (pure PyTorch) or ``"auto"`` (SDPA on CUDA, the C++ twin on CPU).
+    ``"flash"`` (flash-attn's ``flash_attn_func`` on the same operands as SDPA: fp16/bf16, not
+    differentiable), ``"reference"`` (pure PyTorch) or ``"auto"`` (SDPA on CUDA, the C++ twin
+    on CPU).
     ``frames_appended`` is the host's copy of ``state`` (the cache passes it); the SDPA path uses it
     to choose between one dense call over the whole buffer (steady state) and a gathered context.
     """
@@ -197,16 +199,19 @@ def sink_window_attention(q, k, v, k_cache, v_cache, state, *, frame_tokens, sin
         return reference.sink_window_attention(*args)
     if chosen == "sdpa":
         return _attention_sdpa(*args, frames_appended=frames_appended)
+    if chosen == "flash":
+        return _attention_flash(*args, frames_appended=frames_appended)
     return torch.ops.reward_forcing.sink_window_attention(*args)
 
 
-def _attention_sdpa(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames,
-                    scale, rope_freqs, rope_spatial, *, frames_appended=None):
-    """SDPA on the storage of DESIGN §3. In the steady state (window full, chunk filling the free
+def _dense_operands(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames,
+                    rope_freqs, rope_spatial, frames_appended=None):
+    """Rotated queries and the keys/values ``[B, tokens, H, D]`` one dense attention call needs
+    (the SDPA and flash-attn paths). In the steady state (window full, chunk filling the free
     ring slots, no grad) ``stage_chunk`` rotates q/k and puts the chunk's K/V into its free ring
-    slots in one pass, then one dense SDPA call covers the whole buffer; positions come from the
-    device counter (CUDA-graph capturable). Otherwise (first chunks, autograd) the context is
-    gathered."""
+    slots in one pass, and the keys/values are the whole ``[sink | ring]`` buffer; positions come
+    from the device counter (CUDA-graph capturable). Otherwise (first chunks, autograd) the
+    context is gathered."""
     t, s, w = frame_tokens, sink_frames, window_frames
     c = q.shape[1] // t
     ring = k_cache.shape[1] // t - s
@@ -226,9 +231,54 @@ def _attention_sdpa(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames,
             qr, kr = rope_rotate(q, cos, sin).to(q.dtype), rope_rotate(k, cos, sin).to(q.dtype)
         kc, vc = reference.gather_context(k_cache, v_cache, n, t, s, w)
         keys, values = torch.cat([kc, kr], 1), torch.cat([vc, v], 1)
+    return qr, keys, values
+
+
+def _attention_sdpa(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames,
+                    scale, rope_freqs, rope_spatial, *, frames_appended=None):
+    """SDPA on the storage of DESIGN §3 (operands: :func:`_dense_operands`)."""
+    qr, keys, values = _dense_operands(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames,
+                                       window_frames, rope_freqs, rope_spatial, frames_appended)
     out = F.scaled_dot_product_attention(qr.transpose(1, 2), keys.transpose(1, 2),
                                          values.transpose(1, 2), scale=scale)
     return out.transpose(1, 2)
+
+
+# flash-attn's entry points, most specific first: FA3 (Hopper build), FA4 (CuTe DSL), FA2. All
+# take q [B, Lq, H, D] and k, v [B, Lk, H, D] (our storage layout: no transposes) in fp16/bf16.
+FLASH_MODULES = ("flash_attn_interface", "flash_attn.cute", "flash_attn")
+
+
+def flash_attn_func():
+    """The first importable ``flash_attn_func`` of :data:`FLASH_MODULES`; ImportError naming the
+    optional dependency when none is installed."""
+    import importlib
+
+    errors = []
+    for name in FLASH_MODULES:
+        try:
+            return importlib.import_module(name).flash_attn_func
+        except (ImportError, AttributeError) as e:
+            errors.append(f"{name}: {e}")
+    raise ImportError("backend='flash' needs flash-attn (pip install \"reward_forcing[flash]\"): "
+                      + "; ".join(errors))
+
+
+def _attention_flash(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames,
+                     scale, rope_freqs, rope_spatial, *, frames_appended=None):
+    """flash-attn on the dense operands of the SDPA path. Its KV-cache entry point
+    (``flash_attn_with_kvcache``) rotates keys at their slot index and cannot express 3-D RoPE
+    on a ring with EMA eviction, so the cache's own staging rotates and flash-attn sees one
+    plain non-causal attention over ``[sink | ring]``."""
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        raise TypeError(f"backend='flash' needs a float16/bfloat16 cache, got {q.dtype}")
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        raise RuntimeError("backend='flash' is inference only (no autograd); use 'kernel' or 'sdpa'")
+    func = flash_attn_func()
+    qr, keys, values = _dense_operands(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames,
+                                       window_frames, rope_freqs, rope_spatial, frames_appended)
+    out = func(qr.contiguous(), keys, values, softmax_scale=scale, causal=False)
+    return out[0] if isinstance(out, tuple) else out  # FA4 (and some FA3) return (out, lse)
 
 
 # ----------------------------------------------------------------------------- op registration
