@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import fused as fused_ops
 from ..cache import LayerCache, StreamingKVCache
 from ..rope import rope_cos_sin, rope_rotate, wan_rope_tables
 from .wan_config import WAN_1_3B, WanConfig
@@ -94,10 +95,17 @@ class _WanAttention(nn.Module):
 
 
 class WanSelfAttention(_WanAttention):
+    fused = False  # CausalWanModel.set_fused: both norms in one fused op
+
     def forward(self, x, attend):
         """``attend(q, k, v) -> [B, L, H, D]`` takes the un-rotated ``q, k, v [B, L, H, D]``."""
-        q = self._heads(self.norm_q(self.q(x)))
-        k = self._heads(self.norm_k(self.k(x)))
+        if self.fused:
+            q, k = fused_ops.qk_rmsnorm(self.q(x), self.k(x), self.norm_q.weight,
+                                        self.norm_k.weight, self.norm_q.eps)
+            q, k = self._heads(q), self._heads(k)
+        else:
+            q = self._heads(self.norm_q(self.q(x)))
+            k = self._heads(self.norm_k(self.k(x)))
         v = self._heads(self.v(x))
         return self.o(attend(q, k, v).flatten(2))
 
@@ -115,6 +123,8 @@ class WanCrossAttention(_WanAttention):
 
 
 class WanAttentionBlock(nn.Module):
+    fused = False  # CausalWanModel.set_fused: the per-token work through reward_forcing.fused
+
     def __init__(self, cfg: WanConfig):
         super().__init__()
         dim = cfg.dim
@@ -131,6 +141,13 @@ class WanAttentionBlock(nn.Module):
         """``x [B, L, dim]``; ``e [B, F, 6, dim]`` float32 (F = 1 or per frame); ``text_kv`` this
         block's cross-attention keys/values; ``attend`` the self-attention (see WanSelfAttention)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e).unsqueeze(2).unbind(3)
+        if self.fused:
+            eps = self.norm1.eps
+            y = self.self_attn(fused_ops.layernorm_modulate(x, shift1, scale1, eps), attend)
+            x = fused_ops.gated_residual(x, y, gate1)
+            x = x + self.cross_attn(self.norm3(x), *text_kv)
+            y = self.ffn(fused_ops.layernorm_modulate(x, shift2, scale2, eps))
+            return fused_ops.gated_residual(x, y, gate2)
         x = _gated_residual(x, self.self_attn(_modulate(self.norm1(x), shift1, scale1), attend), gate1)
         x = x + self.cross_attn(self.norm3(x), *text_kv)
         return _gated_residual(x, self.ffn(_modulate(self.norm2(x), shift2, scale2)), gate2)
@@ -196,6 +213,15 @@ class CausalWanModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.patch_embedding.weight.dtype
+
+    def set_fused(self, enabled: bool = True) -> "CausalWanModel":
+        """Runs every block's LayerNorm + modulation, gated residuals and q/k RMSNorm through
+        :mod:`reward_forcing.fused` (one pass each: the C++ twin on a CPU, ``torch.compile``'d
+        on CUDA). Same math; in bf16 the normalised rows skip one rounding, so outputs differ
+        from the unfused model by bf16 round-off."""
+        for block in self.blocks:
+            block.fused = block.self_attn.fused = bool(enabled)
+        return self
 
     @property
     def device(self) -> torch.device:
