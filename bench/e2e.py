@@ -1,39 +1,34 @@
 """End-to-end benchmark on a GPU: Wan-1.3B shape with random weights, streaming at 832x480.
 
-    python bench/e2e.py --out bench/results [--chunks 6] [--backends sdpa,kernel]
-                        [--modes eager,cuda-graphs,compile] [--vae]
+    python bench/e2e.py --out bench/results [--chunks 6] [--budget 300] [--backend sdpa]
+                        [--modes eager,eager+fused,cuda-graphs,cuda-graphs+fused,compile,compile+cuda-graphs]
 
 Per chunk (3 latent frames = 12 video frames): 4 denoising forwards + the t = 0 cache pass, in
-bf16. Each attention backend (``--backends``) runs in each mode (``--modes``,
-reward_forcing.pipelines.accelerate):
+bf16. Three stages, each row written to the JSON as soon as it is measured (a run cut short
+keeps its rows; ``--budget`` seconds stop new rows from starting):
 
-* ``eager``: ``CausalWanModel.forward_chunk``;
-* ``cuda-graphs``: ``CUDAGraphForwardChunk``, one CUDA graph per denoising step and one for the
-  cache pass, captured at the first steady-state chunk (chunk 2) and replayed from then on;
-* ``compile``: ``CompiledForwardChunk``, the transformer blocks through ``torch.compile`` (default
-  mode) with the cache attention left eager; compiled once, shared by all backends;
-* ``compile+cuda-graphs`` (not in the default list): graphs captured over the compiled blocks.
+1. **DiT only**, every mode (reward_forcing.pipelines.accelerate; ``+fused`` runs the blocks'
+   per-token work through reward_forcing.fused, ``CausalWanModel.set_fused``): ``eager``,
+   ``cuda-graphs`` (one graph per denoising step and one for the cache pass, captured at the
+   first steady-state chunk), ``compile`` (the blocks through ``torch.compile``, compiled once
+   and shared; the fused ops are what inductor generates there anyway, so no ``compile+fused``),
+   ``compile+cuda-graphs``. FPS = 12 frames / median chunk wall time of ``--chunks`` chunks after
+   3 warm-up chunks (the warm-up holds compilation and captures: ``warmup_s``); GPU ms by kind
+   (attention / GEMM / other, torch.profiler, one chunk); peak memory.
+2. **End to end** through ``StreamingPipeline`` (the code a user runs: the pipeline's
+   ``forward_chunk`` replaced by the mode's) for ``eager`` and the best DiT mode of stage 1, with
+   each decoder: the Wan2.1 VAE (diffusers' ``AutoencoderKLWan()`` defaults = Wan2.1 layout, random
+   weights; needs diffusers, carried in ``.whl/``) and the light TAEHV-architecture decoder
+   (``reward_forcing.models.tiny_decoder.TinyDecoder``, random weights), overlapped (decode of
+   chunk k on a second CUDA stream while chunk k+1 is denoised) and sequential. Per row: FPS
+   (frames / wall time of ``--chunks`` chunks after the warm-up), first-frame latency from the
+   ``stream()`` call to the first decoded frame on a fresh pipeline (``first_frame_cold_s``:
+   includes whatever the mode still has to compile) and on a second stream of the same pipeline
+   (``first_frame_warm_s``), the decoder's GPU ms per chunk alone, peak memory.
+3. **flash-attn** (``backend="flash"``) on the best mode only, DiT only and with the light
+   decoder, when flash-attn imports (docs/flash-attn.md); else one row saying why not.
 
-Per row: DiT-only FPS (median wall time of ``--chunks`` chunks after 3 warm-up chunks; the
-warm-up holds the compilation and the captures, reported as ``warmup_s``), the share of GPU time
-in attention / GEMM / other kernels (torch.profiler, one chunk), peak memory. A mode that fails
-gives a row with its ``error`` instead of stopping the run.
-
-``--vae`` adds the Wan VAE decode: diffusers' ``AutoencoderKLWan()`` with its default arguments,
-which are the Wan2.1 VAE's (base 96 channels, z 16, dim_mult 1,2,4,4, 2 residual blocks, no
-attention scales, temporal downsampling False,True,True: 8x space, 4x time), random weights, bf16,
-driven chunk by chunk by ``reward_forcing.models.vae.StreamingVAEDecoder`` (temporal cache kept
-across chunks, as the pipeline does). Each row then runs ``--chunks`` chunks more with the decode
-after the DiT (no overlap): ``fps_with_vae`` and ``vae_decode_ms`` (GPU time per 12-frame chunk).
-diffusers is not on the GPU image: carry its wheel, and those of the pure-Python packages it needs
-that the image lacks (huggingface_hub, ...), in ``.whl/`` (bench/gpu_check.sh installs
-``.whl/*.whl``); without diffusers ``--vae`` prints a note and the run goes on without it.
-(``reward_forcing.models.vae.tiny_random_wan_vae`` is not used: 8 base channels, not
-representative.) ``reward_forcing.pipelines`` imports einops: carry that wheel too if the image
-lacks it, or only ``eager`` runs.
-
-Writes ``<device>-e2e.json`` (the earlier fields, every row now with ``mode``; ``fps_by_mode``
-puts the modes side by side per backend) and ``<device>-e2e.md``.
+Writes ``<device>-e2e.json`` and ``<device>-e2e.md``. A row that fails carries its ``error``.
 """
 from __future__ import annotations
 
@@ -52,8 +47,9 @@ from reward_forcing.scheduler import FewStepFlowSchedule
 
 LATENT = (16, 3, 60, 104)  # channels, frames per chunk, 480/8, 832/8
 VIDEO_FRAMES_PER_CHUNK = 12
-MODES = ("eager", "cuda-graphs", "compile", "compile+cuda-graphs")
+MODES = ("eager", "eager+fused", "cuda-graphs", "cuda-graphs+fused", "compile", "compile+cuda-graphs")
 WARMUP_CHUNKS = 3  # fill sink + window: the steady state (and the captures) start at chunk 2
+PROMPT = "a red fox running through snow"
 
 
 def run_chunk(forward_chunk, text, cache, sched, gen):
@@ -102,22 +98,18 @@ class Accelerators:
         return self.accelerate.make_forward_chunk(self.model, cache, mode, compiled=compiled)
 
 
-def timed_chunks(forward_chunk, text, cache, sched, gen, chunks, decoder=None):
-    """Wall and GPU ms per chunk (and the decode's GPU ms when ``decoder`` is given)."""
+def timed_chunks(forward_chunk, text, cache, sched, gen, chunks):
+    """Wall and GPU ms per chunk."""
     times = []
     for _ in range(chunks):
-        events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
         t0 = time.perf_counter()
         events[0].record()
-        x0 = run_chunk(forward_chunk, text, cache, sched, gen)
+        run_chunk(forward_chunk, text, cache, sched, gen)
         events[1].record()
-        if decoder is not None:
-            decoder.decode(x0)
-        events[2].record()
-        events[2].synchronize()
+        events[1].synchronize()
         times.append(dict(wall_ms=(time.perf_counter() - t0) * 1e3,
-                          gpu_ms=events[0].elapsed_time(events[2]),
-                          decode_ms=events[1].elapsed_time(events[2])))
+                          gpu_ms=events[0].elapsed_time(events[1])))
     return times
 
 
@@ -134,15 +126,71 @@ def gpu_share(forward_chunk, text, cache, sched, gen):
     return share
 
 
-def bench_row(accelerators, model, text, backend, mode, chunks, vae=None):
-    with_vae = None
+
+def wan21_vae():
+    """diffusers' AutoencoderKLWan with its default (= Wan2.1) arguments, random weights, bf16;
+    None (with a note) when diffusers is missing."""
+    try:
+        from diffusers import AutoencoderKLWan
+    except ImportError as e:
+        print(f"Wan VAE rows skipped: diffusers does not import ({e}); carry its wheel in .whl/.")
+        return None
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        vae = AutoencoderKLWan()
+    cfg = vae.config
+    assert (cfg.base_dim, cfg.z_dim, list(cfg.dim_mult), cfg.num_res_blocks) == (96, 16, [1, 2, 4, 4], 2), cfg
+    return vae.to(torch.bfloat16).eval()
+
+
+def split_mode(mode: str) -> tuple[str, bool]:
+    """``"cuda-graphs+fused"`` -> ``("cuda-graphs", True)``."""
+    fused = mode.endswith("+fused")
+    return (mode[:-len("+fused")] if fused else mode), fused
+
+
+class Run:
+    """Rows, the JSON/markdown written after each, and the time budget."""
+
+    def __init__(self, out: Path, budget: float, meta: dict):
+        self.out, self.budget, self.meta, self.rows = out, budget, meta, []
+        self.start = time.perf_counter()
+        slug = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-")
+        self.json, self.md = out / f"{slug}-e2e.json", out / f"{slug}-e2e.md"
+
+    def left(self) -> float:
+        return self.budget - (time.perf_counter() - self.start)
+
+    def add(self, row: dict) -> dict:
+        self.rows.append(row)
+        result = dict(self.meta, elapsed_s=time.perf_counter() - self.start, results=self.rows)
+        self.json.write_text(json.dumps(result, indent=2))
+        self.md.write_text(markdown(result))
+        print(json.dumps(row), flush=True)
+        return row
+
+    def measure(self, row: dict, fn) -> dict:
+        """``fn()``'s fields merged into ``row``; a failure or an exhausted budget is recorded."""
+        if self.left() <= 0:
+            return self.add(dict(row, skipped=f"budget of {self.budget:.0f} s spent"))
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            row.update(fn())
+            row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+        except Exception as e:  # one mode failing does not end the run
+            row["error"] = f"{type(e).__name__}: {e}"[:500]
+        return self.add(row)
+
+
+def dit_only(accelerators, model, text, backend, mode, chunks):
+    base, fused = split_mode(mode)
+    model.set_fused(fused)
     cache = model.new_cache(1, 30, 52, dtype=torch.bfloat16, backend=backend)
     sched = FewStepFlowSchedule()
     gen = torch.Generator(device="cuda").manual_seed(0)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
     with torch.no_grad():
-        forward_chunk = accelerators.forward_chunk(mode, cache)
+        forward_chunk = accelerators.forward_chunk(base, cache)
         t0 = time.perf_counter()
         for _ in range(WARMUP_CHUNKS):
             run_chunk(forward_chunk, text, cache, sched, gen)
@@ -153,65 +201,100 @@ def bench_row(accelerators, model, text, backend, mode, chunks, vae=None):
             share = gpu_share(forward_chunk, text, cache, sched, gen)
         except Exception as e:  # the profiler is not what is measured here
             share = {"error": f"{type(e).__name__}: {e}"}
-        if vae is not None:
-            from reward_forcing.models.vae import StreamingVAEDecoder
-
-            decoder = StreamingVAEDecoder(vae)
-            decoder.decode(run_chunk(forward_chunk, text, cache, sched, gen))  # first chunk: 9 frames
-            with_vae = timed_chunks(forward_chunk, text, cache, sched, gen, chunks, decoder)
     wall = statistics.median(t["wall_ms"] for t in times)
-    row = dict(backend=backend, mode=mode, chunk_wall_ms=wall,
-               chunk_gpu_ms=statistics.median(t["gpu_ms"] for t in times),
-               dit_fps=VIDEO_FRAMES_PER_CHUNK / (wall / 1e3), gpu_ms_by_kind=share,
-               warmup_s=warmup_s, peak_memory_gib=torch.cuda.max_memory_allocated() / 2 ** 30)
+    row = dict(chunk_wall_ms=wall, chunk_gpu_ms=statistics.median(t["gpu_ms"] for t in times),
+               fps=VIDEO_FRAMES_PER_CHUNK / (wall / 1e3), gpu_ms_by_kind=share, warmup_s=warmup_s)
     for name in ("captures", "replays", "eager_calls"):
         if hasattr(forward_chunk, name):
             row[name] = getattr(forward_chunk, name)
-    if with_vae is not None:
-        wall_vae = statistics.median(t["wall_ms"] for t in with_vae)
-        row.update(chunk_wall_ms_with_vae=wall_vae, fps_with_vae=VIDEO_FRAMES_PER_CHUNK / (wall_vae / 1e3),
-                   vae_decode_ms=statistics.median(t["decode_ms"] for t in with_vae))
     if hasattr(forward_chunk, "clear"):
         forward_chunk.clear()  # the graphs' memory
     return row
 
 
-def wan21_vae():
-    """diffusers' AutoencoderKLWan with its default (= Wan2.1) arguments, random weights, bf16;
-    None (with a note) when diffusers is missing."""
+def decode_ms(decoder_module, chunks=3) -> float:
+    """GPU ms of one steady-state 3-latent-frame decode, alone."""
+    from reward_forcing.models.pixel_codec import streaming_decoder
+
+    decoder = streaming_decoder(decoder_module)
+    x = torch.randn(1, *LATENT, device="cuda")
+    decoder.decode(x)  # the stream's first chunk (fewer frames)
+    times = []
+    for _ in range(chunks):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        decoder.decode(x)
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def end_to_end(accelerators, model, text_encoder, decoder_module, backend, mode, overlap, chunks):
+    """Through StreamingPipeline: first frame cold and warm, then FPS after the warm-up."""
+    from reward_forcing.pipelines import StreamingPipeline
+
+    base, fused = split_mode(mode)
+    model.set_fused(fused)
+    pipe = StreamingPipeline(model, decoder_module, text_encoder, height=480, width=832,
+                             cache_backend=backend, overlap=overlap)
+    pipe.forward_chunk = forward_chunk = accelerators.forward_chunk(base, pipe.cache)
+    row = {}
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        stream = pipe.stream(PROMPT, None)
+        next(stream)
+        row["first_frame_cold_s"] = time.perf_counter() - t0
+        for _ in range(WARMUP_CHUNKS):
+            next(stream)
+        stream.close()
+        t0 = time.perf_counter()
+        stream = pipe.stream(PROMPT, None, seed=1)
+        next(stream)
+        row["first_frame_warm_s"] = time.perf_counter() - t0
+        for _ in range(WARMUP_CHUNKS):  # into the steady state (CUDA graphs replay from here)
+            next(stream)
+        t0 = time.perf_counter()
+        frames = sum(len(next(stream)) for _ in range(chunks))
+        wall = time.perf_counter() - t0
+        stream.close()
+        row.update(fps=frames / wall, chunk_wall_ms=wall / chunks * 1e3,
+                   decode_gpu_ms=decode_ms(decoder_module))
+    if hasattr(forward_chunk, "clear"):
+        forward_chunk.clear()
+    return row
+
+
+def flash_available() -> str | None:
+    """None when flash-attn imports, else why not."""
+    from reward_forcing import ops
+
     try:
-        from diffusers import AutoencoderKLWan
-    except ImportError as e:
-        print(f"--vae: diffusers does not import ({e}); carry its wheel in .whl/. Running without "
-              "the VAE.")
+        ops.flash_attn_func()
         return None
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        vae = AutoencoderKLWan()
-    cfg = vae.config
-    assert (cfg.base_dim, cfg.z_dim, list(cfg.dim_mult), cfg.num_res_blocks) == (96, 16, [1, 2, 4, 4], 2), cfg
-    return vae.to(torch.bfloat16).eval()
+    except ImportError as e:
+        return str(e)
 
 
 def markdown(result) -> str:
-    rows = result["results"]
     lines = [f"# End-to-end streaming benchmark: {result['device']}", "",
              f"{result['shape']}; torch {result['torch']}.", "",
-             "| backend | mode | DiT FPS | chunk wall / GPU ms | warm-up s | peak GiB | "
-             "FPS with VAE | VAE ms/chunk |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['backend']} | {r['mode']} | error: {r['error'][:120]} | | | | | |")
-            continue
-        vae = (f"{r['fps_with_vae']:.1f} | {r['vae_decode_ms']:.1f}" if "fps_with_vae" in r else "- | -")
-        lines.append(f"| {r['backend']} | {r['mode']} | {r['dit_fps']:.1f} | {r['chunk_wall_ms']:.1f} / "
-                     f"{r['chunk_gpu_ms']:.1f} | {r['warmup_s']:.1f} | {r['peak_memory_gib']:.1f} | {vae} |")
-    modes = list(dict.fromkeys(r["mode"] for r in rows))
-    lines += ["", "DiT-only FPS side by side:", "", "| backend | " + " | ".join(modes) + " |",
-              "|---|" + "---|" * len(modes)]
-    for backend, by_mode in result["fps_by_mode"].items():
-        cells = [f"{by_mode[m]:.1f}" if isinstance(by_mode.get(m), float) else "-" for m in modes]
-        lines.append(f"| {backend} | " + " | ".join(cells) + " |")
+             "| stage | backend | mode | decoder | overlap | FPS | chunk ms (wall) | first frame cold / warm s | "
+             "decode GPU ms | GPU ms attn / GEMM / other | warm-up s | peak GiB | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def f(v, fmt="{:.1f}"):
+        return fmt.format(v) if isinstance(v, (int, float)) else "-"
+    for r in result["results"]:
+        share = r.get("gpu_ms_by_kind") or {}
+        kinds = " / ".join(f(share.get(k), "{:.0f}") for k in ("attention", "gemm", "other")) if share else "-"
+        first = (f"{f(r.get('first_frame_cold_s'), '{:.2f}')} / {f(r.get('first_frame_warm_s'), '{:.2f}')}"
+                 if "first_frame_warm_s" in r else "-")
+        note = r.get("error") or r.get("skipped") or ""
+        lines.append(f"| {r['stage']} | {r['backend']} | {r['mode']} | {r.get('decoder', '-')} | "
+                     f"{r.get('overlap', '-')} | {f(r.get('fps'))} | {f(r.get('chunk_wall_ms'))} | {first} | "
+                     f"{f(r.get('decode_gpu_ms'))} | {kinds} | {f(r.get('warmup_s'))} | "
+                     f"{f(r.get('peak_memory_gib'))} | {note[:160]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -219,63 +302,69 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--chunks", type=int, default=6, help="timed chunks per row (default 6)")
-    ap.add_argument("--backends", default="sdpa,kernel", help="attention backends (default sdpa,kernel)")
-    ap.add_argument("--modes", default="eager,cuda-graphs,compile",
-                    help=f"comma-separated, of {','.join(MODES)} (default eager,cuda-graphs,compile)")
-    ap.add_argument("--vae", action="store_true",
-                    help="also time the Wan2.1 VAE decode per chunk (needs diffusers)")
+    ap.add_argument("--backend", default="sdpa", help="attention backend of the cache (default sdpa)")
+    ap.add_argument("--modes", default=",".join(MODES), help=f"stage 1 modes, of {','.join(MODES)}")
+    ap.add_argument("--budget", type=float, default=300.0,
+                    help="seconds after which no new row starts (default 300)")
     args = ap.parse_args()
     modes = args.modes.split(",")
     if any(m not in MODES for m in modes):
         ap.error(f"--modes: each of {', '.join(MODES)}, got {args.modes}")
     if not torch.cuda.is_available():
         raise SystemExit("bench/e2e.py needs a CUDA GPU")
+    from reward_forcing.models.text_encoder import HashedTextEncoder
+    from reward_forcing.models.tiny_decoder import TinyDecoder
+
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = CausalWanModel(WAN_1_3B).to(torch.bfloat16).eval()
+        light = TinyDecoder().to(torch.bfloat16).eval()
+    text_encoder = HashedTextEncoder(WAN_1_3B.text_dim, WAN_1_3B.text_len).cuda()
     with torch.no_grad():
-        text = model.encode_text(torch.randn(1, 512, WAN_1_3B.text_dim, device="cuda", dtype=torch.bfloat16))
-    vae = wan21_vae() if args.vae else None
+        text = model.encode_text(text_encoder([PROMPT]))
+    decoders = {"light (TAEHV arch.)": light}
+    vae = wan21_vae()
+    if vae is not None:
+        decoders = {"Wan2.1 VAE": vae} | decoders
     accelerators = Accelerators(model)
-    torch.cuda.reset_peak_memory_stats()
-    device = torch.cuda.get_device_name()
-    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
     args.out.mkdir(parents=True, exist_ok=True)
-    shape = ("Wan-1.3B random weights, 832x480, chunk 3 latent frames (12 video frames), S=W=C=3, "
-             f"4 steps + t=0 pass, bf16, modes {','.join(modes)}"
-             + (", Wan2.1 VAE (random weights, bf16)" if vae is not None else ""))
-    rows, peak = [], 0.0
+    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
+                shape="Wan-1.3B random weights, 832x480, chunk 3 latent frames (12 video frames), "
+                      "S=W=C=3, 4 steps + t=0 pass, bf16; decoders with random weights",
+                decoders=list(decoders), wan_vae=vae is not None)
+    run = Run(args.out, args.budget, meta)
 
-    def write() -> dict:
-        """The results so far (rewritten after every row: a run cut short keeps its rows)."""
-        fps_by_mode = {}
-        for r in rows:
-            fps_by_mode.setdefault(r["backend"], {})[r["mode"]] = r.get("dit_fps")
-        result = dict(device=device, torch=torch.__version__, shape=shape, peak_memory_gib=peak,
-                      results=rows, fps_by_mode=fps_by_mode)
-        (args.out / f"{slug}-e2e.json").write_text(json.dumps(result, indent=2))
-        (args.out / f"{slug}-e2e.md").write_text(markdown(result))
-        return result
+    # 1. DiT only, every mode
+    fps = {}
+    for mode in modes:
+        row = run.measure(dict(stage="dit", backend=args.backend, mode=mode),
+                          lambda: dit_only(accelerators, model, text, args.backend, mode, args.chunks))
+        if "fps" in row:
+            fps[mode] = row["fps"]
+    best = max(fps, key=fps.get) if fps else "eager"
+    print(f"best DiT mode: {best}", flush=True)
 
-    for backend in args.backends.split(","):
-        for mode in modes:
-            try:
-                rows.append(bench_row(accelerators, model, text, backend, mode, args.chunks, vae))
-                peak = max(peak, rows[-1]["peak_memory_gib"])
-            except Exception as e:
-                rows.append(dict(backend=backend, mode=mode, error=f"{type(e).__name__}: {e}"))
-            result = write()
-            r = rows[-1]
-            if "error" in r:
-                print(f"{backend:7s} {mode:20s} ERROR {r['error']}", flush=True)
-                continue
-            extra = (f"; with VAE {r['fps_with_vae']:.1f} FPS (decode {r['vae_decode_ms']:.1f} ms)"
-                     if "fps_with_vae" in r else "")
-            print(f"{backend:7s} {mode:20s} chunk {r['chunk_wall_ms']:.1f} ms wall / {r['chunk_gpu_ms']:.1f} ms "
-                  f"GPU -> DiT-only {r['dit_fps']:.1f} FPS (warm-up {r['warmup_s']:.1f} s){extra}; "
-                  f"GPU ms by kind {r['gpu_ms_by_kind']}", flush=True)
-    print(markdown(result))
-    print(f"peak memory {peak:.1f} GiB")
+    # 2. end to end, eager and the best mode, each decoder, overlapped and sequential
+    for mode in dict.fromkeys(["eager", best]):
+        for name, module in decoders.items():
+            for overlap in (True, False):
+                run.measure(dict(stage="e2e", backend=args.backend, mode=mode, decoder=name, overlap=overlap),
+                            lambda: end_to_end(accelerators, model, text_encoder, module, args.backend,
+                                               mode, overlap, args.chunks))
+
+    # 3. flash-attn on the best mode
+    why = flash_available()
+    if why is not None:
+        run.add(dict(stage="flash", backend="flash", mode=best, skipped=f"flash-attn not installed: {why}"[:300]))
+    else:
+        run.measure(dict(stage="dit", backend="flash", mode=best),
+                    lambda: dit_only(accelerators, model, text, "flash", best, args.chunks))
+        run.measure(dict(stage="e2e", backend="flash", mode=best, decoder="light (TAEHV arch.)", overlap=True),
+                    lambda: end_to_end(accelerators, model, text_encoder, light, "flash", best, True,
+                                       args.chunks))
+    model.set_fused(False)
+    print(markdown(dict(meta, results=run.rows)))
+    print(f"total {time.perf_counter() - run.start:.0f} s")
 
 
 if __name__ == "__main__":
