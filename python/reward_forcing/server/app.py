@@ -12,9 +12,12 @@ server -> client
     failed stream), ``busy`` (all stream slots taken: the socket closes with code 1013),
     ``stopped`` (frames, dropped, ``recording``: the download URL or null), then the close.
 
-Safety: inputs are validated with clear messages; WebSocket handshakes from another origin are
-refused (a web page elsewhere cannot drive the local server); recordings live in a
-server-chosen folder under random ids, and downloads accept only such ids.
+Safety: inputs are validated with clear messages; every request must name an allowed host in
+its ``Host`` header (loopback names by default: a DNS-rebinding page that resolves its own name
+to 127.0.0.1 gets HTTP 400) and WebSocket handshakes from another origin are refused (a web page
+elsewhere cannot drive the local server); recordings live in a server-chosen folder under random
+ids, and downloads accept only such ids. A client that vanishes at any point (during the start,
+mid-frame, without a close) gives its stream slot back within one chunk's compute.
 """
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, HTTPException, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.websockets import WebSocketDisconnected
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from .session import StreamSession, remove_old
@@ -43,6 +48,12 @@ LIMITS = {"prompt_chars": [1, MAX_PROMPT_CHARS], "seed": [0, 2**32 - 1], "sink_f
           "window_frames": [1, 24], "alpha": [0.0, 1.0]}
 DEFAULTS = {"seed": 0, "sink_frames": 3, "window_frames": 3, "alpha": 0.999}
 _RECORDING_ID = re.compile(r"[0-9a-f]{32}")
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def host_patterns(hosts) -> list[str]:
+    """``Host`` header names for TrustedHostMiddleware (IPv6 literals in brackets, as sent)."""
+    return [f"[{h}]" if ":" in h and not h.startswith("[") else h.lower() for h in hosts]
 
 
 def _prompt_field():
@@ -74,7 +85,10 @@ class StartRequest(BaseModel):
     def _alpha_number(cls, value):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError("must be a number")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # a 400-digit int: pydantic would not catch it
+            raise ValueError("must be a number in [0, 1]") from None
 
     @field_validator("prompt")
     @classmethod
@@ -111,6 +125,8 @@ def _parse(text: str) -> dict:
         data = json.loads(text)
     except json.JSONDecodeError:
         raise ValueError("message is not valid JSON") from None
+    except RecursionError:
+        raise ValueError("message is nested too deeply") from None
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise ValueError('message must be a JSON object with a "type"')
     return data
@@ -176,13 +192,17 @@ def sibling_factory(base) -> Callable[..., object]:
 def create_app(pipeline_factory: Callable[..., object], *, max_streams: int = 2,
                queue_size: int = 2, recordings_dir: str | Path | None = None,
                max_recordings: int = 20, pace: bool = True, start_timeout: float = 60.0,
-               stats_interval: float = 0.5, note: str | None = None) -> FastAPI:
+               stats_interval: float = 0.5, note: str | None = None,
+               allowed_hosts=LOOPBACK_HOSTS, max_sockets: int | None = None) -> FastAPI:
     """``pipeline_factory(sink_frames=, window_frames=, alpha=)`` returns a fresh
     :class:`StreamingPipeline` for one stream (it is called in a worker thread). At most
     ``max_streams`` streams run at once; ``queue_size`` chunks of frames wait per client before
     the oldest frames are dropped; the ``max_recordings`` newest mp4s are kept in
     ``recordings_dir`` (default: a new temporary folder). ``pace``: send frames at the video's
-    frame rate. ``note``: a line the page shows (e.g. that the model is random)."""
+    frame rate. ``note``: a line the page shows (e.g. that the model is random).
+    ``allowed_hosts``: the names a request's ``Host`` header may give (HTTP 400 otherwise).
+    ``max_sockets`` (default ``8 * max_streams``): open WebSockets, idle ones included; more are
+    closed at once with code 1013, so idle sockets cannot starve the page and ``/health``."""
     if max_streams < 1:
         raise ValueError(f"max_streams must be >= 1, got {max_streams}")
     if queue_size not in (1, 2):
@@ -192,7 +212,10 @@ def create_app(pipeline_factory: Callable[..., object], *, max_streams: int = 2,
     rec_dir.mkdir(parents=True, exist_ok=True)
 
     app = FastAPI(title="reward_forcing streaming demo", docs_url=None, redoc_url=None)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=host_patterns(allowed_hosts),
+                       www_redirect=False)
     slots = app.state.slots = _Slots(max_streams)
+    sockets = _Slots(max_sockets if max_sockets is not None else 8 * max_streams)
     app.state.recordings_dir = rec_dir
     app.state.sessions: set = set()
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -223,6 +246,20 @@ def create_app(pipeline_factory: Callable[..., object], *, max_streams: int = 2,
         if origin and urlsplit(origin).netloc != ws.headers.get("host"):
             await ws.close(code=1008)  # refused handshake: HTTP 403
             return
+        counted = sockets.acquire()
+        try:
+            if counted:
+                await _connection(ws)
+            else:  # too many open sockets: try again later
+                await ws.accept()
+                await ws.close(code=1013)
+        except (WebSocketDisconnect, WebSocketDisconnected):
+            pass  # the client went away; _stream has stopped its worker
+        finally:
+            if counted:
+                sockets.release()
+
+    async def _connection(ws: WebSocket):
         await ws.accept()
         lock = asyncio.Lock()
 
@@ -230,18 +267,15 @@ def create_app(pipeline_factory: Callable[..., object], *, max_streams: int = 2,
             async with lock:
                 await ws.send_json(message)
 
-        try:
-            request = await _wait_start(ws, send, start_timeout)
-            if request is None:
-                return
-            if not slots.acquire():
-                await send({"type": "busy", "message": f"the server is busy: all {max_streams} "
-                            "stream slots are in use, try again later"})
-                await ws.close(code=1013)
-                return
-            await _stream(ws, send, lock, request)
-        except WebSocketDisconnect:
-            pass
+        request = await _wait_start(ws, send, start_timeout)
+        if request is None:
+            return
+        if not slots.acquire():
+            await send({"type": "busy", "message": f"the server is busy: all {max_streams} "
+                        "stream slots are in use, try again later"})
+            await ws.close(code=1013)
+            return
+        await _stream(ws, send, lock, request)
 
     async def _stream(ws: WebSocket, send, lock: asyncio.Lock, request: StartRequest):
         """Runs one stream; owns the slot taken for it (the worker gives it back)."""
@@ -262,11 +296,13 @@ def create_app(pipeline_factory: Callable[..., object], *, max_streams: int = 2,
             await ws.close(code=1011)
             return
         app.state.sessions.add(session)
-        await send({"type": "started", "width": pipe.width, "height": pipe.height, "fps": pipe.fps,
-                    "recording_id": rec_id, "queue_size": queue_size, "prompt": request.prompt})
-        sender = asyncio.create_task(_send_frames(ws, send, lock, session, stats_interval))
-        receiver = asyncio.create_task(_receive_controls(ws, send, session))
-        try:
+        sender = receiver = None
+        try:  # from here on, whatever happens (the client gone mid-send included) stops the worker
+            await send({"type": "started", "width": pipe.width, "height": pipe.height,
+                        "fps": pipe.fps, "recording_id": rec_id, "queue_size": queue_size,
+                        "prompt": request.prompt})
+            sender = asyncio.create_task(_send_frames(ws, send, lock, session, stats_interval))
+            receiver = asyncio.create_task(_receive_controls(ws, send, session))
             await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
             session.stop()
             if receiver.done():
@@ -290,7 +326,8 @@ def create_app(pipeline_factory: Callable[..., object], *, max_streams: int = 2,
             session.stop()
             app.state.sessions.discard(session)
             for task in (sender, receiver):
-                task.cancel()
+                if task is not None:
+                    task.cancel()
             await session.wait()
 
     return app
