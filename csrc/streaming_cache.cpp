@@ -23,19 +23,24 @@ CacheGeometry check_cache(const at::Tensor& k_cache, const at::Tensor& v_cache,
                    "state must be an int64 tensor with one element");
   TORCH_CHECK_VALUE(state.device() == k_cache.device() && x.device() == k_cache.device(),
                     "cache, state and chunk must be on one device");
+  const int64_t cache_frames = k_cache.size(1) / frame_tokens;
+  TORCH_CHECK_VALUE(sink_frames <= cache_frames && window_frames <= cache_frames,
+                    "sink_frames (", sink_frames, ") and window_frames (", window_frames,
+                    ") must fit in the cache's ", cache_frames, " frames");
   CacheGeometry g;
   g.batch = k_cache.size(0);
   g.heads = k_cache.size(2);
   g.head_dim = k_cache.size(3);
   g.frame_tokens = frame_tokens;
   g.sink_frames = sink_frames;
-  g.ring_frames = k_cache.size(1) / frame_tokens - sink_frames;
+  g.ring_frames = cache_frames - sink_frames;
   g.window_frames = window_frames;
   g.chunk_frames = x.size(1) / frame_tokens;
+  g.device = k_cache.device();
   TORCH_CHECK_VALUE(x.size(0) == g.batch && x.size(2) == g.heads && x.size(3) == g.head_dim,
                     "chunk shape ", x.sizes(), " does not match the cache ", k_cache.sizes());
   TORCH_CHECK_VALUE(g.chunk_frames >= 1, "the chunk holds no frame");
-  TORCH_CHECK_VALUE(g.ring_frames >= window_frames + g.chunk_frames,
+  TORCH_CHECK_VALUE(g.ring_frames - window_frames >= g.chunk_frames,
                     "the ring holds ", g.ring_frames, " frames, fewer than window_frames (",
                     window_frames, ") + chunk frames (", g.chunk_frames, ")");
   return g;
@@ -49,12 +54,27 @@ void check_rope(const std::optional<at::Tensor>& freqs, const std::optional<at::
   TORCH_CHECK_VALUE(g.head_dim % 2 == 0, "RoPE needs an even head dim, got ", g.head_dim);
   TORCH_CHECK_TYPE(freqs->scalar_type() == at::kDouble && spatial->scalar_type() == at::kDouble,
                    "rope tables must be float64");
+  // on the cache's device or the CPU (copied over); not on the meta device: no data to read
+  for (const auto* table : {&*freqs, &*spatial}) {
+    TORCH_CHECK_VALUE(table->device() == g.device || table->device().is_cpu(),
+                      "rope tables must be on the cache's device (", g.device, ") or the CPU, got ",
+                      table->device());
+  }
   TORCH_CHECK_VALUE(freqs->dim() == 1 && freqs->size(0) == g.head_dim / 2,
                     "rope_freqs must be [D/2]=[", g.head_dim / 2, "], got ", freqs->sizes());
   TORCH_CHECK_VALUE(spatial->dim() == 2 && spatial->size(0) == g.frame_tokens &&
                         spatial->size(1) == g.head_dim / 2,
                     "rope_spatial must be [T, D/2]=[", g.frame_tokens, ", ", g.head_dim / 2,
                     "], got ", spatial->sizes());
+}
+
+int64_t read_counter(const at::Tensor& state, const CacheGeometry& g) {
+  const int64_t n = state.item<int64_t>();
+  TORCH_CHECK_VALUE(n >= 0 && n <= kMaxFrames - g.chunk_frames,
+                    "state (the cache's frame counter) must be in [0, 2^52 - ", g.chunk_frames,
+                    "] for a ", g.chunk_frames, "-frame chunk, got ", n,
+                    ": a corrupted or foreign cache state");
+  return n;
 }
 
 CacheGeometry check_chunk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -69,6 +89,8 @@ CacheGeometry check_chunk(const at::Tensor& q, const at::Tensor& k, const at::Te
                     v.sizes());
   TORCH_CHECK_TYPE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
                    "q, k and v dtypes differ");
+  TORCH_CHECK_VALUE(k.device() == q.device() && v.device() == q.device(),
+                    "q, k and v must be on one device");
   return g;
 }
 

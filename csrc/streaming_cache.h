@@ -16,6 +16,8 @@
 #include <ATen/ATen.h>
 #include <optional>
 
+#include "frame_limits.h"
+
 namespace reward_forcing {
 
 struct CacheGeometry {
@@ -25,14 +27,21 @@ struct CacheGeometry {
   int64_t ring_frames;    // R = W + C
   int64_t window_frames;  // W
   int64_t chunk_frames;   // c: frames in this call's q/k/v
+  c10::Device device = c10::Device(c10::kCPU);  // the cache's
 };
 
 // Validates the cache tensors and one chunk tensor x ([B, c*T, H, D]); returns the geometry.
+// Every size is checked against the tensors before any product of sizes is formed, so no
+// product overflows (S, W <= the cache's frames; S * T <= the cache's tokens).
 CacheGeometry check_cache(const at::Tensor& k_cache, const at::Tensor& v_cache,
                           const at::Tensor& state, const at::Tensor& x, int64_t frame_tokens,
                           int64_t sink_frames, int64_t window_frames);
 void check_rope(const std::optional<at::Tensor>& freqs, const std::optional<at::Tensor>& spatial,
                 const CacheGeometry& g);
+// The counter n of `state` (a CPU tensor: the CPU ops read it on the host), checked to lie in
+// [0, kMaxFrames - c]; ValueError naming it otherwise. The CUDA ops never read it on the host:
+// their kernels check it on the device (cuda/common.cuh, counter_ok).
+int64_t read_counter(const at::Tensor& state, const CacheGeometry& g);
 // check_cache + check_rope for a chunk's q, k, v (one shape, one dtype).
 CacheGeometry check_chunk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const at::Tensor& k_cache, const at::Tensor& v_cache,

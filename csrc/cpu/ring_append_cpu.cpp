@@ -126,10 +126,12 @@ void ring_append_cpu(at::Tensor k_cache, at::Tensor v_cache, at::Tensor sink_k, 
   TORCH_CHECK_TYPE(sink_k.scalar_type() == sink_v.scalar_type() && sink_k.is_floating_point(),
                    "sink_k and sink_v must share one floating dtype");
   TORCH_CHECK_VALUE(sink_k.is_contiguous() && sink_v.is_contiguous(), "the sink must be contiguous");
-  TORCH_CHECK_VALUE(sink_k.device() == k_cache.device(), "the sink must be on the cache's device");
+  TORCH_CHECK_VALUE(sink_k.device() == k_cache.device() && sink_v.device() == k_cache.device() &&
+                        v.device() == k_cache.device(),
+                    "the sink and v must be on the cache's device");
 
   RingAppendParams p{g.batch, frame_tokens, g.heads, g.head_dim, sink_frames, window_frames,
-                     g.ring_frames, g.chunk_frames, state.item<int64_t>(), alpha,
+                     g.ring_frames, g.chunk_frames, read_counter(state, g), alpha,
                      rope_freqs.has_value()};
   const auto kin = k.contiguous(), vin = v.contiguous();
   const int64_t n1 = p.n + p.c, filled = std::min(n1, p.S);

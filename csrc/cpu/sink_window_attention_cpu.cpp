@@ -40,7 +40,7 @@ at::Tensor sink_window_attention_cpu(const at::Tensor& q, const at::Tensor& k, c
                              window_frames, rope_freqs, rope_spatial);
   const int64_t T = frame_tokens, S = sink_frames, W = window_frames, R = g.ring_frames;
   const auto acc = accum_type(q.scalar_type());
-  const int64_t n = state.item<int64_t>();
+  const int64_t n = read_counter(state, g);
 
   at::Tensor qr = q.to(acc), kr = k.to(acc);
   if (rope_freqs) {

@@ -12,7 +12,7 @@ at::Tensor stage_chunk_cpu(const at::Tensor& q, const at::Tensor& k, const at::T
   const auto g = check_chunk(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames,
                              window_frames, rope_freqs, rope_spatial);
   const int64_t T = frame_tokens, S = sink_frames, R = g.ring_frames;
-  const int64_t n = state.item<int64_t>();
+  const int64_t n = read_counter(state, g);
   at::Tensor qr = q.contiguous(), kr = k;
   if (rope_freqs) {
     const auto acc = accum_type(q.scalar_type());

@@ -13,6 +13,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include "cuda/counter_guard.cuh"
+
 namespace reward_forcing::cuda {
 
 // Accumulation type of a storage type: float64 for float64, float32 otherwise (the CPU twins'
@@ -118,4 +120,3 @@ void dispatch_float(at::ScalarType t, const char* what, F&& f) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-}  // namespace reward_forcing::cuda

@@ -27,6 +27,7 @@ struct RingAppendParams {
   const void* __restrict__ k;
   const void* __restrict__ v;
   const int64_t* __restrict__ state;
+  int* bad_counter;                    // bad_counter_flag()
   const double* __restrict__ freqs;    // [D/2] or nullptr (no RoPE)
   const double* __restrict__ spatial;  // [T, D/2]
   int64_t B, T, H, D, S, W, R, C;
@@ -42,6 +43,8 @@ __global__ void __launch_bounds__(256) ring_append_kernel(const RingAppendParams
   const int64_t total = p.B * p.T * p.H * nvec;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= total) return;
+  const int64_t n = *p.state;
+  if (!counter_ok(n, p.C, p.bad_counter)) return;  // write nothing; the next launch raises
   int64_t r = idx;
   const int64_t dv = r % nvec;
   r /= nvec;
@@ -90,7 +93,6 @@ __global__ void __launch_bounds__(256) ring_append_kernel(const RingAppendParams
     }
   };
 
-  const int64_t n = *p.state;
   const A a_old = static_cast<A>(p.alpha), a_new = static_cast<A>(1.0 - p.alpha);
   for (int64_t i = 0; i < p.C; ++i) {
     const int64_t f = n + i;
@@ -185,6 +187,7 @@ void ring_append_cuda(at::Tensor k_cache, at::Tensor v_cache, at::Tensor sink_k,
                       double alpha, const std::optional<at::Tensor>& rope_freqs,
                       const std::optional<at::Tensor>& rope_spatial) {
   using namespace cuda;
+  raise_if_bad_counter();
   const auto g = check_cache(k_cache, v_cache, state, k, frame_tokens, sink_frames, window_frames);
   check_rope(rope_freqs, rope_spatial, g);
   TORCH_CHECK_VALUE(k.sizes() == v.sizes(), "k and v shapes differ");
@@ -221,6 +224,7 @@ void ring_append_cuda(at::Tensor k_cache, at::Tensor v_cache, at::Tensor sink_k,
   p.k = kc.data_ptr();
   p.v = vc.data_ptr();
   p.state = state.data_ptr<int64_t>();
+  p.bad_counter = bad_counter_flag();
   p.freqs = rope_freqs ? freqs.data_ptr<double>() : nullptr;
   p.spatial = rope_freqs ? spatial.data_ptr<double>() : nullptr;
   p.B = g.batch;

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "cuda/counter_guard.cuh"
+
 namespace reward_forcing::cuda {
 
 struct SwaParams {
@@ -16,6 +18,7 @@ struct SwaParams {
   const void* v_cache;
   void* out;               // [B, Lq, H, D]
   const int64_t* state;    // n on the device
+  int* bad_counter;        // bad_counter_flag()
   const void* rope_cs;     // [Lq, D/2, 2] (cos, sin) in the accumulation type, or nullptr
   int64_t B, H, D, T, S, W, R;
   int64_t cache_rows;      // (S + R) * T

@@ -37,6 +37,7 @@ __global__ void __launch_bounds__(128)
   A* scs = reinterpret_cast<A*>(smem_raw);  // [D/2, 2]
   const int64_t row = blockIdx.x;           // chunk token: frame row / T, token row % T
   const int64_t half = D / 2;
+  // any n gives in-bounds scratch writes here; the attention kernels check it (counter_ok)
   const double pos = static_cast<double>(*state + row / T_tok);
   const double* sp = spatial + (row % T_tok) * half;
   for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
@@ -76,7 +77,9 @@ __global__ void __launch_bounds__(128) swa_fwd_generic_kernel(const SwaParams p)
   const int64_t h = blockIdx.y, b = blockIdx.z, D = p.D, HD = p.H * p.D;
   A* sq = reinterpret_cast<A*>(smem_raw) + warp * 2 * D;
   A* so = sq + D;
-  const KeyMap km = make_key_map(*p.state, p.S, p.W, p.R, p.T, p.Lq);
+  const int64_t n = *p.state;
+  if (!counter_ok(n, p.Lq / p.T, p.bad_counter)) return;  // read and write nothing
+  const KeyMap km = make_key_map(n, p.S, p.W, p.R, p.T, p.Lq);
   const T* qrow = static_cast<const T*>(p.q) + (b * p.Lq + row) * HD + h * D;
   if (p.rope_cs != nullptr) {
     const A* cs = static_cast<const A*>(p.rope_cs) + row * D;
@@ -140,12 +143,14 @@ at::Tensor sink_window_attention_cuda(const at::Tensor& q, const at::Tensor& k,
                                       const std::optional<at::Tensor>& rope_freqs,
                                       const std::optional<at::Tensor>& rope_spatial) {
   using namespace cuda;
+  raise_if_bad_counter();
   const auto g = check_chunk(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames,
                              window_frames, rope_freqs, rope_spatial);
   TORCH_CHECK_VALUE(q.is_cuda() && k.device() == q.device() && v.device() == q.device(),
                     "sink_window_attention (CUDA): q, k, v and the cache must be on one CUDA device");
   TORCH_CHECK_VALUE(g.heads <= 65535 && g.batch <= 65535,
                     "sink_window_attention (CUDA): at most 65535 heads and batch entries");
+  TORCH_CHECK_VALUE(q.size(1) < INT32_MAX, "sink_window_attention (CUDA): chunk too large");
   const c10::cuda::CUDAGuard guard(q.device());
   const auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   auto out = at::empty(qc.sizes(), qc.options());
@@ -162,6 +167,7 @@ at::Tensor sink_window_attention_cuda(const at::Tensor& q, const at::Tensor& k,
   p.v_cache = v_cache.data_ptr();
   p.out = out.data_ptr();
   p.state = state.data_ptr<int64_t>();
+  p.bad_counter = bad_counter_flag();
   p.rope_cs = nullptr;
   p.B = g.batch;
   p.H = g.heads;

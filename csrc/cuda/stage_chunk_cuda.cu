@@ -13,6 +13,7 @@ namespace {
 
 struct StageParams {
   const int64_t* state;
+  int* bad_counter;       // bad_counter_flag()
   const double* freqs;    // [D/2] or null (no RoPE)
   const double* spatial;  // [T, D/2]
   const void *q, *k, *v;  // [B, Lq, H, D] contiguous
@@ -26,7 +27,9 @@ __global__ void __launch_bounds__(128) stage_chunk_kernel(const StageParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   A* cs = reinterpret_cast<A*>(smem_raw);  // (cos, sin) per channel pair
   const int64_t row = blockIdx.x, b = blockIdx.y, half = p.D / 2;
-  const int64_t f = *p.state + row / p.T;  // the frame this token belongs to
+  const int64_t n = *p.state;
+  if (!counter_ok(n, p.Lq / p.T, p.bad_counter)) return;  // the whole block: write nothing
+  const int64_t f = n + row / p.T;  // the frame this token belongs to
   if (p.freqs != nullptr) {
     const double* sp = p.spatial + (row % p.T) * half;
     for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
@@ -85,6 +88,7 @@ at::Tensor stage_chunk_cuda(const at::Tensor& q, const at::Tensor& k, const at::
                             int64_t frame_tokens, int64_t sink_frames, int64_t window_frames,
                             const std::optional<at::Tensor>& rope_freqs,
                             const std::optional<at::Tensor>& rope_spatial) {
+  cuda::raise_if_bad_counter();
   const auto g = check_chunk(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames,
                              window_frames, rope_freqs, rope_spatial);
   TORCH_CHECK_VALUE(q.size(1) <= INT32_MAX && g.batch <= 65535, "chunk too large for the launch grid");
@@ -96,7 +100,7 @@ at::Tensor stage_chunk_cuda(const at::Tensor& q, const at::Tensor& k, const at::
     spatial = rope_spatial->to(q.device()).contiguous();
   }
   auto q_out = at::empty_like(qc);
-  cuda::StageParams p{state.data_ptr<int64_t>(),
+  cuda::StageParams p{state.data_ptr<int64_t>(), cuda::bad_counter_flag(),
                       freqs ? freqs->data_ptr<double>() : nullptr,
                       spatial ? spatial->data_ptr<double>() : nullptr,
                       qc.data_ptr(), kc.data_ptr(), vc.data_ptr(),

@@ -141,7 +141,9 @@ __global__ void __launch_bounds__(kWarps * 32) swa_fwd_mma_kernel(const SwaParam
   const int64_t h = blockIdx.y, b = blockIdx.z;
   const int HD = static_cast<int>(p.H) * kD;
   const int Lq = static_cast<int>(p.Lq);
-  const KeyMap km64 = make_key_map(*p.state, p.S, p.W, p.R, p.T, p.Lq);
+  const int64_t n = *p.state;
+  if (!counter_ok(n, p.Lq / p.T, p.bad_counter)) return;  // the whole block: touch nothing
+  const KeyMap km64 = make_key_map(n, p.S, p.W, p.R, p.T, p.Lq);
   const int e0 = static_cast<int>(km64.e0), e1 = static_cast<int>(km64.e1);
   const int e2 = static_cast<int>(km64.e2), Lk = static_cast<int>(km64.Lk);
   const int d1 = static_cast<int>(km64.d1), d2 = static_cast<int>(km64.d2);

@@ -54,7 +54,8 @@ class LayerCache:
     def append(self, k, v, backend=None):
         """Appends a chunk's clean K/V (after its t = 0 pass): eviction + EMA-Sink update."""
         ops.ring_append(self.k, self.v, self.sink_k, self.sink_v, self.state, k, v,
-                        alpha=self.cache.alpha, backend=backend or self.cache.backend, **self._kw())
+                        alpha=self.cache.alpha, backend=backend or self.cache.backend,
+                        frames_appended=self.cache.frames_appended[self.index], **self._kw())
         self.cache.frames_appended[self.index] += k.shape[1] // self.cache.frame_tokens
 
 

@@ -11,7 +11,11 @@ Storage (DESIGN §3), per layer — ``B`` batch, ``H`` heads, ``D`` head dim, ``
 * ``sink_k, sink_v``: ``[B, S * T, H, D]``, float32 (any float dtype: the ``sink_dtype``), the
   running EMA of *un-rotated* keys and of values.
 * ``state``: int64 ``[1]`` on the cache's device: ``n``, the frames appended so far. All positions
-  derive from it on the device, so the ops never synchronise with the host on CUDA.
+  derive from it on the device, so the ops never synchronise with the host on CUDA. A counter
+  outside ``[0, MAX_FRAMES - c]`` is invalid input: the CPU ops raise ValueError naming it; the
+  Python wrappers check the caller's host mirror (``frames_appended``, which the cache passes)
+  instead of reading a CUDA ``state``; the CUDA kernels write nothing for such a counter and set a
+  flag that the next CUDA op call raises on (ValueError).
 * RoPE (optional): ``rope_freqs`` float64 ``[D/2]`` and ``rope_spatial`` float64 ``[T, D/2]``; the
   angle of pair ``(2i, 2i+1)`` of token ``t`` of a frame at time ``pos`` is
   ``pos * rope_freqs[i] + rope_spatial[t, i]`` (:func:`reward_forcing.rope.wan_rope_tables`).
@@ -65,6 +69,7 @@ from ._extension import HAS_CPP, HAS_CUDA_KERNELS
 from .rope import rope_cos_sin, rope_rotate
 
 BACKENDS = ("auto", "kernel", "sdpa", "flash", "reference")
+MAX_FRAMES = 2**52  # the largest frame counter (csrc/frame_limits.h): exact float64 positions
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -94,8 +99,15 @@ def check_sizes(frame_tokens: int, sink_frames: int, window_frames: int,
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
 
 
+def check_counter(n: int, chunk_frames: int, what: str = "state (the cache's frame counter)") -> None:
+    """Raises ValueError unless a chunk of ``chunk_frames`` frames may follow ``n`` frames."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_FRAMES - chunk_frames:
+        raise ValueError(f"{what} must be an int in [0, 2^52 - {chunk_frames}] for a "
+                         f"{chunk_frames}-frame chunk, got {n!r}: a corrupted or foreign cache state")
+
+
 def _check_chunk(chunk: dict, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames,
-                 rope_freqs, rope_spatial) -> None:
+                 rope_freqs, rope_spatial, frames_appended=None) -> None:
     check_sizes(frame_tokens, sink_frames, window_frames)
     _check_4d("k_cache", k_cache)
     _check_4d("v_cache", v_cache)
@@ -125,6 +137,10 @@ def _check_chunk(chunk: dict, k_cache, v_cache, state, frame_tokens, sink_frames
         if ring < window_frames + c:
             raise ValueError(f"the cache ring holds {ring} frames, fewer than window_frames "
                              f"({window_frames}) + the chunk's {c} frames")
+    if frames_appended is not None:  # the host mirror: no device synchronisation
+        check_counter(frames_appended, c)
+    elif state.device.type == "cpu":
+        check_counter(int(state.item()), c)
     if (rope_freqs is None) != (rope_spatial is None):
         raise ValueError("rope_freqs and rope_spatial must be given together")
     if rope_freqs is not None:
@@ -135,6 +151,10 @@ def _check_chunk(chunk: dict, k_cache, v_cache, state, frame_tokens, sink_frames
                              f"{tuple(rope_spatial.shape)}")
         if rope_freqs.dtype != torch.float64 or rope_spatial.dtype != torch.float64:
             raise TypeError("rope tables must be float64")
+        for table in (rope_freqs, rope_spatial):
+            if table.device not in (k_cache.device, torch.device("cpu")):
+                raise ValueError(f"rope tables must be on the cache's device or the CPU, got "
+                                 f"{table.device}")
 
 
 def _resolve(backend: str, device: torch.device, op: str) -> str:
@@ -157,10 +177,12 @@ def _resolve(backend: str, device: torch.device, op: str) -> str:
 
 # ----------------------------------------------------------------------------- ring_append
 def ring_append(k_cache, v_cache, sink_k, sink_v, state, k, v, *, frame_tokens, sink_frames,
-                window_frames, alpha, rope_freqs=None, rope_spatial=None, backend="auto") -> None:
-    """Appends a chunk to the cache in place (schema and semantics in the module docstring)."""
+                window_frames, alpha, rope_freqs=None, rope_spatial=None, backend="auto",
+                frames_appended: int | None = None) -> None:
+    """Appends a chunk to the cache in place (schema and semantics in the module docstring).
+    ``frames_appended``: the caller's host mirror of ``state`` (checked instead of ``state``)."""
     _check_chunk({"k": k, "v": v}, k_cache, v_cache, state, frame_tokens, sink_frames,
-                 window_frames, rope_freqs, rope_spatial)
+                 window_frames, rope_freqs, rope_spatial, frames_appended)
     check_sizes(frame_tokens, sink_frames, window_frames, alpha=alpha)
     want = (k_cache.shape[0], sink_frames * frame_tokens, k_cache.shape[2], k_cache.shape[3])
     if tuple(sink_k.shape) != want or tuple(sink_v.shape) != want:
@@ -187,7 +209,7 @@ def sink_window_attention(q, k, v, k_cache, v_cache, state, *, frame_tokens, sin
     to choose between one dense call over the whole buffer (steady state) and a gathered context.
     """
     _check_chunk({"q": q, "k": k, "v": v}, k_cache, v_cache, state, frame_tokens, sink_frames,
-                 window_frames, rope_freqs, rope_spatial)
+                 window_frames, rope_freqs, rope_spatial, frames_appended)
     if q.shape != k.shape or q.shape != v.shape:
         raise ValueError(f"q, k and v must have one shape, got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
@@ -282,20 +304,31 @@ def _attention_flash(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames
 
 
 # ----------------------------------------------------------------------------- op registration
+def _no_meta_mix(cache, *tensors) -> None:
+    """The fake (meta) kernels also receive real calls in which some tensor lives on the meta
+    device (the dispatcher picks the meta kernel): refuse them instead of doing nothing."""
+    if cache.device.type != "meta" and any(t is not None and t.device.type == "meta" for t in tensors):
+        raise ValueError("a tensor on the meta device (no data) was passed with a cache on "
+                         f"{cache.device}; rope tables and chunks must be on the cache's device")
+
+
 if HAS_CPP:
     @torch.library.register_fake("reward_forcing::sink_window_attention")
     def _(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames, scale,
           rope_freqs, rope_spatial):
+        _no_meta_mix(k_cache, q, k, v, v_cache, state, rope_freqs, rope_spatial)
         return torch.empty_like(q, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("reward_forcing::stage_chunk")
     def _(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames, rope_freqs,
           rope_spatial):
+        _no_meta_mix(k_cache, q, k, v, v_cache, state, rope_freqs, rope_spatial)
         return torch.empty_like(q, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("reward_forcing::ring_append")
     def _(k_cache, v_cache, sink_k, sink_v, state, k, v, frame_tokens, sink_frames,
           window_frames, alpha, rope_freqs, rope_spatial):
+        _no_meta_mix(k_cache, v_cache, sink_k, sink_v, state, k, v, rope_freqs, rope_spatial)
         return None
 
     def _attention_setup_context(ctx, inputs, output):
