@@ -104,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-streams", type=int, default=2, help="concurrent streams (default 2)")
     s.add_argument("--recordings-dir", type=Path, help="where recordings go (default: a new "
                    "temporary folder)")
+    s.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name clients use in the URL besides loopback and --host "
+                        "(requests naming another host are refused), repeatable")
     for name in ("--checkpoint", "--text-encoder", "--vae", "--random-model", "--height", "--width",
                  "--chunk-frames", "--sink-dtype", "--recache", "--device", "--fps"):
         action = next(a for a in g._actions if name in a.option_strings)
@@ -132,6 +135,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _read_prompts(path: Path) -> list[tuple[float, str]]:
+    if path.is_dir():
+        raise ValueError(f"--prompts {path} is a folder, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"--prompts file {path} does not exist")
     switches = []
@@ -197,17 +202,17 @@ def _pipeline(args):
 
 
 def write_mp4(path: Path, chunks, *, fps: float, width: int, height: int, progress=None) -> int:
-    """Encodes ``uint8 [F, H, W, 3]`` chunks into ``path`` (H.264, yuv420p) atomically: a
-    temporary file in the same folder, renamed over ``path`` once complete; removed on any
-    error or interruption. Returns the number of frames written."""
+    """Encodes ``uint8 [F, H, W, 3]`` chunks into ``path`` (H.264, yuv420p) atomically
+    (:func:`reward_forcing.files.atomic_output`: a ``.part`` file beside it, renamed over it once
+    complete, removed on any error, Ctrl-C, SIGTERM or SIGHUP). Returns the frames written."""
     import av
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    from .files import atomic_output
+
     frames = 0
-    try:
+    with atomic_output(path) as tmp:
         with av.open(tmp, mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            stream = container.add_stream("libx264", rate=_frame_rate(fps))
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             for chunk in chunks:
                 for image in chunk:
@@ -216,11 +221,15 @@ def write_mp4(path: Path, chunks, *, fps: float, width: int, height: int, progre
                 if progress is not None:
                     progress.update(len(chunk))
             container.mux(stream.encode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return frames
+
+
+def _frame_rate(fps: float) -> Fraction:
+    """``fps`` as the exact fraction the mp4 records (ValueError when it rounds to 0)."""
+    rate = Fraction(fps).limit_denominator(1001)
+    if rate <= 0:
+        raise ValueError(f"frame rate {fps:g} is too small for an mp4 (at least 1/1001 fps)")
+    return rate
 
 
 def _one_line(error: BaseException) -> str:
@@ -247,7 +256,7 @@ def _serve(args) -> int:
             else "tiny RANDOM model: the video will not follow the prompt")
     try:
         serve(pipe, host=args.host, port=args.port, max_streams=args.max_streams,
-              recordings_dir=args.recordings_dir, note=note)
+              recordings_dir=args.recordings_dir, note=note, extra_hosts=args.allowed_host)
     except OSError as e:  # e.g. the port is taken
         print(f"{PROG}: error: cannot serve on {args.host}:{args.port}: {e}", file=sys.stderr)
         return 2
@@ -315,25 +324,35 @@ def main(argv=None) -> int:
         from .train.__main__ import run
 
         return run(args.config, args.stage, progress=not args.no_progress, overrides=args.set)
+    from .files import exit_on_signals, output_target
+
     try:
-        if args.out.is_dir() or not args.out.parent.is_dir():
-            raise ValueError(f"--out {args.out}: not a file in an existing folder")
+        output_target(args.out)  # a regular file (or a link to one) in an existing folder
         switches = _read_prompts(args.prompts) if args.prompts is not None else None
         pipe = _pipeline(args)
+        _frame_rate(pipe.fps)
         chunks = pipe.stream(args.prompt, args.seconds, seed=args.seed, prompts=switches)
     except Exception as e:  # everything up to here reads the user's arguments and files
         print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
         return 2
 
+    import av
     from tqdm import tqdm
 
     try:
-        with tqdm(total=pipe.end_frame, unit="frame", desc="generating", dynamic_ncols=True) as bar:
+        with exit_on_signals(), tqdm(total=pipe.end_frame, unit="frame", desc="generating",
+                                     dynamic_ncols=True) as bar:
             frames = write_mp4(args.out, chunks, fps=pipe.fps, width=pipe.width, height=pipe.height,
                                progress=bar)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; {args.out} not written", file=sys.stderr)
         return 130
+    except SystemExit as e:  # SIGTERM / SIGHUP (files.exit_on_signals)
+        print(f"{PROG}: terminated by a signal; {args.out} not written", file=sys.stderr)
+        return e.code
+    except (OSError, av.FFmpegError) as e:  # e.g. the disk is full: the .part is removed
+        print(f"{PROG}: error: cannot write {args.out}: {_one_line(e)}", file=sys.stderr)
+        return 2
     print(f"{PROG}: wrote {frames} frames ({frames / pipe.fps:.2f} s at {pipe.fps:g} fps, "
           f"{pipe.width}x{pipe.height}) to {args.out}", file=sys.stderr)
     return 0

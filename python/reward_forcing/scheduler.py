@@ -50,6 +50,16 @@ class FewStepFlowSchedule:
     def __len__(self) -> int:
         return len(self.steps)
 
+    def grid_marks(self, num_steps: int) -> list[int]:
+        """The indices of the student's steps on a ``num_steps``-step grid uniform in the
+        un-shifted time (the teacher's ODE in the ODE-init stage); ValueError when one is off it."""
+        n, total = num_steps, self.num_train_timesteps
+        marks = [round((1 - s / total) * n) for s in self.steps]
+        if any(abs(m / n - (1 - s / total)) > 1e-9 for m, s in zip(marks, self.steps)):
+            raise ValueError(f"the student's steps {self.steps} are not on a {n}-step grid "
+                             "(ode_steps must put each of them on a grid point)")
+        return marks
+
     @staticmethod
     def predict_x0(x_t: torch.Tensor, velocity: torch.Tensor, sigma: float) -> torch.Tensor:
         """``x0_hat = x_t - sigma * v``."""

@@ -222,6 +222,11 @@ def load_causal_wan(path, config: WanConfig | None = None, *, dtype: torch.dtype
     ``strict=False`` tolerates unexpected keys; missing keys and wrong shapes always raise."""
     state, hints, recorded = _read(path, use_ema)
     config = config or recorded or infer_config(state, **hints)
+    blocks = len({m.group(1) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))})
+    if config.num_layers > blocks or (strict and config.num_layers != blocks):
+        # before building anything: a file claiming 10**7 layers must not hang the loader
+        raise ValueError(f"{path}: the config has num_layers={config.num_layers}, the weights "
+                         f"hold {blocks} blocks")
     with torch.device("meta"):
         model = CausalWanModel(config)
     try:

@@ -32,6 +32,8 @@ class WanConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"WanConfig.{name} must be a positive int, got {value!r}")
+        if self.text_len > 65536:  # prompts are padded to it: an absurd value would allocate it
+            raise ValueError(f"WanConfig.text_len must be <= 65536, got {self.text_len}")
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
             raise ValueError(f"WanConfig.patch_size must be 3 positive ints, got {self.patch_size}")

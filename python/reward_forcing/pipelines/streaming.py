@@ -20,6 +20,7 @@ from ..models.causal_wan import CausalWanModel
 from ..models.text_encoder import HashedTextEncoder, clean_prompt
 from ..models.pixel_codec import streaming_decoder
 from ..models.wan_config import WAN_TINY
+from ..ops import check_counter
 from ..scheduler import FewStepFlowSchedule
 
 _STATE_VERSION = 1
@@ -166,12 +167,18 @@ class StreamingPipeline:
         return 0 if chunk == 0 else self.decoder.frames_for(chunk * self.chunk_frames, first=True)
 
     def chunk_at(self, seconds: float) -> int:
-        """The first chunk whose frames all start at or after ``seconds``."""
+        """The first chunk whose frames all start at or after ``seconds`` (a bisection: a switch
+        at 1e9 s costs a few dozen steps, not a billion)."""
         frame = math.ceil(seconds * self.fps - 1e-9)
-        chunk = 0
-        while self.chunk_start_frame(chunk) < frame:
-            chunk += 1
-        return chunk
+        low, high = 0, 1  # chunk_start_frame(low) < frame <= chunk_start_frame(high), once found
+        if self.chunk_start_frame(low) >= frame:
+            return 0
+        while self.chunk_start_frame(high) < frame:
+            low, high = high, 2 * high
+        while high - low > 1:
+            mid = (low + high) // 2
+            low, high = (mid, high) if self.chunk_start_frame(mid) < frame else (low, mid)
+        return high
 
     # ------------------------------------------------------------------ streaming
     def stream(self, prompt: str | None, seconds: float | None = None, *, seed: int = 0,
@@ -373,8 +380,14 @@ class StreamingPipeline:
         if state["geometry"] != self._geometry():
             raise ValueError(f"the stream was saved with {state['geometry']}, "
                              f"this pipeline has {self._geometry()}")
-        self._start(state["prompt"], state["seed"], state["end_frame"], state["switches"])
         c, saved = self.cache, state["cache"]
+        appended, counters = saved["frames_appended"], saved["state"].reshape(-1).tolist()
+        if not isinstance(appended, (list, tuple)) or list(appended) != counters:
+            raise ValueError(f"cache.frames_appended {appended!r} does not match cache.state "
+                             f"{counters}: a corrupted stream state")
+        for n in counters:  # a tampered counter must not reach the ops' pointer math
+            check_counter(n, c.chunk_frames, "cache.state")
+        self._start(state["prompt"], state["seed"], state["end_frame"], state["switches"])
         for name in ("k", "v", "sink_k", "sink_v", "state"):
             dst, src = getattr(c, name), saved[name]
             if src.shape != dst.shape or src.dtype != dst.dtype:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -156,7 +157,32 @@ def parse_overrides(items) -> dict:
 
 def run(config, stage: str = "dmd", progress: bool = True, overrides=None) -> int:
     """Runs training ``stage`` (``"teacher"``, ``"ode-init"`` or ``"dmd"``) from the YAML file ``config``;
-    returns the exit status (2, with one line on stderr, for a bad config or a missing path)."""
+    returns the exit status (2, with one line on stderr, for a bad config, a missing path, an
+    unreadable checkpoint or an unwritable ``out_dir``: all checked before anything is written).
+    SIGTERM and SIGHUP stop it like Ctrl-C (every rank under torchrun): a checkpoint being written
+    is removed, so ``out_dir`` holds only complete checkpoints and the run resumes from the newest
+    (status 128 + the signal)."""
+    import yaml
+
+    from ..files import exit_on_signals
+
+    with exit_on_signals():
+        try:
+            return _run(config, stage, progress, overrides)
+        except SystemExit as e:
+            if isinstance(e.code, int) and e.code - 128 in (s.value for s in (signal.SIGTERM, signal.SIGHUP)):
+                print(f"stopped by {signal.Signals(e.code - 128).name}; the newest complete "
+                      "checkpoint in out_dir resumes the run", file=sys.stderr)
+                if dist.is_initialized():
+                    dist.destroy_process_group()
+                return e.code
+            raise
+        except yaml.YAMLError as e:  # a config file or --set value that is not YAML
+            print(f"error: invalid YAML: {' '.join(str(e).split())}", file=sys.stderr)
+            return 2
+
+
+def _run(config, stage: str, progress: bool, overrides) -> int:
     try:
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
@@ -173,14 +199,14 @@ def run(config, stage: str = "dmd", progress: bool = True, overrides=None) -> in
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         trainer = _trainer(cfg, stage, device)
         resumed = trainer.resume()  # refuses a checkpoint of another stage or configuration
+        if trainer.rank == 0:  # the first write: an unwritable out_dir fails here
+            Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+            cfg.save(Path(cfg.out_dir) / "config.yaml")
     except (OSError, ValueError, TypeError) as e:  # a bad config, override, path or checkpoint
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    if trainer.rank == 0:
-        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-        cfg.save(Path(cfg.out_dir) / "config.yaml")
-        if resumed is not None:
-            print(f"resumed from {resumed} at step {trainer.step}")
+    if trainer.rank == 0 and resumed is not None:
+        print(f"resumed from {resumed} at step {trainer.step}")
     trainer.train(progress=progress)
     if trainer.rank == 0 and (Path(cfg.out_dir) / "log.jsonl").is_file():
         from .curves import plot_log

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-import os
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,13 +90,40 @@ class TrainConfig:
     save_every: int = 100
     keep_checkpoints: int = 2
 
+    def _check_types(self) -> None:
+        """Each field's value has its annotated type (YAML gives strings, floats, lists, ...)."""
+        for field in dataclasses.fields(self):
+            value, kinds = getattr(self, field.name), [k.strip() for k in field.type.split("|")]
+            if value is None and "None" in kinds:
+                continue
+            kind = kinds[0]
+            if kind.startswith("tuple"):
+                ok = isinstance(value, (list, tuple)) and all(_is_number(x) for x in value)
+                want = "a list of numbers"
+            elif kind == "float":
+                ok, want = _is_number(value), "a finite number"
+            elif kind == "int":
+                ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+            else:
+                ok, want = isinstance(value, {"str": str, "bool": bool}[kind]), f"a {kind}"
+            if not ok:
+                raise ValueError(f"{field.name} must be {want}{' or null' if 'None' in kinds else ''}, "
+                                 f"got {value!r}")
+
     def __post_init__(self):
+        self._check_types()
         self.steps = tuple(float(s) for s in self.steps)
         self.betas = tuple(float(b) for b in self.betas)
         for name in ("critic_ratio", "batch_size", "grad_accum", "max_steps", "log_every",
-                     "save_every", "keep_checkpoints", "chunk_frames"):
+                     "save_every", "keep_checkpoints", "chunk_frames", "latent_frames",
+                     "latent_height", "latent_width", "ode_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("sink_frames", "window_frames"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.latent_frames % self.chunk_frames:
             raise ValueError(f"latent_frames={self.latent_frames} is not a multiple of "
                              f"chunk_frames={self.chunk_frames}")
@@ -121,11 +148,11 @@ class TrainConfig:
         return d
 
     def save(self, path) -> None:
-        """Writes the YAML atomically (a temporary file renamed over ``path``)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        os.replace(tmp, path)
+        """Writes the YAML atomically (:func:`reward_forcing.files.atomic_output`)."""
+        from ..files import atomic_output
+
+        with atomic_output(path) as tmp:
+            tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def resume_changes(self, saved: dict) -> list[str]:
         """The fields that differ from a checkpoint's config ``saved`` and would make a resumed
@@ -148,3 +175,7 @@ class TrainConfig:
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
         return cls.from_dict(yaml.safe_load(path.read_text()) or {})
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..files import atomic_output
 from ..models.causal_wan import CausalWanModel
 from ..scheduler import FewStepFlowSchedule, shift_sigma
 from . import dmd
@@ -282,8 +283,8 @@ class _TrainLoop:
             torch.cuda.set_rng_state_all(rng["cuda"])
 
     def save_checkpoint(self) -> Path | None:
-        """Rank 0 writes ``out_dir/checkpoint-<step>.pt`` atomically (a temporary file, fsync,
-        ``os.replace``) and keeps the newest ``keep_checkpoints``. With FSDP2 every rank must call
+        """Rank 0 writes ``out_dir/checkpoint-<step>.pt`` atomically (:mod:`reward_forcing.files`:
+        a ``.part`` file, fsync, rename; removed on errors and SIGTERM/SIGHUP) and keeps the newest ``keep_checkpoints``. With FSDP2 every rank must call
         it (gathering the sharded state is collective)."""
         if self.rank != 0 and not any(is_sharded(m) for m in self._modules().values()):
             return None
@@ -292,16 +293,10 @@ class _TrainLoop:
             return None
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"checkpoint-{self.step:08d}.pt"
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_output(path) as tmp, open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
         for old in sorted(self.out_dir.glob("checkpoint-*.pt"))[:-self.cfg.keep_checkpoints]:
             old.unlink()
         return path
@@ -311,7 +306,19 @@ class _TrainLoop:
         path = Path(path) if path is not None else latest_checkpoint(self.out_dir)
         if path is None:
             return None
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        try:  # truncated, corrupt or foreign files: zip, unpickling (weights_only) errors
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        if not isinstance(state, dict):
+            raise ValueError(f"{path}: not a checkpoint of this trainer (a {type(state).__name__})")
+        try:
+            self.load_state_dict(state)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        except (KeyError, IndexError, AttributeError, RuntimeError) as e:
+            raise ValueError(f"{path}: not a checkpoint of this trainer "
+                             f"({type(e).__name__}: {e})") from None
         self._truncate_log()
         return path
 
@@ -322,9 +329,8 @@ class _TrainLoop:
         if self.rank != 0 or not log.is_file():
             return
         kept = [r for r in read_log(log) if r.get("step", float("inf")) < self.step]
-        tmp = log.with_name(log.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, log)
+        with atomic_output(log) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
 class ReDMDTrainer(_TrainLoop):
@@ -480,9 +486,7 @@ def teacher_trajectory(teacher: CausalWanModel, cond, uncond, noise: torch.Tenso
     its states at the student's timesteps and the clean end, ``[B, K + 1, C, F, H, W]`` (float32);
     the student's steps must lie on the grid (``num_steps`` a multiple of 4 for 1000/750/500/250)."""
     n, total = num_steps, schedule.num_train_timesteps
-    marks = [round((1 - s / total) * n) for s in schedule.steps]
-    if any(abs(m / n - (1 - s / total)) > 1e-9 for m, s in zip(marks, schedule.steps)):
-        raise ValueError(f"the student's steps {schedule.steps} are not on a {n}-step grid")
+    marks = schedule.grid_marks(n)
     u = [1 - i / n for i in range(n + 1)]
     sigmas = [float(shift_sigma(x, schedule.shift)) for x in u]
     x, states = noise.float(), []
@@ -520,6 +524,7 @@ class ODEInitTrainer(_TrainLoop):
     def __init__(self, cfg: TrainConfig, student: CausalWanModel, teacher: CausalWanModel,
                  text_encoder, prompts: Sequence[str]):
         super().__init__(cfg, student.device, text_encoder, prompts)
+        self.schedule.grid_marks(cfg.ode_steps)  # an incompatible ode_steps fails here, not at step 1
         self.student = student.train()
         self.teacher = teacher.eval().requires_grad_(False)
         self._shard(student)
