@@ -1,4 +1,4 @@
-"""Decode chunk k while chunk k+1 is denoised (DESIGN §7 "overlap").
+"""Decode chunk k while chunk k+1 is denoised.
 
 Two worker threads and two bounded queues::
 
