@@ -157,19 +157,29 @@ def test_wan_block_fused_equals_unfused(dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_gpu_compiled_ops_against_float64(dtype):
-    """On CUDA the ops run through torch.compile (one generated kernel each)."""
-    x, y = rows(dtype, device="cuda"), rows(dtype, device="cuda")
+@pytest.mark.parametrize("impl", ["kernel", "compile"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_gpu_ops_against_float64(dtype, impl):
+    """On CUDA: our kernels (csrc/cuda/fused_cuda.cu) and the torch.compile'd references, with
+    a width that is not a multiple of the block (1000) and per-frame vectors."""
+    x, y = rows(dtype, d=1000, device="cuda"), rows(dtype, d=1000, device="cuda")
     shift, scale, gate = (per_frame(x, 3) for _ in range(3))
+    w1, w2 = torch.randn(1000, device="cuda"), torch.randn(1000, device="cuda")
+    ops = dict(kernel=(fused.layernorm_modulate, fused.gated_residual, fused.qk_rmsnorm),
+               compile=(fused._compiled_layernorm_modulate, fused._compiled_gated_residual,
+                        fused._compiled_qk_rmsnorm))[impl]
     with torch.no_grad():
-        close(fused.layernorm_modulate(x, shift, scale, 1e-6),
+        close(ops[0](x, shift, scale, 1e-6),
               exact_reference(fused.layernorm_modulate_reference, x, shift, scale, 1e-6), dtype)
-        close(fused.gated_residual(x, y, gate),
-              exact_reference(fused.gated_residual_reference, x, y, gate), dtype)
-        w = torch.randn(48, device="cuda")
-        got_q, _ = fused.qk_rmsnorm(x, y, w, w, 1e-6)
-        close(got_q, exact_reference(fused.qk_rmsnorm_reference, x, y, w, w, 1e-6)[0], dtype)
+        close(ops[1](x, y, gate), exact_reference(fused.gated_residual_reference, x, y, gate), dtype)
+        got_q, got_k = ops[2](x, y, w1, w2, 1e-6)
+        want_q, want_k = exact_reference(fused.qk_rmsnorm_reference, x, y, w1, w2, 1e-6)
+        close(got_q, want_q, dtype)
+        close(got_k, want_k, dtype)
+    if impl == "kernel":
+        with pytest.raises(RuntimeError, match="not a multiple"):
+            torch.ops.reward_forcing.gated_residual(x, y, torch.zeros(2, 4, 1000, device="cuda",
+                                                                      dtype=gate.dtype))
 
 
 @pytest.mark.gpu

@@ -1,9 +1,9 @@
 """Fused per-token work of a Wan block: the memory-bound steps between the GEMMs and attention.
 
 Three ops, each with a pure-PyTorch reference (``*_reference``: the contract), the C++ CPU twin
-(``torch.ops.reward_forcing.*``, ``csrc/cpu/fused_cpu.cpp``: one pass per row) and on CUDA the
-reference compiled by ``torch.compile`` (inductor emits one fused kernel per op; no hand-written
-CUDA kernel yet). ``x``, ``y``, ``q``, ``k``: ``[B, L, D]``; per-frame vectors ``shift``,
+(``torch.ops.reward_forcing.*``, ``csrc/cpu/fused_cpu.cpp``: one pass per row) and a CUDA kernel
+(``csrc/cuda/fused_cuda.cu``: one thread block per row); on CUDA without our kernels the
+reference compiled by ``torch.compile`` (inductor emits one fused kernel per op). ``x``, ``y``, ``q``, ``k``: ``[B, L, D]``; per-frame vectors ``shift``,
 ``scale``, ``gate``: ``[B, F, 1, D]`` (or ``[B, F, D]``) in float32 (float64 for float64 rows),
 ``L`` a multiple of ``F``, token ``l`` belonging to frame ``l // (L / F)``. Math in float32
 (float64 for float64), outputs in the rows' dtype.
@@ -26,7 +26,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from ._extension import HAS_CPP
+from ._extension import HAS_CPP, HAS_CUDA_KERNELS
 
 _FLOAT = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -89,14 +89,17 @@ def _check_frames(name, p, x):
 
 
 def _native(*xs) -> bool:
-    """Whether the C++ CPU twin serves this call (CPU tensors, no autograd, extension built)."""
-    if not HAS_CPP or any(x.device.type != "cpu" for x in xs):
+    """Whether our op serves this call: no autograd, and the C++ twin (CPU tensors) or the CUDA
+    kernels (CUDA tensors) are built."""
+    if torch.is_grad_enabled() and any(x.requires_grad for x in xs):
         return False
-    return not (torch.is_grad_enabled() and any(x.requires_grad for x in xs))
+    if all(x.device.type == "cpu" for x in xs):
+        return HAS_CPP
+    return HAS_CUDA_KERNELS and all(x.is_cuda for x in xs)
 
 
 def _compiled(reference):
-    """On CUDA (no autograd): the reference through ``torch.compile`` (made once per op; inside
+    """On CUDA without our kernels (no autograd): the reference through ``torch.compile`` (made once per op; inside
     an already compiled region the reference is traced as is)."""
     @functools.cache
     def compiled():
