@@ -2,7 +2,7 @@
 clips (against predicting each clip's mean colour), and 16-step CFG samples for four prompts scored
 with the world's ground truth — the check to run before spending ODE-init / DMD time on it.
 
-    python bench/world_probe.py runs/world-teacher --out bench/results/world-teacher-probe
+    python bench/world_probe.py runs/world-teacher --out training/world-teacher/probe
 
 Writes <out>.json and <out>.png (rows: prompts; columns: every 4th frame of the 2-s sample).
 """

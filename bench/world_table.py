@@ -1,6 +1,6 @@
 """The README's world table (issue 8): long streams of held-out world prompts from each trained
 student (ODE init, DMD, Re-DMD, tilted critic) under each sink setting (frozen, the published EMA
-with a float32 and a bfloat16 sink, an alpha chosen by half-life), scored with DESIGN §8's metrics
+with a float32 and a bfloat16 sink, an alpha chosen by half-life), scored with docs/design.md §8's metrics
 and the world's ground truth; the bidirectional teacher on its own 2-s clips for adherence only.
 
     python bench/world_table.py                      # 60-s streams, 4 held-out prompts

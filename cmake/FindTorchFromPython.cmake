@@ -1,5 +1,5 @@
 # Find the Torch that is installed in the Python we build for (never another one: the extension
-# must load into exactly that torch, DESIGN §3 "Build").
+# must load into exactly that torch, docs/design.md §3 "Build").
 execute_process(
   COMMAND "${Python_EXECUTABLE}" -c "import torch, sys; print(torch.utils.cmake_prefix_path); print(torch.__version__); print(int(torch.version.cuda is not None)); print(torch._C._GLIBCXX_USE_CXX11_ABI)"
   OUTPUT_VARIABLE _rf_torch_info

@@ -1,4 +1,4 @@
-// Shared geometry and checks of the EMA-Sink streaming cache (DESIGN §2-§3).
+// Shared geometry and checks of the EMA-Sink streaming cache (docs/design.md §2-§3).
 //
 // Storage, per layer:
 //   k_cache, v_cache : [B, (S + R) * T, H, D]  compute dtype. Frame slot s holds tokens
@@ -10,7 +10,7 @@
 //   state            : int64 [1] on the cache device: frames appended so far (n).
 // Derived from n: sink filled s_f = min(n, S); window = frames [max(S, n - W), n) (n_w of them);
 // the sink's copy is rotated to positions p0 - s_f + j with p0 = n - n_w, so that relative
-// indices are those of DESIGN §2 (sink, window oldest first, then the chunk at n, n+1, ...).
+// indices are those of docs/design.md §2 (sink, window oldest first, then the chunk at n, n+1, ...).
 #pragma once
 #include <torch/library.h>
 #include <ATen/ATen.h>

@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# Configures, compiles and links the extension WITH its CUDA kernels (sm_90a) in the CUDA-torch
-# venv of ../shared/tools/cuda-build-env, on a machine without a GPU.
+# Configures, compiles and links the extension WITH its CUDA kernels (sm_90a) on a machine without a
+# GPU, in the CUDA-torch venv that scripts/cuda-build-env.sh makes (or reuses; see there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tool=${CUDA_BUILD_ENV_TOOL:-../shared/tools/cuda-build-env}
-venv=$("$tool" | tail -1)
+venv=$(bash scripts/cuda-build-env.sh | tail -1)
 # shellcheck disable=SC1091
 source "$venv/cuda-build.env"
 out=$(mktemp -d)

@@ -10,10 +10,10 @@
 # what the device tool returns (8 files, 16 MiB each). Full checkpoints (~76 MB, with optimizer
 # state) stay under runs/ on the machine.
 # Then, here: copy a student's file to python/reward_forcing/weights/world-student.safetensors,
-# run bench/world_table.py (CPU) on the exports, commit weights + logs (bench/results/world-*).
+# run bench/world_table.py (CPU) on the exports, commit the exports and logs (see training/README.md).
 #
 # The teacher starts from TEACHER_INIT when that file exists (default: the CPU-trained teacher
-# committed at bench/results/world-teacher-cpu.safetensors, EMA weights; TEACHER_INIT= starts
+# committed at training/world-teacher/ema.safetensors, EMA weights; TEACHER_INIT= starts
 # from scratch), so CPU sessions and GPU sessions add up.
 # Before: bash scripts/device-carry.sh (fills .whl/: einops, cutlass, MiniLM float16).
 # Run:    device tool, carry [".whl"], command: OUT=$OUT bash scripts/train_world_gpu.sh
@@ -26,7 +26,7 @@ mkdir -p "$OUT" "$LOGS" runs
 export PYTHONUNBUFFERED=1
 TEACHER_MIN=${TEACHER_MIN:-3.2} ODE_MIN=${ODE_MIN:-1} DMD_MIN=${DMD_MIN:-0.6}
 DEADLINE_S=${DEADLINE_S:-560}  # the device tool stops a command at 600 s: stages shrink to fit
-TEACHER_INIT=${TEACHER_INIT-bench/results/world-teacher-cpu.safetensors}  # empty: from scratch
+TEACHER_INIT=${TEACHER_INIT-training/world-teacher/ema.safetensors}  # empty: from scratch
 # batch sizes and render workers (small values make a CPU smoke run of the whole chain)
 B_TEACHER=${B_TEACHER:-256} B_ODE=${B_ODE:-32} B_DMD=${B_DMD:-16} WORKERS=${WORKERS:-0}
 START=$(date +%s)

@@ -52,7 +52,7 @@ def test_reset_restarts_the_stream(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_float32_sink_follows_exact_ema_while_bf16_sink_does_not(backend):
-    """DESIGN §2 "Sink precision": 3000 EMA updates at alpha=0.999 on a bf16 cache."""
+    """docs/design.md §2 "Sink precision": 3000 EMA updates at alpha=0.999 on a bf16 cache."""
     t, h, d, updates, alpha = 4, 1, 16, 3000, 0.999
     frames = torch.randn(updates + 1, 1, t, h, d).to(torch.bfloat16)
     exact = frames[0].double()

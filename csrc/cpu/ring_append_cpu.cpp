@@ -1,5 +1,5 @@
 // CPU twin of ring_append: append a chunk's frames to the streaming cache with the rules of
-// DESIGN §2 on the storage of DESIGN §3 (see streaming_cache.h). Same structure as the CUDA kernel:
+// docs/design.md §2 on the storage of §3 (see streaming_cache.h). Same structure as the CUDA kernel:
 // one pass in which each (batch, token-in-frame, head) row walks the chunk's frames in order —
 // write the rotated key to its ring slot, evict the frame that leaves the window (un-rotate, EMA
 // into its sink slot) — then refreshes its rows of the sink's rotated copy. A row only touches its

@@ -1,4 +1,4 @@
-// CUDA ring_append: appends a chunk's frames to the streaming cache (DESIGN §2-§3), one pass.
+// CUDA ring_append: appends a chunk's frames to the streaming cache (docs/design.md §2-§3), one pass.
 //
 // Same semantics as the CPU twin (csrc/cpu/ring_append_cpu.cpp), frame by frame: frame f = n + i
 // with f < S is copied into sink slot f; otherwise its key is rotated at f and written with its

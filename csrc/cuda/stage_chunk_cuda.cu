@@ -1,6 +1,6 @@
 // CUDA stage_chunk: one memory pass that rotates a chunk's q and k at its frame positions (n read
 // on the device), writes the rotated keys and the values into the chunk's free ring slots and
-// returns the rotated q — everything the dense SDPA call over the whole buffer needs (DESIGN §3).
+// returns the rotated q — everything the dense SDPA call over the whole buffer needs (docs/design.md §3).
 // One block per (chunk token, batch): the block computes that token's cos/sin once (float64 angle)
 // into shared memory, then its threads stream the H*D channels in vectors of V elements.
 // Semantics: the CPU twin csrc/cpu/stage_chunk_cpu.cpp.

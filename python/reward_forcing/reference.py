@@ -1,8 +1,8 @@
 """Pure-PyTorch references.
 
 * :func:`ring_append` and :func:`sink_window_attention` implement the two ops on the storage
-  convention of DESIGN §3 (same arguments and semantics as ``torch.ops.reward_forcing.*``).
-* :func:`streaming_attention_naive` implements the contract of DESIGN §2 directly, on a list of
+  convention of docs/design.md §3 (same arguments and semantics as ``torch.ops.reward_forcing.*``).
+* :func:`streaming_attention_naive` implements the contract of docs/design.md §2 directly, on a list of
   frames, with no ring buffer and no RoPE: the independent oracle the storage ops are tested against.
 """
 from __future__ import annotations
@@ -135,7 +135,7 @@ def sink_window_attention(q, k, v, k_cache, v_cache, state, frame_tokens, sink_f
 
 def streaming_attention_naive(q, k, v, *, frame_tokens, chunk_frames, sink_frames, window_frames,
                               alpha=0.999, scale=None, rope=None):
-    """DESIGN §2 on a list of frames, computed in float64 (returned in q's dtype). With
+    """docs/design.md §2 on a list of frames, computed in float64 (returned in q's dtype). With
     ``rope=(freqs, spatial)`` keys and queries are rotated at read time at the relative time
     indices of §2 (sink 0.., window oldest first, then the chunk), as the public code does."""
     t, c = frame_tokens, chunk_frames

@@ -1,4 +1,4 @@
-"""The few-step flow-matching schedule of the distilled generator (DESIGN §4).
+"""The few-step flow-matching schedule of the distilled generator (docs/design.md §4).
 
 Flow matching: ``x_t = (1 - sigma) * x0 + sigma * eps`` and the model predicts ``v = eps - x0``.
 A step predicts the clean sample ``x0_hat = x_t - sigma * v`` and the next step's input is that

@@ -1,4 +1,4 @@
-"""Checkpoint loading: every format of DESIGN §6 round-trips a tiny model's weights exactly, the
+"""Checkpoint loading: every format of docs/design.md §6 round-trips a tiny model's weights exactly, the
 config is inferred from the weights, and bad checkpoints fail loudly, naming what is wrong."""
 import dataclasses
 import json

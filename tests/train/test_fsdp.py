@@ -81,7 +81,7 @@ def _worker(rank, world, port, tmp_path):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:
-        # What gloo does with the ReduceOp.AVG that FSDP2 asks for (DESIGN §5, pytorch#162338: it
+        # What gloo does with the ReduceOp.AVG that FSDP2 asks for (docs/design.md §5, pytorch#162338: it
         # summed): ranks hold 1 and 2, the average is 1.5, a sum 3 (a divisor other than the world
         # size, e.g. the element count, something else).
         out = torch.empty(3)

@@ -1,4 +1,4 @@
-"""The 1-D two-mode toy of DESIGN §5 (reward_forcing.train.toy): data p = 0.5 on the right mode,
+"""The 1-D two-mode toy of docs/design.md §5 (reward_forcing.train.toy): data p = 0.5 on the right mode,
 reward sigmoid(4x) (~1 right, ~0 left), beta = 1, tilted target 0.730. Same learning rate, steps
 (2000) and batch for every method; masses are fractions of 20000 samples at x > 0.
 

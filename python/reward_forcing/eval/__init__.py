@@ -1,4 +1,4 @@
-"""Evaluation of generated videos (DESIGN §8): model-free motion/drift metrics, ground-truth scores
+"""Evaluation of generated videos (docs/design.md §8): model-free motion/drift metrics, ground-truth scores
 against world prompts, and the markdown + JSON + PNG report."""
 from .evaluate import evaluate_video
 from .metrics import (as_video, colour_histograms, drift, dynamic_degree, flicker, frame_copying,

@@ -1,4 +1,4 @@
-"""Loading Wan2.1 T2V transformer checkpoints into :class:`CausalWanModel` (DESIGN §6).
+"""Loading Wan2.1 T2V transformer checkpoints into :class:`CausalWanModel` (docs/design.md §6).
 
 Accepted, all from local paths:
 

@@ -60,7 +60,7 @@ WAN_14B = WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
 # Random-weight test shapes: head dim 32 (RoPE split 12/10/10), Wan's 16 latent channels.
 WAN_TINY = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, freq_dim=32,
                      text_len=8)
-# The embedded default model (procedural world, DESIGN §8): MiniLM text states (384 wide, 32 tokens)
+# The embedded default model (procedural world, docs/design.md §8): MiniLM text states (384 wide, 32 tokens)
 # and the pixel codec's 192-channel latents (4 frames x 4x4 pixels x RGB); 4.7M parameters.
 WAN_WORLD = WanConfig(dim=256, ffn_dim=768, num_heads=4, num_layers=4, in_dim=192, out_dim=192,
                       text_dim=384, freq_dim=128, text_len=32, prediction="x0")

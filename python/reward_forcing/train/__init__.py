@@ -1,4 +1,4 @@
-"""Re-DMD training (DESIGN §5): DMD / Re-DMD formulas, rewards, self-forcing rollout, trainers."""
+"""Re-DMD training (docs/design.md §5): DMD / Re-DMD formulas, rewards, self-forcing rollout, trainers."""
 from .config import TrainConfig
 from .dmd import (critic_weights, denoising_loss, dmd_gradient, dmd_loss, reward_weights,
                   sample_timesteps)

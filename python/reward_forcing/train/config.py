@@ -59,9 +59,9 @@ class TrainConfig:
     normalize_weights: bool = False
     weight_clip: float | None = None
     # where exp(beta r) acts: "generator" (published Re-DMD: DMD loss weighted by exp(beta r)),
-    # "critic" (tilted critic: critic loss weighted by exp(-beta r), DESIGN §5) or "none" (DMD)
+    # "critic" (tilted critic: critic loss weighted by exp(-beta r), docs/design.md §5) or "none" (DMD)
     weighting: str = "generator"
-    # optimisation (published: DESIGN §5)
+    # optimisation (published: docs/design.md §5)
     lr_generator: float = 2e-6
     lr_critic: float = 4e-7
     betas: tuple[float, float] = (0.0, 0.999)

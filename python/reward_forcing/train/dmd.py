@@ -1,4 +1,4 @@
-"""Distribution-matching distillation (DMD) and Re-DMD, the formulas of DESIGN §5.
+"""Distribution-matching distillation (DMD) and Re-DMD, the formulas of docs/design.md §5.
 
 Flow matching: ``x_t = (1 - sigma) x0 + sigma eps``; every score model here is used through its
 clean-sample prediction ``x0_hat``. Shapes: a leading batch dim ``B``, anything after it.
@@ -106,7 +106,7 @@ def denoising_loss(pred_velocity: torch.Tensor, noise: torch.Tensor, x0: torch.T
 
 def critic_weights(rewards: torch.Tensor, beta: float, *, normalize: bool = True,
                    group=None) -> torch.Tensor:
-    """Tilted-critic weights ``exp(-beta r)`` (DESIGN §5): the critic then models
+    """Tilted-critic weights ``exp(-beta r)`` (docs/design.md §5): the critic then models
     ``p_G exp(-beta r) / Z``, so DMD's fixed point is ``p_real exp(beta r) / Z``. Normalising by
     the global mean changes only the step size, not the fixed point."""
     return reward_weights(rewards, -beta, normalize=normalize, group=group)

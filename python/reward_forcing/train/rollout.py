@@ -1,4 +1,4 @@
-"""Self-forcing rollout of the causal generator (DESIGN §5): the clip is generated chunk by chunk
+"""Self-forcing rollout of the causal generator (docs/design.md §5): the clip is generated chunk by chunk
 from the generator's own outputs through the streaming cache, exactly as at inference.
 
 One exit step is drawn per iteration, the same for every chunk and every rank; the steps before it
