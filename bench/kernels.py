@@ -261,14 +261,15 @@ def attention_case(t, w, budget_left, with_flex, report, save):
             r = run()
             r["tflops"] = flops / (r["ms"] * 1e-3) / 1e12
             res["results"][name] = r
-            log(f"  T={t} W={w} {name:26s} {r['ms']:8.3f} ms  {r['tflops']:6.1f} TFLOP/s  ({r['mode']}, {r['runs']} runs)")
+            log(f"  T={t} W={w} {name:26s} {r['ms']:8.3f} ms  {r['tflops']:6.1f} TFLOP/s  "
+                f"({r['mode']}, {r['runs']} runs)")
         except Exception as exc:  # noqa: BLE001
             res["errors"][name] = f"{type(exc).__name__}: {exc}"[:500]
             log(f"  T={t} W={w} {name}: FAILED {res['errors'][name]}")
             traceback.print_exc()
         res["ratios"] = _ratios(ratio)
         save()
-    del cache, lc
+    cache = lc = None  # frees the buffers before empty_cache (the timing closures hold them)
     torch.cuda.empty_cache()
     return res
 
@@ -330,7 +331,7 @@ def ring_append_case(t, w):
         res["kernel_bandwidth_over_copy"] = rr["kernel"]["gbps"] / rr["copy_same_bytes"]["gbps"]
     if "kernel" in rr and "reference_torch_ops" in rr:
         res["speedup_over_reference"] = rr["reference_torch_ops"]["ms"] / rr["kernel"]["ms"]
-    del cache, lc, src, dst
+    cache = lc = src = dst = None  # frees the buffers (the timing closures hold them)
     torch.cuda.empty_cache()
     return res
 

@@ -113,9 +113,9 @@ def main() -> int:
             try:
                 health(port)
                 break
-            except OSError:
+            except OSError as exc:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the server did not start")
+                    raise SystemExit("the server did not start") from exc
                 time.sleep(0.2)
         idle_rss = rss_kib(server.pid)["VmRSS"]
         t0 = time.monotonic()

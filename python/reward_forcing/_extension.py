@@ -3,16 +3,17 @@ that is running: a torch extension only loads into the torch it was compiled aga
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import torch
 
-_C = None
+_C: Any = None
 BUILD_ERROR: str | None = None
 
+_build_info: Any = None
 try:
-    from . import _build_info
+    _build_info = importlib.import_module(f"{__package__}._build_info")
 except ImportError:  # running from a source tree without a build: reference backend only
-    _build_info = None
     BUILD_ERROR = "reward_forcing._C is not built (install the package with pip)"
 
 if _build_info is not None:
@@ -24,5 +25,5 @@ if _build_info is not None:
         )
     _C = importlib.import_module("reward_forcing._C")
 
-HAS_CPP = _C is not None
-HAS_CUDA_KERNELS = bool(_C is not None and _C.with_cuda)
+HAS_CPP: bool = _C is not None
+HAS_CUDA_KERNELS: bool = bool(_C is not None and _C.with_cuda)

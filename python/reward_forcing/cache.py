@@ -1,4 +1,4 @@
-"""StreamingKVCache: per-layer EMA-Sink + ring-window K/V storage of fixed shape (DESIGN §2-§3).
+"""StreamingKVCache: per-layer EMA-Sink + ring-window K/V storage of fixed shape (docs/design.md §2-§3).
 
 Memory is allocated once — ``(S + W + C)`` frames of K/V per layer plus the ``S``-frame sink — and
 never grows with the stream. Frame counters live in a device tensor (``state``), so the ops run
@@ -64,7 +64,7 @@ class StreamingKVCache:
 
     ``alpha`` (or ``half_life`` in sink-slot updates) sets the EMA; ``alpha=1`` is the frozen sink,
     ``sink_frames=0`` the plain sliding window. ``sink_dtype`` (default float32) holds the running
-    average: a bf16 sink at alpha = 0.999 rounds most updates away (DESIGN §2 "Sink precision");
+    average: a bf16 sink at alpha = 0.999 rounds most updates away (docs/design.md §2 "Sink precision");
     pass ``sink_dtype=torch.bfloat16`` to reproduce the published behaviour. ``rope`` is the pair of
     tables of :func:`reward_forcing.rope.wan_rope_tables` (``None``: no rotation).
     """
@@ -81,6 +81,8 @@ class StreamingKVCache:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if half_life is not None:
             alpha = alpha_from_half_life(half_life)
+        if alpha is None:
+            raise ValueError("give alpha or half_life")
         ops.check_sizes(frame_tokens, sink_frames, window_frames, chunk_frames, alpha)
         if backend not in ops.BACKENDS:
             raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")

@@ -32,6 +32,10 @@ import sys
 import warnings
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PROG = "reward-forcing"
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -123,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser("eval", help="evaluate mp4 videos: motion, copying, drift, flicker report",
-                       description="Score videos (DESIGN §8: dynamic degree, frame copying, drift, "
+                       description="Score videos (docs/design.md §8: dynamic degree, frame copying, drift, "
                                    "flicker; with --prompt, the world's ground-truth scores) and "
                                    "write report.md, results.json and PNG plots to --out.")
     e.add_argument("videos", nargs="+", type=Path, metavar="VIDEO", help="mp4 (or any video PyAV reads)")

@@ -1,4 +1,4 @@
-"""Wan's 3-D RoPE as the two tables the streaming ops take (DESIGN §2 "RoPE").
+"""Wan's 3-D RoPE as the two tables the streaming ops take (docs/design.md §2 "RoPE").
 
 The angle of channel pair ``i`` of a token at spatial index ``t`` of a frame at time index ``pos`` is
 ``pos * freqs[i] + spatial[t, i]``; pairs are *adjacent* channels (2i, 2i+1). Head dim 128 splits into
@@ -46,11 +46,11 @@ def rope_cos_sin(freqs: torch.Tensor, spatial: torch.Tensor, positions: torch.Te
 def rope_rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False):
     """Rotates adjacent channel pairs of ``x [B, L, H, D]`` by the angles of ``cos/sin [L, D/2]``
     (by minus them when ``inverse``); computes and returns in ``cos.dtype``."""
-    b, l, h, d = x.shape
-    xs = x.to(cos.dtype).reshape(b, l, h, d // 2, 2)
+    b, n, h, d = x.shape
+    xs = x.to(cos.dtype).reshape(b, n, h, d // 2, 2)
     x0, x1 = xs[..., 0], xs[..., 1]
-    c = cos.to(x.device).view(1, l, 1, -1)
-    s = sin.to(x.device).view(1, l, 1, -1)
+    c = cos.to(x.device).view(1, n, 1, -1)
+    s = sin.to(x.device).view(1, n, 1, -1)
     if inverse:
         s = -s
-    return torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).reshape(b, l, h, d)
+    return torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).reshape(b, n, h, d)

@@ -1,14 +1,17 @@
-"""Model-free video metrics (DESIGN §8): dynamic degree, frame copying, drift, temporal flicker.
+"""Model-free video metrics (docs/design.md §8): dynamic degree, frame copying, drift, temporal flicker.
 
 Videos are [F, H, W, 3] RGB, uint8 or float in [0, 1], numpy or torch. Flow is OpenCV Farneback on
 grey levels; flow[t] relates frame t and t + 1, in pixels, (dx, dy).
 """
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 
-_FARNEBACK = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2,
+_NO_FLOW: Any = None  # no initial flow (OpenCV's stubs do not say None is allowed)
+_FARNEBACK: dict[str, Any] = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2,
                   flags=0)
 
 
@@ -34,7 +37,7 @@ def optical_flow(video, backward: bool = False) -> np.ndarray:
     Backward: frame_t+1(p) ≈ frame_t(p + flow[t](p))."""
     g = grey(video)
     pairs = zip(g[1:], g[:-1]) if backward else zip(g[:-1], g[1:])
-    flows = [cv2.calcOpticalFlowFarneback(a, b, None, **_FARNEBACK) for a, b in pairs]
+    flows = [cv2.calcOpticalFlowFarneback(a, b, _NO_FLOW, **_FARNEBACK) for a, b in pairs]
     return np.stack(flows) if flows else np.zeros((0, *g.shape[1:], 2), np.float32)
 
 

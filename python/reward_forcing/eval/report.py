@@ -46,7 +46,7 @@ def _jsonable(x):
 
 
 def _videos(entry) -> list[dict]:
-    return [entry] if isinstance(entry, Mapping) else list(entry)
+    return [dict(entry)] if isinstance(entry, Mapping) else list(entry)
 
 
 def summarise(results: Mapping[str, Mapping | Sequence[Mapping]]) -> dict[str, dict]:

@@ -1,4 +1,4 @@
-"""Ground-truth scores of a video against a world prompt (DESIGN §8): is each prompted object there,
+"""Ground-truth scores of a video against a world prompt (docs/design.md §8): is each prompted object there,
 in its colour, moving in its direction, and still moving at the end?
 
 Segmentation is by colour: the background is estimated from the border pixels, foreground is what
@@ -107,8 +107,8 @@ def world_scores(video, prompt: str | PromptSpec, *, fps: float = 16.0, segment:
             v = np.array([np.polyfit(t, centre[t, k, axis], 1)[0] for axis in (0, 1)])
             want = np.array(DIRECTIONS[obj.direction])
             cos = float(v @ want / max(np.linalg.norm(v), 1e-9))
-            direction_right = (np.linalg.norm(v) >= MIN_SPEED * speed
-                               and cos >= math.cos(math.radians(MAX_ANGLE)))
+            direction_right = bool(np.linalg.norm(v) >= MIN_SPEED * speed
+                                   and cos >= math.cos(math.radians(MAX_ANGLE)))
 
         step = np.linalg.norm(np.diff(centre[late, k], axis=0), axis=-1)
         moving = seen[late[1:]] & seen[late[:-1]] & (np.nan_to_num(step) >= MIN_SPEED * speed)

@@ -1,11 +1,11 @@
-"""Causal Wan2.1 text-to-video transformer (DESIGN §4), parameter names as in the original Wan code.
+"""Causal Wan2.1 text-to-video transformer (docs/design.md §4), parameter names as in the original Wan code.
 
 One set of weights, two attention modes:
 
 * :meth:`CausalWanModel.forward` — the whole clip at once: bidirectional attention with 3-D RoPE at
   absolute positions (teacher, critic), or block-causal with ``chunk_frames``.
 * :meth:`CausalWanModel.forward_chunk` — streaming: a chunk's self-attention goes through a
-  :class:`~reward_forcing.cache.StreamingKVCache` (EMA-Sink + window, DESIGN §2), which applies
+  :class:`~reward_forcing.cache.StreamingKVCache` (EMA-Sink + window, docs/design.md §2), which applies
   RoPE itself at the absolute frame positions it tracks.
 
 Cross-attention keys/values depend only on the prompt: :meth:`CausalWanModel.encode_text` computes
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -238,7 +239,7 @@ class CausalWanModel(nn.Module):
         if pad > 0:
             context = F.pad(context, (0, 0, 0, pad))
         context = self.text_embedding(context)
-        return TextKV([block.cross_attn.encode(context) for block in self.blocks])
+        return TextKV([cast(WanAttentionBlock, block).cross_attn.encode(context) for block in self.blocks])
 
     def _text(self, context, batch: int) -> TextKV:
         text = context if isinstance(context, TextKV) else self.encode_text(context)
@@ -319,7 +320,7 @@ class CausalWanModel(nn.Module):
     def forward_chunk(self, x, t, context, cache: StreamingKVCache, update_cache: bool = False):
         """One chunk ``x [B, C, c, H, W]`` of a stream against ``cache`` (as it stands before the
         chunk). ``update_cache=True`` (the clean t = 0 pass) then appends the chunk's un-rotated
-        K/V to every layer's cache: eviction and EMA-Sink update (DESIGN §2)."""
+        K/V to every layer's cache: eviction and EMA-Sink update (docs/design.md §2)."""
         grid = self.check_cache(x, cache)
         attentions = [functools.partial(_cache_attention, cache.layer(i), update_cache)
                       for i in range(len(self.blocks))]

@@ -12,10 +12,13 @@ import html
 import re
 import zlib
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.nn as nn
+
+if TYPE_CHECKING:
+    from transformers import UMT5Config
 
 
 def clean_prompt(text: str) -> str:
@@ -42,6 +45,11 @@ class _TransformersTextEncoder(nn.Module):
     def __init__(self, encoder: nn.Module, tokenizer, text_len: int):
         super().__init__()
         self.encoder, self.tokenizer, self.text_len = encoder.eval(), tokenizer, text_len
+
+    @property
+    def encoder_config(self) -> Any:
+        """The transformers config of the encoder (nn.Module attributes are untyped)."""
+        return getattr(self.encoder, "config")  # noqa: B009
 
     @torch.no_grad()
     def forward(self, prompts: str | Sequence[str]) -> torch.Tensor:
@@ -180,7 +188,7 @@ class UMT5TextEncoder(_TransformersTextEncoder):
 
     @property
     def dim(self) -> int:
-        return self.encoder.config.d_model
+        return int(self.encoder_config.d_model)
 
 
 class HashedTextEncoder(nn.Module):
@@ -264,4 +272,4 @@ class MiniLMTextEncoder(_TransformersTextEncoder):
 
     @property
     def dim(self) -> int:
-        return self.encoder.config.hidden_size
+        return int(self.encoder_config.hidden_size)

@@ -1,4 +1,4 @@
-"""The Wan VAE (diffusers' ``AutoencoderKLWan``) and its causal streaming decoder (DESIGN §4).
+"""The Wan VAE (diffusers' ``AutoencoderKLWan``) and its causal streaming decoder (docs/design.md §4).
 
 diffusers is imported only when a VAE is loaded or built: the decoder itself just drives an
 ``AutoencoderKLWan`` instance it is given.
@@ -6,6 +6,7 @@ diffusers is imported only when a VAE is loaded or built: the decoder itself jus
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -60,8 +61,8 @@ def _load_wan_vae_file(path: Path, dtype: torch.dtype):
     z_dim = state["conv1.weight"].shape[0] // 2
     if z_dim != 16:
         raise ValueError(f"{path}: {z_dim} latent channels; only the Wan2.1 VAE (16) is supported")
-    with torch.device("meta"):
-        vae = AutoencoderKLWan(base_dim=state["encoder.conv1.weight"].shape[0], z_dim=z_dim)
+    with torch.device("meta"):  # Any: diffusers' model classes do not type as nn.Module
+        vae: Any = AutoencoderKLWan(base_dim=state["encoder.conv1.weight"].shape[0], z_dim=z_dim)
     state = convert_wan_vae_to_diffusers(state)
     try:
         check_state_dict(vae, state)
@@ -78,7 +79,7 @@ def tiny_random_wan_vae(seed: int = 0, *, dtype: torch.dtype = torch.float32, de
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+        vae: Any = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
                                attn_scales=[], temperal_downsample=[False, True, True])
     vae = vae.to(device).eval()
     return vae if dtype == torch.float32 else vae.to(dtype)  # diffusers warns on every dtype cast

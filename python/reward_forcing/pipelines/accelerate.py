@@ -1,5 +1,5 @@
 """Faster ``forward_chunk`` callables for :class:`~reward_forcing.pipelines.StreamingPipeline`
-(DESIGN §3 "CUDA graphs", §7): drop-in replacements with the signature of
+(docs/design.md §3 "CUDA graphs", §7): drop-in replacements with the signature of
 :meth:`CausalWanModel.forward_chunk <reward_forcing.models.causal_wan.CausalWanModel.forward_chunk>`,
 ``(x, t, context, cache, update_cache=False) -> velocity``.
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -256,7 +256,7 @@ class CompiledForwardChunk:
                  backend: str = "inductor", dynamic: bool | None = None,
                  options: dict | None = None):
         self.model = model
-        kwargs = dict(backend=backend, dynamic=dynamic)
+        kwargs: dict[str, Any] = dict(backend=backend, dynamic=dynamic)
         if mode is not None:
             kwargs["mode"] = mode
         if options is not None:

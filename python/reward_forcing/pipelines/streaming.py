@@ -1,4 +1,4 @@
-"""Endless text-to-video streaming with the causal Wan model and the EMA-Sink cache (DESIGN §2, §4).
+"""Endless text-to-video streaming with the causal Wan model and the EMA-Sink cache (docs/design.md §2, §4).
 
 Per chunk of ``chunk_frames`` latent frames: the few-step schedule (each step one
 ``forward_chunk`` against the cache as it stands, fresh noise between steps), one more forward of
@@ -40,7 +40,7 @@ class StreamingPipeline:
     a callable ``prompts -> [B, L, text_dim]`` states, zero after the real tokens (see
     :mod:`reward_forcing.models.text_encoder`; it bundles its tokenizer). ``height x width`` are
     pixels (multiples of 16 for Wan). ``sink_frames``, ``window_frames``, ``chunk_frames``,
-    ``alpha``, ``sink_dtype`` configure the EMA-Sink cache (DESIGN §2). ``fps`` is the video
+    ``alpha``, ``sink_dtype`` configure the EMA-Sink cache (docs/design.md §2). ``fps`` is the video
     frame rate, which turns seconds into frames. ``recache`` re-encodes the cache under a new
     prompt at a prompt switch; ``sink_recache`` then keeps the sink (``"keep"``) or rebuilds it
     from the kept clean latents (``"reinit"``). ``offload_text_encoder`` moves the text encoder to
@@ -103,13 +103,14 @@ class StreamingPipeline:
         self.overlap = self.device.type == "cuda" if overlap is None else bool(overlap)
         self.forward_chunk = make_forward_chunk(model, self.cache, accelerate)
         self.generator = torch.Generator(self.device)
+        self._kept: torch.Tensor  # the last sink + window clean latent frames (set by _start)
         self._started = False
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_pretrained(cls, checkpoint, text_encoder, vae, *, device=None,
                         dtype: torch.dtype | None = None, **kwargs) -> "StreamingPipeline":
-        """Loads a transformer checkpoint (any format of DESIGN §6), a UMT5 text encoder and a Wan
+        """Loads a transformer checkpoint (any format of docs/design.md §6), a UMT5 text encoder and a Wan
         VAE (diffusers/transformers folders or Wan's own release files; a TAEHV ``taew2_1`` file
         gives the light decoder instead), all local. Default
         device: CUDA when present; dtype: bf16 on CUDA (the VAE and text encoder too), float32 on
@@ -309,7 +310,7 @@ class StreamingPipeline:
             self._recache()
 
     def _recache(self) -> None:
-        """KV re-cache (DESIGN §2): re-encodes the kept clean latents under the current prompt.
+        """KV re-cache (docs/design.md §2): re-encodes the kept clean latents under the current prompt.
         Before any frame left the window, the kept latents are the whole stream and the cache is
         rebuilt exactly. Afterwards the sink is an EMA history: ``"keep"`` puts it back and
         re-encodes the window frames after it; ``"reinit"`` rebuilds sink and window from the

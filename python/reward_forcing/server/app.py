@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, HTTPException, WebSocket, WebSocketDisconnect
@@ -44,9 +44,9 @@ from .session import StreamSession, remove_old
 STATIC = Path(__file__).parent / "static"
 MAX_PROMPT_CHARS = 500
 MAX_MESSAGE_CHARS = 4096
-LIMITS = {"prompt_chars": [1, MAX_PROMPT_CHARS], "seed": [0, 2**32 - 1], "sink_frames": [0, 12],
+LIMITS: dict[str, list[Any]] = {"prompt_chars": [1, MAX_PROMPT_CHARS], "seed": [0, 2**32 - 1], "sink_frames": [0, 12],
           "window_frames": [1, 24], "alpha": [0.0, 1.0]}
-DEFAULTS = {"seed": 0, "sink_frames": 3, "window_frames": 3, "alpha": 0.999}
+DEFAULTS: dict[str, Any] = {"seed": 0, "sink_frames": 3, "window_frames": 3, "alpha": 0.999}
 _RECORDING_ID = re.compile(r"[0-9a-f]{32}")
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -171,7 +171,7 @@ class _Slots:
             self.active -= 1
 
 
-def sibling_factory(base) -> Callable[..., object]:
+def sibling_factory(base) -> Callable[..., Any]:
     """A ``pipeline_factory`` making pipelines that share ``base``'s model, VAE and text encoder
     (loaded once) with their own cache and decoder state; sink/window/alpha per stream."""
     from ..pipelines import StreamingPipeline
@@ -189,7 +189,7 @@ def sibling_factory(base) -> Callable[..., object]:
     return make
 
 
-def create_app(pipeline_factory: Callable[..., object], *, max_streams: int = 2,
+def create_app(pipeline_factory: Callable[..., Any], *, max_streams: int = 2,
                queue_size: int = 2, recordings_dir: str | Path | None = None,
                max_recordings: int = 20, pace: bool = True, start_timeout: float = 60.0,
                stats_interval: float = 0.5, note: str | None = None,
@@ -217,7 +217,8 @@ def create_app(pipeline_factory: Callable[..., object], *, max_streams: int = 2,
     slots = app.state.slots = _Slots(max_streams)
     sockets = _Slots(max_sockets if max_sockets is not None else 8 * max_streams)
     app.state.recordings_dir = rec_dir
-    app.state.sessions: set = set()
+    sessions: set[StreamSession] = set()
+    app.state.sessions = sessions
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)

@@ -1,5 +1,5 @@
 """``python -m reward_forcing.train --config run.yaml --stage teacher|ode-init|dmd`` (also
-``reward-forcing train ...``; both call :func:`run`): the training stages (DESIGN §5): ODE
+``reward-forcing train ...``; both call :func:`run`): the training stages (docs/design.md §5): ODE
 regression of the causal student onto teacher trajectories, then Re-DMD with ``generator:`` set
 to an ODE-init checkpoint; before them, for the embedded world model only, flow-matching training
 of the bidirectional teacher on world clips (``data: world``).
@@ -42,8 +42,8 @@ def _model(path: str, what: str, seed: int, device: torch.device):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return CausalWanModel(WAN_TINY if path == "tiny" else WAN_WORLD).to(device)
-    path = _need(path, what)
-    return load_causal_wan(latest_checkpoint(path) or path, dtype=torch.float32, device=device)
+    found = _need(path, what)
+    return load_causal_wan(latest_checkpoint(found) or found, dtype=torch.float32, device=device)
 
 
 def _models(cfg: TrainConfig, device: torch.device, critic: bool):
@@ -74,7 +74,7 @@ def _model_type(folder: Path) -> str | None:
 
 
 def _reward(cfg: TrainConfig, device):
-    from .rewards import FlowMotionReward
+    from .rewards import FlowMotionReward, Reward
     from .trainer import vae_video_decoder
 
     if cfg.weighting == "none":
@@ -82,7 +82,7 @@ def _reward(cfg: TrainConfig, device):
     if cfg.reward is None:
         raise ValueError(f"weighting={cfg.weighting!r} needs a reward (reward: flow, or a VLM reward folder)")
     if cfg.reward == "flow":
-        reward = FlowMotionReward()
+        reward: Reward = FlowMotionReward()
     else:
         from .vlm_reward import VLMReward
 

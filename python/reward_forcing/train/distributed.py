@@ -1,4 +1,4 @@
-"""FSDP2 sharding for the trainers (``fsdp: true`` under ``torchrun``, DESIGN §5 "Scale-out").
+"""FSDP2 sharding for the trainers (``fsdp: true`` under ``torchrun``, docs/design.md §5 "Scale-out").
 
 :func:`shard_model` shards a :class:`~reward_forcing.models.causal_wan.CausalWanModel` in place
 with ``torch.distributed.fsdp.fully_shard``: one FSDP unit per ``WanAttentionBlock``, then the
@@ -27,7 +27,7 @@ without sharding); :func:`load_full_state_dict` / :func:`load_full_optimizer_sta
 full state dict into sharded models. Gathering is collective: every rank calls them.
 
 Gloo: FSDP2 reduce-scatters fp32 gradients with ``ReduceOp.AVG``. PyTorch issue #162338 (open;
-DESIGN §5) reports gloo summing instead, which doubles gradients on 2 ranks; torch 2.13 on CPU
+docs/design.md §5) reports gloo summing instead, which doubles gradients on 2 ranks; torch 2.13 on CPU
 averages (tests/train/test_fsdp.py measures it: [1.5] for ranks holding 1 and 2). Not to depend
 on the version, :func:`shard_model` makes FSDP2 reduce with SUM and divide by the world size itself
 on gloo (``set_force_sum_reduction_for_comms``, the fix proposed for that issue), exact either way;
@@ -36,6 +36,7 @@ NCCL keeps its native AVG.
 from __future__ import annotations
 
 import functools
+from typing import Any
 import warnings
 
 import torch
@@ -60,7 +61,7 @@ def is_sharded(model: nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def shard_model(model: nn.Module) -> nn.Module:
+def shard_model(model: Any) -> nn.Module:
     """Shards a ``CausalWanModel`` in place over the default process group (see the module doc)
     and returns it. Build optimizers after this: FSDP2 replaces the parameters with DTensors."""
     if not (dist.is_available() and dist.is_initialized()):
@@ -80,14 +81,14 @@ def shard_model(model: nn.Module) -> nn.Module:
     return model
 
 
-def _route_text_encoding(block: nn.Module) -> None:
+def _route_text_encoding(block: Any) -> None:
     """``block.cross_attn.encode`` runs as an FSDP forward method of ``block``."""
     block.encode_text_kv = block.cross_attn.encode  # the bound class method
     register_fsdp_forward_method(block, "encode_text_kv")
     block.cross_attn.encode = block.encode_text_kv  # instance attribute: shadows the class method
 
 
-def _route_root_methods(model: nn.Module) -> None:
+def _route_root_methods(model: Any) -> None:
     """``forward_chunk`` and top-level ``encode_text`` calls run FSDP's root pre/post-forward;
     ``encode_text`` called from inside ``forward`` / ``forward_chunk`` runs plain."""
     depth = [0]  # how many forward / forward_chunk calls of this model are running
@@ -153,7 +154,7 @@ def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer
     a collective that returns it on rank 0 (tensors on CPU) and ``{}`` on the other ranks."""
     if not is_sharded(model):
         return optimizer.state_dict()
-    by_name = get_optimizer_state_dict(model, optimizer, options=_GATHER)
+    by_name: Any = get_optimizer_state_dict(model, optimizer, options=_GATHER)
     if not by_name:
         return {}
     index = {name: i for i, name in enumerate(_param_names(model, optimizer))}
@@ -170,7 +171,7 @@ def load_full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Opti
         optimizer.load_state_dict(state)
         return
     names = _param_names(model, optimizer)
-    by_name = {"state": {names[i]: s for i, s in state["state"].items()},
+    by_name: Any = {"state": {names[i]: s for i, s in state["state"].items()},
                "param_groups": [g | {"params": [names[i] for i in g["params"]]}
                                 for g in state["param_groups"]]}
     set_optimizer_state_dict(model, optimizer, by_name, options=_SCATTER)

@@ -1,10 +1,12 @@
-"""Rewards for Re-DMD: videos -> one score per sample, without gradient (DESIGN §5).
+"""Rewards for Re-DMD: videos -> one score per sample, without gradient (docs/design.md §5).
 
 Videos are ``[B, F, H, W, 3]`` RGB, uint8 or float in [0, 1], numpy or torch. Scores are
 z-normalised with FIXED constants stored with the reward (calibrated once on reference videos),
 never with batch statistics: a batch z-score is 0 at batch size 1 and would turn Re-DMD into DMD.
 """
 from __future__ import annotations
+
+from typing import Any
 
 from dataclasses import dataclass
 
@@ -20,7 +22,8 @@ from ..eval.metrics import as_video, grey
 FLOW_MOTION_MEAN = 1.4441
 FLOW_MOTION_STD = 0.5733
 
-_FARNEBACK = dict(pyr_scale=0.5, levels=3, winsize=9, iterations=3, poly_n=5, poly_sigma=1.1, flags=0)
+_NO_FLOW: Any = None  # no initial flow (OpenCV's stubs do not say None is allowed)
+_FARNEBACK: dict[str, Any] = dict(pyr_scale=0.5, levels=3, winsize=9, iterations=3, poly_n=5, poly_sigma=1.1, flags=0)
 
 
 def _videos(videos) -> list[np.ndarray]:
@@ -72,7 +75,7 @@ class FlowMotionReward(Reward):
         if scale < 1:
             g = np.stack([cv2.resize(f, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
                           for f in g])
-        mags = [np.hypot(*np.moveaxis(cv2.calcOpticalFlowFarneback(a, b, None, **_FARNEBACK), -1, 0)).mean()
+        mags = [np.hypot(*np.moveaxis(cv2.calcOpticalFlowFarneback(a, b, _NO_FLOW, **_FARNEBACK), -1, 0)).mean()
                 for a, b in zip(g[:-1], g[1:])]
         return float(np.log1p(np.mean(mags) * 256 / min(g.shape[1:])))
 
@@ -100,9 +103,9 @@ def translating_texture(frames: int, size: int, dx: float, dy: float, rng) -> np
     """A smooth random colour texture moving by ``(dx, dy)`` pixels per frame: ``[F, size, size, 3]``."""
     big = size * 2
     tex = cv2.GaussianBlur(rng.uniform(0, 255, (big, big, 3)).astype(np.float32), (0, 0), 2.0)
-    tex = cv2.normalize(tex, None, 0, 255, cv2.NORM_MINMAX)
+    tex = cv2.normalize(tex, np.empty_like(tex), 0, 255, cv2.NORM_MINMAX)
     video = []
     for f in range(frames):
-        m = np.float32([[1, 0, -big / 4 - dx * f], [0, 1, -big / 4 - dy * f]])
+        m = np.array([[1, 0, -big / 4 - dx * f], [0, 1, -big / 4 - dy * f]], np.float32)
         video.append(cv2.warpAffine(tex, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT))
     return np.clip(np.stack(video), 0, 255).astype(np.uint8)

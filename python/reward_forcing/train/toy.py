@@ -1,4 +1,4 @@
-"""A 1-D toy where the answer is known (DESIGN §5): data = two Gaussian modes at -2 and +2, a
+"""A 1-D toy where the answer is known (docs/design.md §5): data = two Gaussian modes at -2 and +2, a
 reward ~1 on the right mode and ~0 on the left; a small MLP generator (noise -> sample) trained by
 DMD against the *exact* real score of the mixture and an MLP critic (fake score) trained by the
 flow-matching denoising loss on the generator's samples.
@@ -145,7 +145,8 @@ def compare(seeds=(0, 1, 2), cfg: ToyConfig = ToyConfig()) -> list[dict]:
 
 if __name__ == "__main__":
     c = ToyConfig()
+    tilted = c.right_weight * math.e ** c.beta
     print(f"data right mass {c.right_weight}, tilted target {tilted_right_mass(c):.3f} "
-          f"(closed form {c.right_weight * math.e ** c.beta / (c.right_weight * math.e ** c.beta + 1 - c.right_weight):.3f})")
+          f"(closed form {tilted / (tilted + 1 - c.right_weight):.3f})")
     for row in compare(cfg=c):
         print(row)

@@ -1,4 +1,4 @@
-"""The Re-DMD trainer (DESIGN §5), nanoGPT-style: one loop, explicit state, nothing hidden, the
+"""The Re-DMD trainer (docs/design.md §5), nanoGPT-style: one loop, explicit state, nothing hidden, the
 ODE-init stage before it (:class:`ODEInitTrainer`); the world model's teacher stage, which shares
 the loop, is in :mod:`.teacher`.
 
@@ -27,7 +27,7 @@ import random
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -130,6 +130,7 @@ class _TrainLoop:
         return self._mine(full)
 
     def _batch_text(self) -> torch.Tensor:
+        assert self.prompts is not None  # set when the data brings no prompts of its own
         prompts = self._mine([self.prompt_rng.choice(self.prompts)
                               for _ in range(self.cfg.batch_size * self.world)])
         with torch.no_grad():
@@ -243,7 +244,8 @@ class _TrainLoop:
         every RNG state; only tensors and plain Python values (loads with ``weights_only=True``).
         FSDP2-sharded models and their optimizer states are gathered to full ones (the same keys):
         then a collective, complete on rank 0 only."""
-        name, keys, pos, has_gauss, cached = np.random.get_state()
+        numpy_state: Any = np.random.get_state()  # the legacy tuple
+        name, keys, pos, has_gauss, cached = numpy_state
         return {
             "version": _CHECKPOINT_VERSION, "stage": type(self).__name__, "config": self.cfg.to_dict(),
             "world": self.world, "step": self.step,
@@ -361,7 +363,7 @@ class ReDMDTrainer(_TrainLoop):
                                          sink_frames=cfg.sink_frames, window_frames=cfg.window_frames,
                                          chunk_frames=cfg.chunk_frames, alpha=cfg.alpha,
                                          dtype=torch.float32)
-        adamw = dict(betas=cfg.betas, weight_decay=cfg.weight_decay)
+        adamw: dict[str, Any] = dict(betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.opt_g = torch.optim.AdamW(generator.parameters(), lr=cfg.lr_generator, **adamw)
         self.opt_c = torch.optim.AdamW(critic.parameters(), lr=cfg.lr_critic, **adamw)
         self.generator_steps = 0
@@ -409,6 +411,8 @@ class ReDMDTrainer(_TrainLoop):
         return dmd.add_noise(x0.detach(), noise, sigma), noise, t, sigma
 
     def _rewards(self, x0: torch.Tensor) -> torch.Tensor:
+        if self.reward is None or self.decode is None:
+            raise RuntimeError("no reward: the weighting is 'none'")
         with torch.no_grad():
             return self.reward(self.decode(x0.detach())).to(self.device)
 
@@ -429,8 +433,9 @@ class ReDMDTrainer(_TrainLoop):
             with torch.no_grad(), self._autocast():
                 x_t, _, t, sigma = self._noised(x0)
                 uncond = self.negative.expand(len(cond), -1, -1)
-                real = [dmd.predict_x0(x_t, self.teacher(x_t, t, c).float(), sigma) for c in (cond, uncond)]
-                x_real = dmd.cfg(*real, cfg.guidance_scale)
+                real_cond, real_uncond = (dmd.predict_x0(x_t, self.teacher(x_t, t, c).float(), sigma)
+                                          for c in (cond, uncond))
+                x_real = dmd.cfg(real_cond, real_uncond, cfg.guidance_scale)
                 x_fake = dmd.predict_x0(x_t, self.critic(x_t, t, cond).float(), sigma)
             grad = dmd.dmd_gradient(x0, x_real, x_fake)
             loss = dmd.weighted_mean(dmd.dmd_loss(x0, grad), weights)

@@ -1,4 +1,4 @@
-"""A VLM video reward (VideoAlign / VideoReward style, DESIGN §5): a Qwen2-VL backbone whose last
+"""A VLM video reward (VideoAlign / VideoReward style, docs/design.md §5): a Qwen2-VL backbone whose last
 hidden states at special reward tokens (``<|VQ_reward|>``, ``<|MQ_reward|>``, ``<|TA_reward|>``)
 go through a linear ``rm_head``; the score used for Re-DMD (motion quality, ``MQ``, by default) is
 z-normalised with FIXED constants stored with the checkpoint, never batch statistics.
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any, cast
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,8 @@ def video_patches(video: np.ndarray, patch_size: int = 14, merge_size: int = 2, 
         frames = frames[torch.linspace(0, len(frames) - 1, num_frames).round().long()]
     if pad := -len(frames) % temporal_patch_size:
         frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)])
-    h, w = smart_resize(*frames.shape[2:], factor=patch_size * merge_size, min_pixels=min_pixels,
+    height, width = frames.shape[2:]
+    h, w = smart_resize(height, width, factor=patch_size * merge_size, min_pixels=min_pixels,
                         max_pixels=max_pixels)
     if (h, w) != tuple(frames.shape[2:]):
         frames = F.interpolate(frames, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
@@ -138,13 +140,14 @@ class VLMReward(Reward):
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = Qwen2VLForConditionalGeneration.from_pretrained(path, local_files_only=True, dtype=dtype)
         self.model = model.model.to(device).eval().requires_grad_(False)  # Qwen2VLModel: no lm_head
-        self.config, self.device = model.config, torch.device(device)
-        hidden = self.config.text_config.hidden_size
+        config: Any = model.config  # transformers types it as a union
+        self.config, self.device = config, torch.device(device)
+        hidden = config.text_config.hidden_size
         if weight.ndim != 2 or weight.shape[1] != hidden or weight.shape[0] not in (1, len(self.reward_tokens)):
             raise ValueError(f"VLM reward: rm_head weight {tuple(weight.shape)} does not fit hidden size "
                              f"{hidden} and {len(self.reward_tokens)} reward tokens")
         self.rm_head = weight.to(self.device, torch.float32)
-        self.token_ids = self.tokenizer.convert_tokens_to_ids(self.reward_tokens)
+        self.token_ids = cast(list[int], self.tokenizer.convert_tokens_to_ids(self.reward_tokens))
         if any(i is None or i == self.tokenizer.unk_token_id for i in self.token_ids):
             raise ValueError(f"VLM reward: the tokenizer lacks reward tokens {self.reward_tokens}")
         self._row = self.reward_tokens.index(f"<|{self.score}_reward|>")

@@ -1,5 +1,5 @@
 """A procedural video world: 1-3 flat shapes moving in straight lines and bouncing off the walls of a
-plain background, with plain-English prompts that state every attribute (DESIGN §8).
+plain background, with plain-English prompts that state every attribute (docs/design.md §8).
 
 Geometry is analytic (a bounce is a fold of the straight-line position into the free interval), so
 any frame range renders independently and an endless stream never drifts. Shapes are rasterised
@@ -226,20 +226,20 @@ def render_batch(scenes, num_frames: int, starts, device="cpu"):
         radius[i, :n] = [radius_px(o.size, h, w) for o in sc.objects]
         colour[i, :n] = [COLOURS[o.colour] for o in sc.objects]
         shape[i, :n] = [SHAPES.index(o.shape) for o in sc.objects]
-    pos, radius, colour, shape = (torch.from_numpy(x).to(device) for x in (pos, radius, colour, shape))
+    pos_t, radius_t, colour_t, shape_t = (torch.from_numpy(x).to(device) for x in (pos, radius, colour, shape))
     img = torch.tensor([BACKGROUNDS[sc.background] for sc in scenes], dtype=torch.float32, device=device)
     img = img[:, None, None, None].expand(b, num_frames, h, w, 3).contiguous()
     xs = torch.arange(w, dtype=torch.float32, device=device) + 0.5
     ys = torch.arange(h, dtype=torch.float32, device=device)[:, None] + 0.5
     for k in range(k_max):
-        dx = xs - pos[:, :, k, 0, None, None]
-        dy = ys - pos[:, :, k, 1, None, None]
-        r = radius[:, k, None, None, None]
+        dx = xs - pos_t[:, :, k, 0, None, None]
+        dy = ys - pos_t[:, :, k, 1, None, None]
+        r = radius_t[:, k, None, None, None]
         sdf = torch.full_like(dx, float("inf"))  # absent objects cover nothing
         for index, name in enumerate(SHAPES):
-            sdf = torch.where((shape[:, k] == index)[:, None, None, None], _signed_distance(name, r, dx, dy), sdf)
+            sdf = torch.where((shape_t[:, k] == index)[:, None, None, None], _signed_distance(name, r, dx, dy), sdf)
         cover = (0.5 - sdf).clamp(0.0, 1.0)
-        img += (colour[:, k, None, None, None] - img) * cover[..., None]
+        img += (colour_t[:, k, None, None, None] - img) * cover[..., None]
     return img.round().to(torch.uint8)
 
 
