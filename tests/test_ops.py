@@ -1,9 +1,9 @@
-"""The streaming ops (C++ twin and pure-PyTorch reference) against DESIGN §2 in float64."""
+"""The streaming ops (C++ twin and pure-PyTorch reference) against docs/design.md §2 in float64."""
 import pytest
 import torch
 
 import reward_forcing
-from reward_forcing import ops, reference
+from reward_forcing import functional, ops, reference
 from reward_forcing.rope import wan_rope_tables
 
 BACKENDS = ["reference", "sdpa"] + (["kernel"] if reward_forcing.HAS_CPP else [])
@@ -20,7 +20,7 @@ def _attend(q, keys, values, scale):
 
 @pytest.mark.parametrize("backend", ["naive"] + BACKENDS)
 def test_design_worked_example(backend):
-    """DESIGN §2: T=1, C=2, S=1, W=2, alpha=1/2, frames f0..f7, contexts written out by hand."""
+    """docs/design.md §2: T=1, C=2, S=1, W=2, alpha=1/2, frames f0..f7, contexts written out by hand."""
     q, k, v = _qkv(1, 8, 1, 4)
     f = lambda x, i: x[:, i:i + 1]  # noqa: E731
     sink1 = lambda x: (f(x, 0) + f(x, 1)) / 2  # noqa: E731
@@ -33,7 +33,7 @@ def test_design_worked_example(backend):
     ]
     want = torch.cat([_attend(q[:, 2 * i:2 * i + 2], ctx(k), ctx(v), 0.5)
                       for i, ctx in enumerate(contexts)], 1)
-    got = ops.streaming_attention(q, k, v, frame_tokens=1, chunk_frames=2, sink_frames=1,
+    got = functional.streaming_attention(q, k, v, frame_tokens=1, chunk_frames=2, sink_frames=1,
                                   window_frames=2, alpha=0.5, backend=backend)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
@@ -71,8 +71,8 @@ CONFIGS = [
 def test_streaming_matches_float64_contract(backend, t, c, s, w, alpha, b, h, d, chunks):
     q, k, v = _qkv(b, chunks * c * t, h, d)
     kw = dict(frame_tokens=t, chunk_frames=c, sink_frames=s, window_frames=w, alpha=alpha)
-    want = ops.streaming_attention(q, k, v, backend="naive", **kw)
-    got = ops.streaming_attention(q, k, v, backend=backend, **kw)
+    want = functional.streaming_attention(q, k, v, backend="naive", **kw)
+    got = functional.streaming_attention(q, k, v, backend=backend, **kw)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-11)
 
 
@@ -83,8 +83,8 @@ def test_rope_storage_matches_rotation_at_read(backend, t, c, s, w, alpha, b, h,
     q, k, v = _qkv(b, chunks * c * t, h, d)
     rope = wan_rope_tables(d, 1, t) if d >= 6 else None
     kw = dict(frame_tokens=t, chunk_frames=c, sink_frames=s, window_frames=w, alpha=alpha, rope=rope)
-    want = ops.streaming_attention(q, k, v, backend="naive", **kw)
-    got = ops.streaming_attention(q, k, v, backend=backend, **kw)
+    want = functional.streaming_attention(q, k, v, backend="naive", **kw)
+    got = functional.streaming_attention(q, k, v, backend=backend, **kw)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
 
 
@@ -99,10 +99,10 @@ def test_low_precision_matches_float64(dtype, atol, d):
     q, k, v = _qkv(1, 8 * c * t, 2, d)
     rope = wan_rope_tables(d, 2, 4)
     kw = dict(frame_tokens=t, chunk_frames=c, sink_frames=s, window_frames=w, alpha=0.9, rope=rope)
-    want = ops.streaming_attention(q, k, v, backend="naive", **kw)
+    want = functional.streaming_attention(q, k, v, backend="naive", **kw)
     low = [x.to(dtype) for x in (q, k, v)]
     for backend in ("kernel", "reference"):
-        got = ops.streaming_attention(*low, backend=backend, **kw)
+        got = functional.streaming_attention(*low, backend=backend, **kw)
         assert got.dtype == dtype
         torch.testing.assert_close(got.double(), want, rtol=0, atol=atol)
 
@@ -112,7 +112,7 @@ def _filled_cache(d=8, t=3, s=2, w=3, c=2, frames=9, dtype=torch.float64, rope=T
         1, 2, 2, d, frame_tokens=t, sink_frames=s, window_frames=w, chunk_frames=c, alpha=0.8,
         dtype=dtype, sink_dtype=torch.float64 if dtype == torch.float64 else torch.float32,
         rope=wan_rope_tables(d, 1, t) if rope else None, backend="kernel")
-    for i in range(0, frames, c):
+    for _ in range(0, frames, c):
         x = torch.randn(2, c * t, 2, d, dtype=dtype)
         cache.layer(0).append(x, x.flip(1))
     return cache
@@ -222,13 +222,13 @@ def _kw(**over):
 def test_bad_input_names_the_problem(backend, make, kw, exc, match):
     q, k, v = make()
     with pytest.raises(exc, match=match):
-        ops.streaming_attention(q, k, v, backend=backend, **_kw(**kw))
+        functional.streaming_attention(q, k, v, backend=backend, **_kw(**kw))
 
 
 def test_unknown_backend():
     q, k, v = _qkv(1, 8, 1, 4)
     with pytest.raises(ValueError, match="backend must be one of"):
-        ops.streaming_attention(q, k, v, backend="cudnn", **_kw())
+        functional.streaming_attention(q, k, v, backend="cudnn", **_kw())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -237,9 +237,9 @@ def test_op_level_bad_input(backend):
     lc = cache.layer(0)
     q = torch.randn(2, 6, 2, 8, dtype=torch.float64)
     kw = dict(frame_tokens=3, sink_frames=2, window_frames=3, backend=backend)
+    qkv = [torch.randn(2, 9, 2, 8, dtype=torch.float64)] * 3
     with pytest.raises(ValueError, match="ring holds"):  # a chunk larger than the free ring slots
-        ops.sink_window_attention(torch.randn(2, 9, 2, 8, dtype=torch.float64), *[torch.randn(2, 9, 2, 8, dtype=torch.float64)] * 2,
-                                  lc.k, lc.v, lc.state, **kw)
+        ops.sink_window_attention(*qkv, lc.k, lc.v, lc.state, **kw)
     with pytest.raises(ValueError, match="rope tables must be"):
         ops.sink_window_attention(q, q, q, lc.k, lc.v, lc.state, rope_freqs=cache.rope_freqs[:2],
                                   rope_spatial=cache.rope_spatial, **kw)

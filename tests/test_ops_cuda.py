@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import reward_forcing
-from reward_forcing import ops, reference
+from reward_forcing import functional, ops, reference
 from reward_forcing.rope import rope_cos_sin, rope_rotate, wan_rope_tables
 
 _WHY = ("needs a CUDA GPU" if not torch.cuda.is_available() else
@@ -186,14 +186,14 @@ def test_attention_unaligned_inputs():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("backend", ["kernel", "sdpa"])
 def test_streaming_matches_naive_oracle(cfg, dtype, backend):
-    """The whole stream (appends + attention, CUDA) against DESIGN §2's float64 frame-list oracle."""
+    """The whole stream (appends + attention, CUDA) against docs/design.md §2's float64 frame-list oracle."""
     t, c, s, w, alpha, b, h, d, chunks = cfg
     q, k, v = (torch.randn(b, chunks * c * t, h, d, dtype=torch.float64) for _ in range(3))
     rope = wan_rope_tables(d, 1, t) if d >= 6 else None
     kw = dict(frame_tokens=t, chunk_frames=c, sink_frames=s, window_frames=w, alpha=alpha, rope=rope)
-    want = ops.streaming_attention(q, k, v, backend="naive", **kw)
+    want = functional.streaming_attention(q, k, v, backend="naive", **kw)
     low = [x.to(device=DEV, dtype=dtype) for x in (q, k, v)]
-    got = ops.streaming_attention(*low, backend=backend, **kw)
+    got = functional.streaming_attention(*low, backend=backend, **kw)
     assert got.dtype == dtype and got.device.type == "cuda"
     tol = {torch.bfloat16: 3e-2, torch.float16: 4e-3, torch.float32: 1e-4}[dtype]
     torch.testing.assert_close(got.double().cpu(), want, rtol=0, atol=tol)

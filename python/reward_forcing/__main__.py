@@ -1,4 +1,4 @@
 """``python -m reward_forcing``: self-check of the streaming ops against the float64 oracle."""
-from .ops import self_check
+from .functional import self_check
 
 self_check()

@@ -1,7 +1,7 @@
 """Streaming-attention ops: the contract shared by the CPU C++ twin, the CUDA kernels, the SDPA
 path and the pure-PyTorch reference (:mod:`reward_forcing.reference`).
 
-Storage (DESIGN §3), per layer — ``B`` batch, ``H`` heads, ``D`` head dim, ``T`` tokens per frame,
+Storage (docs/design.md §3), per layer — ``B`` batch, ``H`` heads, ``D`` head dim, ``T`` tokens per frame,
 ``S`` sink frames, ``W`` window frames, ``C`` chunk frames, ring ``R = W + C`` frames:
 
 * ``k_cache, v_cache``: ``[B, (S + R) * T, H, D]``, the compute dtype (float32/64, bfloat16, float16),
@@ -23,7 +23,7 @@ Storage (DESIGN §3), per layer — ``B`` batch, ``H`` heads, ``D`` head dim, ``
 
 Derived from ``n``: the sink holds ``s_f = min(n, S)`` frames; the window is the frames
 ``[max(S, n - W), n)`` (``n_w`` of them); the sink copy is rotated to positions ``p0 - s_f + j``
-(``p0 = n - n_w``), so the relative time indices are DESIGN §2's: sink, window oldest first, chunk.
+(``p0 = n - n_w``), so the relative time indices are docs/design.md §2's: sink, window oldest first, chunk.
 
 Op schemas (``torch.ops.reward_forcing``):
 
@@ -74,7 +74,7 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 # ----------------------------------------------------------------------------- validation
-def _check_4d(name: str, x) -> None:
+def check_4d(name: str, x) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
@@ -109,8 +109,8 @@ def check_counter(n: int, chunk_frames: int, what: str = "state (the cache's fra
 def _check_chunk(chunk: dict, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames,
                  rope_freqs, rope_spatial, frames_appended=None) -> None:
     check_sizes(frame_tokens, sink_frames, window_frames)
-    _check_4d("k_cache", k_cache)
-    _check_4d("v_cache", v_cache)
+    check_4d("k_cache", k_cache)
+    check_4d("v_cache", v_cache)
     if k_cache.shape != v_cache.shape:
         raise ValueError(f"k_cache {tuple(k_cache.shape)} and v_cache {tuple(v_cache.shape)} differ")
     if k_cache.dtype != v_cache.dtype:
@@ -121,7 +121,7 @@ def _check_chunk(chunk: dict, k_cache, v_cache, state, frame_tokens, sink_frames
     if not isinstance(state, torch.Tensor) or state.dtype != torch.int64 or state.numel() != 1:
         raise TypeError("state must be an int64 tensor with one element")
     for name, x in chunk.items():
-        _check_4d(name, x)
+        check_4d(name, x)
         if x.dtype != k_cache.dtype:
             raise TypeError(f"{name} dtype {x.dtype} does not match the cache dtype {k_cache.dtype}")
         if x.device != k_cache.device or state.device != k_cache.device:
@@ -368,71 +368,3 @@ def attention_on_buffer(q, k, v, k_cache, v_cache, state, frame_tokens, sink_fra
     keys = torch.cat([k_cache.to(acc), kr], 1)
     values = torch.cat([v_cache.to(acc), v.to(acc)], 1)
     return reference.attention(qr, keys, values, scale, mask).to(q.dtype)
-
-
-# ----------------------------------------------------------------------------- functional form
-def streaming_attention(q, k, v, *, frame_tokens, chunk_frames, sink_frames, window_frames,
-                        alpha=0.999, scale=None, backend="auto", rope=None):
-    """DESIGN §2's streaming attention over a whole stream (rope-free unless ``rope`` is given).
-
-    ``q, k, v``: ``[B, N, H, D]`` with ``N`` a multiple of ``chunk_frames * frame_tokens``; the
-    stream is processed chunk by chunk through a :class:`~reward_forcing.cache.StreamingKVCache`
-    (sink kept in float32, float64 for float64 input). ``backend`` as for
-    :func:`sink_window_attention`; ``"naive"`` runs the frame-list oracle of
-    :func:`reward_forcing.reference.streaming_attention_naive`. ``rope``: optional
-    ``(freqs, spatial)`` tables of :func:`reward_forcing.rope.wan_rope_tables`, applied at §2's
-    relative time indices. Returns q's shape and dtype.
-    """
-    from .cache import StreamingKVCache
-
-    check_sizes(frame_tokens, sink_frames, window_frames, chunk_frames, alpha)
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        _check_4d(name, x)
-    if q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(f"q, k and v must have one shape, got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
-    if q.dtype != k.dtype or q.dtype != v.dtype:
-        raise TypeError(f"q, k and v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
-    if q.device != k.device or q.device != v.device:
-        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
-    step = chunk_frames * frame_tokens
-    if q.shape[1] == 0 or q.shape[1] % step:
-        raise ValueError(f"N={q.shape[1]} is not a positive multiple of chunk_frames*frame_tokens={step}")
-    if backend == "naive":
-        return reference.streaming_attention_naive(
-            q, k, v, frame_tokens=frame_tokens, chunk_frames=chunk_frames,
-            sink_frames=sink_frames, window_frames=window_frames, alpha=alpha, scale=scale,
-            rope=rope)
-    b, _, h, d = q.shape
-    cache = StreamingKVCache(
-        1, b, h, d, frame_tokens=frame_tokens, sink_frames=sink_frames,
-        window_frames=window_frames, chunk_frames=chunk_frames, alpha=alpha, dtype=q.dtype,
-        sink_dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
-        device=q.device, rope=rope, backend=backend)
-    layer = cache.layer(0)
-    out = []
-    for start in range(0, q.shape[1], step):
-        sl = slice(start, start + step)
-        out.append(layer.attend(q[:, sl], k[:, sl], v[:, sl], scale=scale))
-        layer.append(k[:, sl], v[:, sl])
-    return torch.cat(out, 1)
-
-
-def self_check() -> None:
-    """Runs the streaming contract on every available backend against the float64 oracle."""
-    torch.manual_seed(0)
-    shape = (1, 9 * 4 * 16, 2, 32)  # 9 chunks of 4 frames x 16 tokens
-    q, k, v = (torch.randn(shape, dtype=torch.float64) for _ in range(3))
-    kw = dict(frame_tokens=16, chunk_frames=4, sink_frames=3, window_frames=5, alpha=0.9)
-    want = streaming_attention(q, k, v, backend="naive", **kw)
-    backends = ["reference"] + (["kernel"] if HAS_CPP else [])
-    for backend in backends:
-        err = (streaming_attention(q, k, v, backend=backend, **kw) - want).abs().max().item()
-        status = "ok" if err < 1e-10 else "MISMATCH"
-        print(f"streaming_attention backend={backend:9s} max|err| vs float64 oracle = {err:.2e}  {status}")
-        if err >= 1e-10:
-            raise SystemExit(1)
-    print(f"C++ extension: {'built' if HAS_CPP else 'missing'}; CUDA kernels: "
-          f"{'built' if HAS_CUDA_KERNELS else 'not built'}; torch {torch.__version__}")
-
-
