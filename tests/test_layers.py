@@ -16,7 +16,7 @@ LAYERS = [
     ("_extension", "_build_info"),                 # the compiled ops, loaded for the running torch
     ("rope", "scheduler", "video_io", "world"),    # formulas and leaf utilities (torch/numpy only)
     ("reference", "eval"),                         # pure-PyTorch ops; video metrics (uses world)
-    ("ops",),                                      # the op contract, every backend
+    ("ops", "fused"),                              # the op contract, every backend; fused norms
     ("cache",),                                    # the EMA-Sink + window K/V cache
     ("functional", "models"),                      # the whole-stream function; networks, loaders
     ("pipelines", "train"),                        # streaming inference; training stages

@@ -258,7 +258,7 @@ def _dense_operands(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames,
 
 def _attention_sdpa(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames,
                     scale, rope_freqs, rope_spatial, *, frames_appended=None):
-    """SDPA on the storage of DESIGN §3 (operands: :func:`_dense_operands`)."""
+    """SDPA on the storage of docs/design.md §3 (operands: :func:`_dense_operands`)."""
     qr, keys, values = _dense_operands(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames,
                                        window_frames, rope_freqs, rope_spatial, frames_appended)
     out = F.scaled_dot_product_attention(qr.transpose(1, 2), keys.transpose(1, 2),

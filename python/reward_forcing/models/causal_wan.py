@@ -221,7 +221,8 @@ class CausalWanModel(nn.Module):
         on CUDA). Same math; in bf16 the normalised rows skip one rounding, so outputs differ
         from the unfused model by bf16 round-off."""
         for block in self.blocks:
-            block.fused = block.self_attn.fused = bool(enabled)
+            blk = cast(WanAttentionBlock, block)
+            blk.fused = blk.self_attn.fused = bool(enabled)
         return self
 
     @property

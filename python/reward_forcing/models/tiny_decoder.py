@@ -143,7 +143,7 @@ def _frames_first(decoder: TinyDecoder, latents: torch.Tensor) -> torch.Tensor:
     if latents.dim() != 5 or latents.shape[1] != decoder.latent_channels:
         raise ValueError(f"latents must be [B, {decoder.latent_channels}, F, h, w], got "
                          f"{tuple(latents.shape)}")
-    param = decoder.decoder[1].weight
+    param = next(decoder.decoder[1].parameters())  # the first conv's weight
     return latents.to(device=param.device, dtype=param.dtype).transpose(1, 2)
 
 
