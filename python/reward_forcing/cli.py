@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import warnings
 from fractions import Fraction
@@ -353,7 +352,7 @@ def main(argv=None) -> int:
         return 130
     except SystemExit as e:  # SIGTERM / SIGHUP (files.exit_on_signals)
         print(f"{PROG}: terminated by a signal; {args.out} not written", file=sys.stderr)
-        return e.code
+        return e.code if isinstance(e.code, int) else 1
     except (OSError, av.FFmpegError) as e:  # e.g. the disk is full: the .part is removed
         print(f"{PROG}: error: cannot write {args.out}: {_one_line(e)}", file=sys.stderr)
         return 2

@@ -3,8 +3,9 @@
 Three ops, each with a pure-PyTorch reference (``*_reference``: the contract), the C++ CPU twin
 (``torch.ops.reward_forcing.*``, ``csrc/cpu/fused_cpu.cpp``: one pass per row) and a CUDA kernel
 (``csrc/cuda/fused_cuda.cu``: one thread block per row); on CUDA without our kernels the
-reference compiled by ``torch.compile`` (inductor emits one fused kernel per op). ``x``, ``y``, ``q``, ``k``: ``[B, L, D]``; per-frame vectors ``shift``,
-``scale``, ``gate``: ``[B, F, 1, D]`` (or ``[B, F, D]``) in float32 (float64 for float64 rows),
+reference compiled by ``torch.compile`` (inductor emits one fused kernel per op).
+``x``, ``y``, ``q``, ``k``: ``[B, L, D]``; per-frame vectors ``shift``, ``scale``, ``gate``:
+``[B, F, 1, D]`` (or ``[B, F, D]``) in float32 (float64 for float64 rows),
 ``L`` a multiple of ``F``, token ``l`` belonging to frame ``l // (L / F)``. Math in float32
 (float64 for float64), outputs in the rows' dtype.
 

@@ -71,7 +71,7 @@ def handshake(port: int, host: str | None = None, origin: str | None = None) -> 
     """Opens a WebSocket by hand: (HTTP status of the handshake, the socket)."""
     sock = socket.create_connection((HOST, port), timeout=10)
     key = base64.b64encode(os.urandom(16)).decode()
-    lines = [f"GET /ws HTTP/1.1", f"Host: {host or f'{HOST}:{port}'}", "Upgrade: websocket",
+    lines = ["GET /ws HTTP/1.1", f"Host: {host or f'{HOST}:{port}'}", "Upgrade: websocket",
              "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
     if origin:
         lines.append(f"Origin: {origin}")

@@ -286,8 +286,8 @@ class _TrainLoop:
 
     def save_checkpoint(self) -> Path | None:
         """Rank 0 writes ``out_dir/checkpoint-<step>.pt`` atomically (:mod:`reward_forcing.files`:
-        a ``.part`` file, fsync, rename; removed on errors and SIGTERM/SIGHUP) and keeps the newest ``keep_checkpoints``. With FSDP2 every rank must call
-        it (gathering the sharded state is collective)."""
+        a ``.part`` file, fsync, rename; removed on errors and SIGTERM/SIGHUP) and keeps the newest
+        ``keep_checkpoints``. With FSDP2 every rank must call it (gathering the sharded state is collective)."""
         if self.rank != 0 and not any(is_sharded(m) for m in self._modules().values()):
             return None
         state = self.state_dict()
