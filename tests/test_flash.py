@@ -9,6 +9,7 @@ import types
 import pytest
 import torch
 from reward_forcing import ops
+from reward_forcing.functional import streaming_attention
 
 KW = dict(frame_tokens=8, chunk_frames=2, sink_frames=2, window_frames=3, alpha=0.9)
 
@@ -55,9 +56,9 @@ def test_flash_matches_oracle_and_sdpa(standin):
     inputs), and of the SDPA backend, which computes the same dense call. The dense steady-state
     path over the whole [sink | ring] buffer is used from chunk 3 on."""
     q, k, v = qkv(torch.bfloat16)
-    want = ops.streaming_attention(*(x.double() for x in (q, k, v)), backend="naive", **KW)
-    got = ops.streaming_attention(q, k, v, backend="flash", **KW)
-    sdpa = ops.streaming_attention(q, k, v, backend="sdpa", **KW)
+    want = streaming_attention(*(x.double() for x in (q, k, v)), backend="naive", **KW)
+    got = streaming_attention(q, k, v, backend="flash", **KW)
+    sdpa = streaming_attention(q, k, v, backend="sdpa", **KW)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.double(), want, rtol=0, atol=3e-2)
     torch.testing.assert_close(got, sdpa, rtol=0, atol=1.6e-2)
@@ -92,10 +93,10 @@ def test_flash_with_rope_in_the_model(standin):
 def test_flash_errors(standin, monkeypatch):
     q, k, v = qkv(torch.float32, chunks=1)
     with pytest.raises(TypeError, match="float16/bfloat16"):
-        ops.streaming_attention(q, k, v, backend="flash", **KW)
+        streaming_attention(q, k, v, backend="flash", **KW)
     q, k, v = (x.to(torch.bfloat16).requires_grad_() for x in qkv(torch.float32, chunks=1))
     with pytest.raises(RuntimeError, match="inference only"):
-        ops.streaming_attention(q, k, v, backend="flash", **KW)
+        streaming_attention(q, k, v, backend="flash", **KW)
     for name in ops.FLASH_MODULES:
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(ImportError, match=r"reward_forcing\[flash\]"):
@@ -119,8 +120,8 @@ def test_real_flash_attn_matches_oracle(dtype):
 
     rope = wan_rope_tables(64, 2, 4)
     q, k, v = (x.cuda() for x in qkv(dtype, heads=4, dim=64))
-    want = ops.streaming_attention(*(x.double() for x in (q, k, v)), backend="naive", rope=rope, **KW)
-    got = ops.streaming_attention(q, k, v, backend="flash", rope=rope, **KW)
+    want = streaming_attention(*(x.double() for x in (q, k, v)), backend="naive", rope=rope, **KW)
+    got = streaming_attention(q, k, v, backend="flash", rope=rope, **KW)
     tol = 3e-2 if dtype == torch.bfloat16 else 4e-3
     torch.testing.assert_close(got.double(), want, rtol=0, atol=tol)
     assert math.isfinite(got.float().abs().max().item())
