@@ -246,10 +246,10 @@ class EmulatedGraphs:
         for n, s in zip(CACHE_TENSORS, saved):
             getattr(c, n).copy_(s)
 
-        def replay():
-            mirror = list(c.frames_appended)
+        def replay():  # a replay moves the device counters, not the host mirror
+            counters = c.counters()
             out.copy_(fn())
-            c.frames_appended[:] = mirror
+            c.restore_counters(counters)
 
         return replay, out
 

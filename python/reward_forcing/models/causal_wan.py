@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import fused as fused_ops
-from ..cache import LayerCache, StreamingKVCache
+from ..cache import CacheConfig, StreamingKVCache
 from ..rope import rope_cos_sin, rope_rotate, wan_rope_tables
 from .wan_config import WAN_1_3B, WanConfig
 
@@ -184,13 +184,6 @@ def _sdpa_attention(q, k, v, cos, sin, mask):
     return F.scaled_dot_product_attention(q, k, v.transpose(1, 2), attn_mask=mask).transpose(1, 2)
 
 
-def _cache_attention(layer: LayerCache, update_cache: bool, q, k, v):
-    out = layer.attend(q, k, v)
-    if update_cache:
-        layer.append(k.detach(), v.detach())
-    return out
-
-
 X0_MIN_SIGMA = 0.05  # x0-prediction: the velocity's denominator floor (JiT's t_eps)
 
 
@@ -279,9 +272,13 @@ class CausalWanModel(nn.Module):
         x = x.view(x.shape[0], f, h, w, pt, ph, pw, self.config.out_dim)
         return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(x.shape[0], -1, f * pt, h * ph, w * pw)
 
-    def _run(self, x, t, context, grid, attentions, blocks=None):
-        """The network on latents ``x``; ``attentions[i]`` is block i's self-attention, ``blocks``
-        replaces ``self.blocks`` (compiled copies: :mod:`reward_forcing.pipelines.accelerate`)."""
+    def forward_with(self, x, t, context, attentions, *, blocks=None):
+        """The network on latents ``x`` with block i's self-attention ``attentions[i](q, k, v)``
+        (un-rotated ``[B, L, H, D]`` in, ``[B, L, H, D]`` out): the per-block hook of
+        :meth:`forward`, :meth:`forward_chunk` and the accelerated paths
+        (:mod:`reward_forcing.pipelines.accelerate`), whose ``blocks`` (compiled copies of
+        ``self.blocks``, same weights) replace the model's own."""
+        grid = self._grid(x)
         tokens = self.patch_embedding(x.to(self.dtype)).flatten(2).transpose(1, 2)
         e, e0 = self._time(t, x.shape[0], grid[0])
         text = self._text(context, x.shape[0])
@@ -305,7 +302,7 @@ class CausalWanModel(nn.Module):
         """The whole clip at once, RoPE at absolute positions 0..F-1. Bidirectional by default;
         ``chunk_frames`` makes it block-causal (a token sees its own chunk and all earlier ones),
         which is what streaming with an unbounded cache computes."""
-        f, h, w = grid = self._grid(x)
+        f, h, w = self._grid(x)
         acc = torch.float64 if self.dtype == torch.float64 else torch.float32
         freqs, spatial = (a.to(self.device) for a in wan_rope_tables(self.config.head_dim, h, w))
         cos, sin = rope_cos_sin(freqs, spatial, torch.arange(f, device=self.device), acc)
@@ -316,16 +313,16 @@ class CausalWanModel(nn.Module):
             chunk = torch.arange(f, device=self.device).repeat_interleave(h * w) // chunk_frames
             mask = chunk[:, None] >= chunk[None, :]
         attend = functools.partial(_sdpa_attention, cos=cos, sin=sin, mask=mask)
-        return self._run(x, t, context, grid, [attend] * len(self.blocks))
+        return self.forward_with(x, t, context, [attend] * len(self.blocks))
 
     def forward_chunk(self, x, t, context, cache: StreamingKVCache, update_cache: bool = False):
         """One chunk ``x [B, C, c, H, W]`` of a stream against ``cache`` (as it stands before the
         chunk). ``update_cache=True`` (the clean t = 0 pass) then appends the chunk's un-rotated
         K/V to every layer's cache: eviction and EMA-Sink update (docs/design.md §2)."""
-        grid = self.check_cache(x, cache)
-        attentions = [functools.partial(_cache_attention, cache.layer(i), update_cache)
+        self.check_cache(x, cache)
+        attentions = [functools.partial(cache.layer(i).attend, append=update_cache)
                       for i in range(len(self.blocks))]
-        return self._run(x, t, context, grid, attentions)
+        return self.forward_with(x, t, context, attentions)
 
     def check_cache(self, x, cache: StreamingKVCache):
         """The token grid of chunk ``x``, after checking that ``cache`` fits this model and chunk."""
@@ -336,18 +333,15 @@ class CausalWanModel(nn.Module):
                              f"frame; this model and chunk need {len(self.blocks)} x {tokens}")
         return grid
 
-    def new_cache(self, batch_size: int, frame_h: int, frame_w: int, *, sink_frames: int = 3,
-                  window_frames: int = 3, chunk_frames: int = 3, alpha: float = 0.999,
-                  half_life: float | None = None, dtype: torch.dtype | None = None, device=None,
-                  sink_dtype: torch.dtype = torch.float32, backend: str = "auto") -> StreamingKVCache:
-        """A streaming cache for this model. ``frame_h x frame_w`` is the *token* grid of a frame
-        (latent height / 2 x latent width / 2 for Wan's patches: 30 x 52 at 480 x 832).
-        ``sink_frames=0`` gives the plain sliding window, ``alpha=1`` the frozen sink; dtype and
-        device default to the model's."""
-        c = self.config
+    def new_cache(self, batch_size: int, frame_h: int, frame_w: int, config: CacheConfig | None = None,
+                  *, device=None, **geometry) -> StreamingKVCache:
+        """A streaming cache for this model, shaped by ``config`` (with the loose ``geometry``
+        keywords of :meth:`CacheConfig.of` on top). ``frame_h x frame_w`` is the *token* grid of a
+        frame (latent height / 2 x latent width / 2 for Wan's patches: 30 x 52 at 480 x 832). The
+        K/V dtype (unless the config sets one) and the device default to the model's."""
+        c, config = self.config, CacheConfig.of(config, **geometry)
         return StreamingKVCache(
             c.num_layers, batch_size, c.num_heads, c.head_dim, frame_tokens=frame_h * frame_w,
-            sink_frames=sink_frames, window_frames=window_frames, chunk_frames=chunk_frames,
-            alpha=alpha, half_life=half_life, dtype=dtype or self.dtype, sink_dtype=sink_dtype,
+            config=config if config.dtype else CacheConfig.of(config, dtype=self.dtype),
             device=device if device is not None else self.device,
-            rope=wan_rope_tables(c.head_dim, frame_h, frame_w), backend=backend)
+            rope=wan_rope_tables(c.head_dim, frame_h, frame_w))

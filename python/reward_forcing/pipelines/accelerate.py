@@ -31,7 +31,7 @@ import torch
 
 from .._extension import HAS_CUDA_KERNELS
 from ..cache import StreamingKVCache
-from ..models.causal_wan import CausalWanModel, TextKV, _cache_attention
+from ..models.causal_wan import CausalWanModel, TextKV
 
 ACCELERATE_MODES = ("none", "cuda-graphs", "compile", "compile+cuda-graphs")
 
@@ -49,7 +49,7 @@ class CUDAGraphBackend:
         self.pool = None
 
     def usable(self, x: torch.Tensor, cache: StreamingKVCache) -> bool:
-        return x.is_cuda and cache.k.is_cuda
+        return x.is_cuda and cache.device.type == "cuda"
 
     def warmup(self, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Runs ``fn`` eagerly on the side stream (its result is real) and joins the streams."""
@@ -129,8 +129,8 @@ class CUDAGraphForwardChunk:
         self._load_text(context)
         graph.x.copy_(x)
         graph.replay()
-        if update_cache:
-            self._advance_host_mirror(x)
+        if update_cache:  # the graph appended on the device
+            self.cache.advance(x.shape[2] // self.model.config.patch_size[0])
         self.replays += 1
         return graph.out.clone()
 
@@ -162,7 +162,7 @@ class CUDAGraphForwardChunk:
             return None
         if x.shape[2] != c.chunk_frames * self.model.config.patch_size[0]:
             return None
-        if min(c.frames_appended) < c.sink_frames + c.window_frames:
+        if not c.steady:
             return None
         if context is not self._text_source and self._text is not None \
                 and not _same_layout(self._text, context):
@@ -182,12 +182,6 @@ class CUDAGraphForwardChunk:
                 sv.copy_(v)
         self._text_source = context
 
-    def _advance_host_mirror(self, x) -> None:
-        frames = x.shape[2] // self.model.config.patch_size[0]
-        mirror = self.cache.frames_appended
-        for i in range(len(mirror)):
-            mirror[i] += frames
-
     def _capture(self, key, x, t, context, update_cache):
         cache, backend = self.cache, self.backend
         self._load_text(context)
@@ -199,7 +193,7 @@ class CUDAGraphForwardChunk:
             return self.forward(static_x, static_t, self._text, cache, update_cache=update_cache)
 
         out = backend.warmup(run)  # this call's result (and its cache update, if any)
-        mirror = list(cache.frames_appended)
+        counters = cache.counters()
         try:
             replay, static_out = backend.capture(run)
         except Exception as e:  # nothing ran: the warm-up's result stands; go on eagerly
@@ -208,7 +202,7 @@ class CUDAGraphForwardChunk:
                           stacklevel=3)
             return out
         finally:  # the capture ran the Python code (append's host increment) but no kernel
-            cache.frames_appended[:] = mirror
+            cache.restore_counters(counters)
         self.graphs[key] = _Graph(static_x, static_out, replay)
         self.captures += 1
         return out
@@ -235,7 +229,7 @@ class _LayerByLayer:
     def __call__(self, q, k, v):
         layer = self.cache.layer(self.index)
         self.index += 1
-        return _cache_attention(layer, self.update_cache, q, k, v)
+        return layer.attend(q, k, v, append=self.update_cache)
 
 
 class CompiledForwardChunk:
@@ -265,9 +259,9 @@ class CompiledForwardChunk:
         self._attend = _LayerByLayer()
 
     def __call__(self, x, t, context, cache: StreamingKVCache, update_cache: bool = False):
-        grid = self.model.check_cache(x, cache)
+        self.model.check_cache(x, cache)
         self._attend.start(cache, update_cache)
-        return self.model._run(x, t, context, grid, [self._attend] * len(self.blocks), blocks=self.blocks)
+        return self.model.forward_with(x, t, context, [self._attend] * len(self.blocks), blocks=self.blocks)
 
 
 # ----------------------------------------------------------------------------- by name

@@ -16,11 +16,11 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..cache import CacheConfig
 from ..models.causal_wan import CausalWanModel
 from ..models.text_encoder import HashedTextEncoder, clean_prompt
 from ..models.pixel_codec import streaming_decoder
 from ..models.wan_config import WAN_TINY
-from ..ops import check_counter
 from ..scheduler import FewStepFlowSchedule
 
 _STATE_VERSION = 1
@@ -39,8 +39,10 @@ class StreamingPipeline:
     :class:`~reward_forcing.models.pixel_codec.PixelCodec`; ``text_encoder``
     a callable ``prompts -> [B, L, text_dim]`` states, zero after the real tokens (see
     :mod:`reward_forcing.models.text_encoder`; it bundles its tokenizer). ``height x width`` are
-    pixels (multiples of 16 for Wan). ``sink_frames``, ``window_frames``, ``chunk_frames``,
-    ``alpha``, ``sink_dtype`` configure the EMA-Sink cache (docs/design.md §2). ``fps`` is the video
+    pixels (multiples of 16 for Wan). ``cache_config`` (a :class:`~reward_forcing.cache.CacheConfig`)
+    shapes the EMA-Sink cache (docs/design.md §2); its fields can also be given one by one
+    (``sink_frames=``, ``window_frames=``, ``chunk_frames=``, ``alpha=``, ``half_life=``,
+    ``sink_dtype=``, ``cache_backend=``), applied on top of it. ``fps`` is the video
     frame rate, which turns seconds into frames. ``recache`` re-encodes the cache under a new
     prompt at a prompt switch; ``sink_recache`` then keeps the sink (``"keep"``) or rebuilds it
     from the kept clean latents (``"reinit"``). ``offload_text_encoder`` moves the text encoder to
@@ -64,12 +66,11 @@ class StreamingPipeline:
     """
 
     def __init__(self, model: CausalWanModel, vae, text_encoder, *, height: int = 480,
-                 width: int = 832, sink_frames: int = 3, window_frames: int = 3,
-                 chunk_frames: int = 3, alpha: float = 0.999, sink_dtype: torch.dtype = torch.float32,
+                 width: int = 832, cache_config: CacheConfig | None = None,
                  schedule: FewStepFlowSchedule | None = None, fps: float = 16.0,
                  recache: bool = False, sink_recache: str = "keep",
-                 offload_text_encoder: bool = False, cache_backend: str = "auto",
-                 accelerate: str = "none", overlap: bool | None = None):
+                 offload_text_encoder: bool = False, accelerate: str = "none",
+                 overlap: bool | None = None, cache_backend: str | None = None, **geometry):
         from .accelerate import ACCELERATE_MODES, make_forward_chunk
 
         if accelerate not in ACCELERATE_MODES:
@@ -93,12 +94,10 @@ class StreamingPipeline:
             raise ValueError(f"height and width must be positive multiples of {scale * ph} x "
                              f"{scale * pw}, got {height} x {width}")
         self.height, self.width = height, width
-        self.latent_shape = (1, cfg.in_dim, chunk_frames, height // scale, width // scale)
         self.device = model.device
         self.cache = model.new_cache(1, height // scale // ph, width // scale // pw,
-                                     sink_frames=sink_frames, window_frames=window_frames,
-                                     chunk_frames=chunk_frames, alpha=alpha, sink_dtype=sink_dtype,
-                                     backend=cache_backend)
+                                     CacheConfig.of(cache_config, backend=cache_backend, **geometry))
+        self.latent_shape = (1, cfg.in_dim, self.cache.chunk_frames, height // scale, width // scale)
         self.accelerate = accelerate
         self.overlap = self.device.type == "cuda" if overlap is None else bool(overlap)
         self.forward_chunk = make_forward_chunk(model, self.cache, accelerate)
@@ -316,24 +315,15 @@ class StreamingPipeline:
         re-encodes the window frames after it; ``"reinit"`` rebuilds sink and window from the
         last ``sink + window`` frames. The cache's frame counters restart (RoPE only sees
         differences of positions), so the EMA slot order restarts at slot 0."""
-        cache = self.cache
-        s, w, c = cache.sink_frames, cache.window_frames, cache.chunk_frames
-        n, frames = cache.frames_appended[0], self._kept
-        if n == 0:
+        cache, frames = self.cache, self._kept
+        s, w = cache.sink_frames, cache.window_frames
+        if cache.frames == 0:
             return
-        sink = None
-        if self.sink_recache == "keep" and n > s + w and s > 0:
-            sink = cache.sink_k.clone(), cache.sink_v.clone()
+        keep_sink = self.sink_recache == "keep" and cache.frames > s + w and s > 0
+        if keep_sink:
             frames = frames[:, :, frames.shape[2] - w:]
-        cache.reset()
-        if sink is not None:
-            per_append = c * cache.frame_tokens
-            for i in range(cache.num_layers):
-                for k, v in zip(sink[0][i].split(per_append, 1), sink[1][i].split(per_append, 1)):
-                    cache.layer(i).append(k.to(cache.dtype), v.to(cache.dtype))
-            cache.sink_k.copy_(sink[0])  # back to full precision: append stored the cache dtype
-            cache.sink_v.copy_(sink[1])
-        for piece in frames.split(c, 2):
+        cache.reset(keep_sink=keep_sink)
+        for piece in frames.split(cache.chunk_frames, 2):
             self.forward_chunk(piece, 0.0, self._text, cache, update_cache=True)
 
     # ------------------------------------------------------------------ state
@@ -365,8 +355,7 @@ class StreamingPipeline:
         c = self.cache
         return {
             "version": _STATE_VERSION, "geometry": self._geometry(),
-            "cache": {name: getattr(c, name).clone() for name in ("k", "v", "sink_k", "sink_v", "state")}
-                     | {"frames_appended": list(c.frames_appended)},
+            "cache": c.state_dict(),
             "kept_latents": self._kept.clone(), "generator": self.generator.get_state(),
             "decoder": self.decoder.state_dict(), "seed": self.seed, "chunk_index": self.chunk_index,
             "frames_emitted": self.frames_emitted, "end_frame": self.end_frame,
@@ -381,21 +370,9 @@ class StreamingPipeline:
         if state["geometry"] != self._geometry():
             raise ValueError(f"the stream was saved with {state['geometry']}, "
                              f"this pipeline has {self._geometry()}")
-        c, saved = self.cache, state["cache"]
-        appended, counters = saved["frames_appended"], saved["state"].reshape(-1).tolist()
-        if not isinstance(appended, (list, tuple)) or list(appended) != counters:
-            raise ValueError(f"cache.frames_appended {appended!r} does not match cache.state "
-                             f"{counters}: a corrupted stream state")
-        for n in counters:  # a tampered counter must not reach the ops' pointer math
-            check_counter(n, c.chunk_frames, "cache.state")
+        self.cache.check_state_dict(state["cache"])  # before anything is reset
         self._start(state["prompt"], state["seed"], state["end_frame"], state["switches"])
-        for name in ("k", "v", "sink_k", "sink_v", "state"):
-            dst, src = getattr(c, name), saved[name]
-            if src.shape != dst.shape or src.dtype != dst.dtype:
-                raise ValueError(f"cache.{name}: saved {tuple(src.shape)} {src.dtype}, "
-                                 f"expected {tuple(dst.shape)} {dst.dtype}")
-            dst.copy_(src)
-        c.frames_appended = list(saved["frames_appended"])
+        self.cache.load_state_dict(state["cache"])
         self._kept = state["kept_latents"].to(self.device).clone()
         self.generator.set_state(state["generator"])
         self.decoder.load_state_dict(state["decoder"])

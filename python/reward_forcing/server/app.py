@@ -174,6 +174,7 @@ class _Slots:
 def sibling_factory(base) -> Callable[..., Any]:
     """A ``pipeline_factory`` making pipelines that share ``base``'s model, VAE and text encoder
     (loaded once) with their own cache and decoder state; sink/window/alpha per stream."""
+    from ..cache import CacheConfig
     from ..pipelines import StreamingPipeline
 
     c = base.cache
@@ -182,10 +183,10 @@ def sibling_factory(base) -> Callable[..., Any]:
     def make(*, sink_frames: int, window_frames: int, alpha: float):
         return StreamingPipeline(
             base.model, base.vae, text, height=base.height, width=base.width,
-            sink_frames=sink_frames, window_frames=window_frames, chunk_frames=c.chunk_frames,
-            alpha=alpha, sink_dtype=c.sink_dtype, schedule=base.schedule, fps=base.fps,
-            recache=base.recache, sink_recache=base.sink_recache, offload_text_encoder=False,
-            cache_backend=c.backend, overlap=base.overlap)
+            cache_config=CacheConfig.of(c.config, sink_frames=sink_frames, window_frames=window_frames,
+                                        alpha=alpha),
+            schedule=base.schedule, fps=base.fps, recache=base.recache,
+            sink_recache=base.sink_recache, offload_text_encoder=False, overlap=base.overlap)
     return make
 
 
