@@ -54,12 +54,8 @@ PROMPT = "a red fox running through snow"
 
 def run_chunk(forward_chunk, text, cache, sched, gen):
     x = torch.randn(1, *LATENT, device="cuda", dtype=torch.float32, generator=gen)
-    for i, (t, sigma) in enumerate(zip(sched.timesteps, sched.sigmas)):
-        v = forward_chunk(x.to(torch.bfloat16), t, text, cache)
-        x0 = sched.predict_x0(x, v.float(), sigma)
-        if i + 1 < len(sched.sigmas):
-            noise = torch.randn(x.shape, device="cuda", generator=gen)
-            x = sched.add_noise(x0, noise, sched.sigmas[i + 1])
+    x0 = sched.denoise(x, lambda x, t: forward_chunk(x.to(torch.bfloat16), t, text, cache),
+                       lambda x0: torch.randn(x0.shape, device="cuda", generator=gen))
     forward_chunk(x0.to(torch.bfloat16), 0.0, text, cache, update_cache=True)
     return x0
 

@@ -19,8 +19,8 @@ from reward_forcing.eval import evaluate_video
 from reward_forcing.models.loading import load_causal_wan
 from reward_forcing.models.pixel_codec import PixelCodec
 from reward_forcing.models.text_encoder import MiniLMTextEncoder
-from reward_forcing.scheduler import FewStepFlowSchedule
-from reward_forcing.train.trainer import latest_checkpoint, teacher_trajectory
+from reward_forcing.scheduler import FewStepFlowSchedule, add_noise, predict_x0, teacher_trajectory, timestep_of
+from reward_forcing.train.trainer import latest_checkpoint
 from reward_forcing.train.world_data import WorldClips
 
 SIGMAS = (0.3, 0.6, 0.8, 0.95)
@@ -39,9 +39,9 @@ def x0_errors(model, text, codec, clips: int = 16, seed: int = 5) -> dict:
     cond = text(prompts)
     out = {"mean_colour_baseline": float((x0 - x0.mean((2, 3, 4), keepdim=True)).pow(2).mean())}
     for sigma in SIGMAS:
-        x_t = (1 - sigma) * x0 + sigma * torch.randn(x0.shape, generator=gen)
-        v = model(x_t, torch.full((clips,), sigma * 1000), cond)
-        out[f"sigma_{sigma}"] = float((x_t - sigma * v - x0).pow(2).mean())
+        x_t = add_noise(x0, torch.randn(x0.shape, generator=gen), sigma)
+        v = model(x_t, torch.full((clips,), timestep_of(sigma)), cond)
+        out[f"sigma_{sigma}"] = float((predict_x0(x_t, v, sigma) - x0).pow(2).mean())
     return out
 
 

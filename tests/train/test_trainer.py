@@ -156,7 +156,7 @@ def test_teacher_trajectory_of_a_point_mass_is_exact():
     """For data = one point x*, v = (x - x*) / sigma exactly and the flow ODE is a straight line:
     Euler lands on x* and passes (1 - sigma) x* + sigma eps at every student step."""
     from reward_forcing.scheduler import FewStepFlowSchedule
-    from reward_forcing.train.trainer import teacher_trajectory
+    from reward_forcing.scheduler import teacher_trajectory
 
     sched = FewStepFlowSchedule()
     target, noise = torch.randn(1, 16, 2, 4, 4, dtype=torch.float64), torch.randn(1, 16, 2, 4, 4, dtype=torch.float64)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from .. import fused as fused_ops
 from ..cache import CacheConfig, StreamingKVCache
 from ..rope import rope_cos_sin, rope_rotate, wan_rope_tables
+from ..scheduler import sigma_of
 from .wan_config import WAN_1_3B, WanConfig
 
 
@@ -291,7 +292,7 @@ class CausalWanModel(nn.Module):
     def _velocity_from_x0(x, x0, t):
         """``(x - x0) / max(sigma, X0_MIN_SIGMA)`` with ``sigma = t / 1000`` per sample or frame."""
         acc = torch.promote_types(x0.dtype, torch.float32)
-        sigma = torch.as_tensor(t, dtype=acc, device=x.device) / 1000
+        sigma = sigma_of(torch.as_tensor(t, dtype=acc, device=x.device))
         if sigma.dim() == 1:
             sigma = sigma[:, None]
         sigma = sigma.reshape((sigma.shape[0], 1, sigma.shape[1], 1, 1) if sigma.dim() == 2 else ())

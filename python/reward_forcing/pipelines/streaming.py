@@ -276,14 +276,9 @@ class StreamingPipeline:
 
     def _denoise(self) -> torch.Tensor:
         """The few-step schedule for one chunk: the clean latents ``x0_hat`` (float32)."""
-        sched = self.schedule
-        x = self._noise()
-        for i, (t, sigma) in enumerate(zip(sched.timesteps, sched.sigmas)):
-            velocity = self.forward_chunk(x, t, self._text, self.cache, update_cache=False)
-            x0 = sched.predict_x0(x, velocity.float(), sigma)
-            if i + 1 < len(sched):
-                x = sched.add_noise(x0, self._noise(), sched.sigmas[i + 1])
-        return x0
+        return self.schedule.denoise(
+            self._noise(), lambda x, t: self.forward_chunk(x, t, self._text, self.cache, update_cache=False),
+            lambda x0: self._noise())
 
     def _noise(self) -> torch.Tensor:
         return torch.randn(self.latent_shape, generator=self.generator, device=self.device)

@@ -1,4 +1,5 @@
-"""Distribution-matching distillation (DMD) and Re-DMD, the formulas of docs/design.md §5.
+"""Distribution-matching distillation (DMD) and Re-DMD, the formulas of docs/design.md §5 (the
+flow-matching ones, ``add_noise``, ``predict_x0`` and ``cfg``, are :mod:`reward_forcing.scheduler`'s).
 
 Flow matching: ``x_t = (1 - sigma) x0 + sigma eps``; every score model here is used through its
 clean-sample prediction ``x0_hat``. Shapes: a leading batch dim ``B``, anything after it.
@@ -9,12 +10,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..scheduler import shift_sigma
-
-
-def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A per-sample ``v [B]`` shaped ``[B, 1, ...]`` to broadcast against ``like``."""
-    return v.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+from ..scheduler import NUM_TRAIN_TIMESTEPS, broadcast_sigma, shift_sigma, sigma_of
+from ..scheduler import add_noise as add_noise  # noqa: F401  (re-exported: one set of formulas)
+from ..scheduler import cfg as cfg  # noqa: F401
+from ..scheduler import predict_x0 as predict_x0  # noqa: F401
 
 
 def _sample_mean(x: torch.Tensor) -> torch.Tensor:
@@ -23,7 +22,7 @@ def _sample_mean(x: torch.Tensor) -> torch.Tensor:
 
 
 def sample_timesteps(batch: int, *, shift: float = 5.0, min_t: float = 20.0, max_t: float = 980.0,
-                     low: int = 0, num_train_timesteps: int = 1000, generator=None,
+                     low: int = 0, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, generator=None,
                      device=None) -> torch.Tensor:
     """The published DMD/critic timestep draw: an integer t uniform in ``[low, 1000)``, warped by
     the shift (``sigma' = s sigma / (1 + (s - 1) sigma)``), then clamped to ``[min_t, max_t]``.
@@ -32,19 +31,8 @@ def sample_timesteps(batch: int, *, shift: float = 5.0, min_t: float = 20.0, max
     if not 0 <= low < num_train_timesteps:
         raise ValueError(f"low must be in [0, {num_train_timesteps}), got {low}")
     t = torch.randint(low, num_train_timesteps, (batch,), generator=generator, device=device)
-    t = shift_sigma(t.float() / num_train_timesteps, shift) * num_train_timesteps
+    t = shift_sigma(sigma_of(t.float(), num_train_timesteps), shift) * num_train_timesteps
     return t.clamp(min_t, max_t)
-
-
-def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """``x_t = (1 - sigma) x0 + sigma eps`` with a per-sample ``sigma [B]``."""
-    s = _expand(sigma, x0)
-    return (1 - s) * x0 + s * noise
-
-
-def predict_x0(x_t: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """``x0_hat = x_t - sigma v`` with a per-sample ``sigma [B]``."""
-    return x_t - _expand(sigma, x_t) * velocity
 
 
 def dmd_gradient(x0: torch.Tensor, x_real: torch.Tensor, x_fake: torch.Tensor) -> torch.Tensor:
@@ -55,7 +43,7 @@ def dmd_gradient(x0: torch.Tensor, x_real: torch.Tensor, x_fake: torch.Tensor) -
     x0, x_real, x_fake = (x.detach().double() for x in (x0, x_real, x_fake))
     norm = _sample_mean((x0 - x_real).abs())
     norm = torch.where(norm > 0, norm, torch.inf)
-    return ((x_fake - x_real) / _expand(norm, x0)).float()
+    return ((x_fake - x_real) / broadcast_sigma(norm, x0)).float()
 
 
 def dmd_loss(x0: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -100,7 +88,7 @@ def denoising_loss(pred_velocity: torch.Tensor, noise: torch.Tensor, x0: torch.T
     few-step sampling needs) almost untrained."""
     err = pred_velocity.float() - (noise - x0.detach()).float()
     if sigma is not None:
-        err = err * _expand(torch.as_tensor(sigma, dtype=err.dtype, device=err.device), err)
+        err = err * broadcast_sigma(torch.as_tensor(sigma, dtype=err.dtype, device=err.device), err)
     return _sample_mean(err.pow(2))
 
 
@@ -110,8 +98,3 @@ def critic_weights(rewards: torch.Tensor, beta: float, *, normalize: bool = True
     ``p_G exp(-beta r) / Z``, so DMD's fixed point is ``p_real exp(beta r) / Z``. Normalising by
     the global mean changes only the step size, not the fixed point."""
     return reward_weights(rewards, -beta, normalize=normalize, group=group)
-
-
-def cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
-    """Classifier-free guidance ``uncond + scale (cond - uncond)``."""
-    return uncond + scale * (cond - uncond)

@@ -40,13 +40,9 @@ def rollout(model: CausalWanModel, text: TextKV, noise: torch.Tensor, cache,
     cache.reset()
     chunks = []
     for x in noise.split(c, 2):
-        with torch.no_grad():
-            for i in range(exit_step):
-                v = model.forward_chunk(x, schedule.timesteps[i], text, cache)
-                x0 = schedule.predict_x0(x, v.float(), schedule.sigmas[i])
-                x = schedule.add_noise(x0, randn(x.shape).to(x.dtype), schedule.sigmas[i + 1])
-        v = model.forward_chunk(x, schedule.timesteps[exit_step], text, cache)  # the caller's grad mode
-        x0 = schedule.predict_x0(x, v.float(), schedule.sigmas[exit_step])
+        # the steps before the exit step without grad; the exit step in the caller's grad mode
+        x0 = schedule.denoise(x, lambda x, t: model.forward_chunk(x, t, text, cache),
+                              lambda x0: randn(x0.shape).to(x.dtype), stop=exit_step + 1)
         with torch.no_grad():
             model.forward_chunk(x0.detach(), 0.0, text, cache, update_cache=True)
         chunks.append(x0)

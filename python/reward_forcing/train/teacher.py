@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..models.causal_wan import CausalWanModel
-from ..scheduler import shift_sigma
+from ..scheduler import shift_sigma, timestep_of
 from . import dmd
 from .config import TrainConfig
 from .trainer import _TrainLoop
@@ -61,7 +61,7 @@ class TeacherTrainer(_TrainLoop):
             sigma = shift_sigma(u, cfg.shift)
             noise = self._randn(x0.shape)
             with self._autocast():
-                velocity = self.model(dmd.add_noise(x0, noise, sigma), sigma * 1000, cond.to(self.device))
+                velocity = self.model(dmd.add_noise(x0, noise, sigma), timestep_of(sigma), cond.to(self.device))
             loss = dmd.denoising_loss(velocity, noise, x0, self._loss_sigma(sigma)).mean()
             (loss / cfg.grad_accum).backward()
             losses.append(loss.detach())

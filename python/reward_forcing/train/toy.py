@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..scheduler import sigma_of
 from . import dmd
 
 METHODS = ("dmd", "weighted", "tilted")
@@ -100,7 +101,7 @@ def train(method: str, seed: int, cfg: ToyConfig = ToyConfig()) -> dict:
         return generator(torch.randn(n, 1, generator=gen)).squeeze(-1)
 
     def noised(x0):
-        sigma = dmd.sample_timesteps(len(x0), shift=cfg.shift, generator=gen) / 1000
+        sigma = sigma_of(dmd.sample_timesteps(len(x0), shift=cfg.shift, generator=gen))
         noise = torch.randn(x0.shape, generator=gen)
         return dmd.add_noise(x0, noise, sigma), noise, sigma
 

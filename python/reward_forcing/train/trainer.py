@@ -36,7 +36,8 @@ import torch.nn.functional as F
 
 from ..files import atomic_output
 from ..models.causal_wan import CausalWanModel
-from ..scheduler import FewStepFlowSchedule, shift_sigma
+from ..scheduler import FewStepFlowSchedule, add_noise, predict_x0, sigma_of, teacher_trajectory
+from ..scheduler import cfg as flow_cfg
 from . import dmd
 from .config import TrainConfig
 from .curves import read_log
@@ -406,9 +407,9 @@ class ReDMDTrainer(_TrainLoop):
         t = self._mine(dmd.sample_timesteps(x0.shape[0] * self.world, shift=cfg.shift, min_t=cfg.min_t,
                                             max_t=cfg.max_t, low=self._low, generator=self.noise_rng,
                                             device=self.device))
-        sigma = t / 1000
+        sigma = sigma_of(t, self.schedule.num_train_timesteps)
         noise = self._randn(x0.shape)
-        return dmd.add_noise(x0.detach(), noise, sigma), noise, t, sigma
+        return add_noise(x0.detach(), noise, sigma), noise, t, sigma
 
     def _rewards(self, x0: torch.Tensor) -> torch.Tensor:
         if self.reward is None or self.decode is None:
@@ -433,10 +434,10 @@ class ReDMDTrainer(_TrainLoop):
             with torch.no_grad(), self._autocast():
                 x_t, _, t, sigma = self._noised(x0)
                 uncond = self.negative.expand(len(cond), -1, -1)
-                real_cond, real_uncond = (dmd.predict_x0(x_t, self.teacher(x_t, t, c).float(), sigma)
+                real_cond, real_uncond = (predict_x0(x_t, self.teacher(x_t, t, c).float(), sigma)
                                           for c in (cond, uncond))
-                x_real = dmd.cfg(real_cond, real_uncond, cfg.guidance_scale)
-                x_fake = dmd.predict_x0(x_t, self.critic(x_t, t, cond).float(), sigma)
+                x_real = flow_cfg(real_cond, real_uncond, cfg.guidance_scale)
+                x_fake = predict_x0(x_t, self.critic(x_t, t, cond).float(), sigma)
             grad = dmd.dmd_gradient(x0, x_real, x_fake)
             loss = dmd.weighted_mean(dmd.dmd_loss(x0, grad), weights)
             (loss / cfg.grad_accum).backward()
@@ -482,28 +483,6 @@ class ReDMDTrainer(_TrainLoop):
 
 
 # ---------------------------------------------------------------------------------------- ODE init
-@torch.no_grad()
-def teacher_trajectory(teacher: CausalWanModel, cond, uncond, noise: torch.Tensor,
-                       schedule: FewStepFlowSchedule, guidance_scale: float = 3.0,
-                       num_steps: int = 48) -> torch.Tensor:
-    """The teacher's multi-step sampler: Euler on the flow ODE ``dx/dsigma = v`` with CFG over
-    ``num_steps`` steps, uniform in the un-shifted time and warped by the schedule's shift. Returns
-    its states at the student's timesteps and the clean end, ``[B, K + 1, C, F, H, W]`` (float32);
-    the student's steps must lie on the grid (``num_steps`` a multiple of 4 for 1000/750/500/250)."""
-    n, total = num_steps, schedule.num_train_timesteps
-    marks = schedule.grid_marks(n)
-    u = [1 - i / n for i in range(n + 1)]
-    sigmas = [float(shift_sigma(x, schedule.shift)) for x in u]
-    x, states = noise.float(), []
-    for i in range(n):
-        if i in marks:
-            states.append(x)
-        t = sigmas[i] * total
-        v = dmd.cfg(teacher(x, t, cond).float(), teacher(x, t, uncond).float(), guidance_scale)
-        x = x + (sigmas[i + 1] - sigmas[i]) * v
-    return torch.stack(states + [x], 1)
-
-
 def ode_regression_loss(student: CausalWanModel, trajectory: torch.Tensor, cond,
                         step_index: torch.Tensor, schedule: FewStepFlowSchedule,
                         chunk_frames: int) -> torch.Tensor:
@@ -517,7 +496,7 @@ def ode_regression_loss(student: CausalWanModel, trajectory: torch.Tensor, cond,
     t = torch.tensor(schedule.timesteps, device=x_t.device)[per_frame]
     sigma = torch.tensor(schedule.sigmas, device=x_t.device)[per_frame]
     v = student(x_t, t, cond, chunk_frames=chunk_frames)
-    x0 = x_t - sigma[:, None, :, None, None] * v.float()
+    x0 = predict_x0(x_t, v.float(), sigma)  # sigma [B, F]: one per latent frame
     return F.mse_loss(x0, trajectory[:, -1])
 
 
