@@ -13,17 +13,17 @@ import pytest
 pytest.importorskip("diffusers")
 av = pytest.importorskip("av")
 
-from reward_forcing.cli import main, write_mp4  # noqa: E402
+from reward_forcing import video_io  # noqa: E402
+from reward_forcing.cli import main  # noqa: E402
+from reward_forcing.video_io import write_mp4  # noqa: E402
 
 SIZE = ["--height", "32", "--width", "48"]
 SMALL = ["--random-model", *SIZE]
 
 
 def read_video(path):
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-        return stream.codec_context.name, float(stream.average_rate), np.stack(frames)
+    frames, fps, codec = video_io.read_video(path)
+    return codec, fps, frames
 
 
 def leftovers(folder, out):

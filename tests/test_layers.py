@@ -28,7 +28,6 @@ LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 # Known exceptions, to be removed, never added to: (importer, imported).
 ALLOWED: set[tuple[str, str]] = {
     ("cli", "train.__main__"),      # the train command's runner lives in the script module
-    ("server.session", "cli"),      # write_mp4: belongs in a video module below both
 }
 
 

@@ -29,12 +29,9 @@ import argparse
 import math
 import sys
 import warnings
-from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import numpy as np
+from .video_io import frame_rate, read_video, write_mp4
 
 PROG = "reward-forcing"
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -204,37 +201,6 @@ def _pipeline(args):
         return StreamingPipeline.tiny_random(device=device, **kwargs)
 
 
-def write_mp4(path: Path, chunks, *, fps: float, width: int, height: int, progress=None) -> int:
-    """Encodes ``uint8 [F, H, W, 3]`` chunks into ``path`` (H.264, yuv420p) atomically
-    (:func:`reward_forcing.files.atomic_output`: a ``.part`` file beside it, renamed over it once
-    complete, removed on any error, Ctrl-C, SIGTERM or SIGHUP). Returns the frames written."""
-    import av
-
-    from .files import atomic_output
-
-    frames = 0
-    with atomic_output(path) as tmp:
-        with av.open(tmp, mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=_frame_rate(fps))
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            for chunk in chunks:
-                for image in chunk:
-                    container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-                frames += len(chunk)
-                if progress is not None:
-                    progress.update(len(chunk))
-            container.mux(stream.encode())
-    return frames
-
-
-def _frame_rate(fps: float) -> Fraction:
-    """``fps`` as the exact fraction the mp4 records (ValueError when it rounds to 0)."""
-    rate = Fraction(fps).limit_denominator(1001)
-    if rate <= 0:
-        raise ValueError(f"frame rate {fps:g} is too small for an mp4 (at least 1/1001 fps)")
-    return rate
-
-
 def _one_line(error: BaseException) -> str:
     return "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
 
@@ -266,29 +232,6 @@ def _serve(args) -> int:
     return 0
 
 
-def read_video(path: Path) -> tuple["np.ndarray", float]:
-    """All frames of a video file's first video stream as uint8 [F, H, W, 3] RGB, and its frame
-    rate (16 when the file does not say). ValueError when it is unreadable or has < 2 frames."""
-    import av
-    import numpy as np
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ValueError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-            rate = stream.average_rate or stream.guessed_rate
-    except (av.FFmpegError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a readable video ({e})") from None
-    if len(frames) < 2:
-        raise ValueError(f"{path}: {len(frames)} frame(s); need at least 2 to measure motion")
-    return np.stack(frames), float(rate) if rate else 16.0
-
-
 def _eval(args) -> int:
     from .eval import evaluate_video, write_report
     from .world import parse_prompt
@@ -302,7 +245,7 @@ def _eval(args) -> int:
         names = [n if names.count(n) == 1 else str(p) for n, p in zip(names, args.videos)]
         results = {}
         for name, path in zip(names, args.videos):
-            video, fps = read_video(path)
+            video, fps, _ = read_video(path, min_frames=2)  # motion needs a pair
             results[name] = evaluate_video(video, args.prompt, fps=fps)
         paths = write_report(results, args.out, title=args.title)
     except Exception as e:
@@ -333,7 +276,7 @@ def main(argv=None) -> int:
         output_target(args.out)  # a regular file (or a link to one) in an existing folder
         switches = _read_prompts(args.prompts) if args.prompts is not None else None
         pipe = _pipeline(args)
-        _frame_rate(pipe.fps)
+        frame_rate(pipe.fps)
         chunks = pipe.stream(args.prompt, args.seconds, seed=args.seed, prompts=switches)
     except Exception as e:  # everything up to here reads the user's arguments and files
         print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)

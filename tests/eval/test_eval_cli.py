@@ -7,7 +7,8 @@ import pytest
 
 pytest.importorskip("av")
 
-from reward_forcing.cli import main, write_mp4  # noqa: E402
+from reward_forcing.cli import main  # noqa: E402
+from reward_forcing.video_io import write_mp4  # noqa: E402
 from reward_forcing.world import render, sample_scene  # noqa: E402
 
 

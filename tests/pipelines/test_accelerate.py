@@ -34,6 +34,7 @@ from reward_forcing.models.wan_config import WAN_TINY
 from reward_forcing.pipelines import (CompiledForwardChunk, CUDAGraphForwardChunk,
                                       StreamingPipeline)
 from reward_forcing.scheduler import FewStepFlowSchedule
+from reward_forcing.video_io import read_video
 
 HAS_GPU = torch.cuda.is_available() and reward_forcing.HAS_CUDA_KERNELS
 requires_gpu = pytest.mark.skipif(not HAS_GPU, reason=(
@@ -142,7 +143,7 @@ def test_cache_reset_keeps_storage():
 
 def test_cli_accelerate(tmp_path, capsys):
     """generate --accelerate cuda-graphs on a CPU: the same video as eager; a bad mode exits 2."""
-    av = pytest.importorskip("av")
+    pytest.importorskip("av")
     pytest.importorskip("diffusers")
     from reward_forcing.cli import main
 
@@ -151,8 +152,7 @@ def test_cli_accelerate(tmp_path, capsys):
     for extra in ([], ["--accelerate", "cuda-graphs"]):
         out = tmp_path / f"v{len(videos)}.mp4"
         assert main(["generate", "--out", str(out), *small, *extra]) == 0
-        with av.open(str(out)) as container:
-            videos.append([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+        videos.append(list(read_video(out).frames))
     assert len(videos[0]) == len(videos[1]) == 16
     assert all((a == b).all() for a, b in zip(*videos))
     with pytest.raises(SystemExit) as exit_info:

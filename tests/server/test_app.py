@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
-av = pytest.importorskip("av")
+pytest.importorskip("av")
 
 from fastapi.testclient import TestClient  # noqa: E402
 from starlette.websockets import WebSocketDisconnect  # noqa: E402
@@ -21,6 +21,7 @@ from starlette.websockets import WebSocketDisconnect  # noqa: E402
 from reward_forcing.pipelines import StreamingPipeline  # noqa: E402
 from reward_forcing.server import create_app, sibling_factory  # noqa: E402
 from reward_forcing.server.session import StreamSession  # noqa: E402
+from reward_forcing.video_io import read_video  # noqa: E402
 
 JPEG = b"\xff\xd8\xff"
 HOSTS = ("testserver",)  # the TestClient's Host header
@@ -123,8 +124,7 @@ def test_stream_frames_prompt_switch_and_recording(make_client):
     assert response.content[4:8] == b"ftyp"
     rec_dir = client.app.state.recordings_dir
     assert [p.name for p in rec_dir.iterdir()] == [f"{rec_id}.mp4"]  # no temporary files
-    with av.open(str(rec_dir / f"{started['recording_id']}.mp4")) as container:
-        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    decoded = read_video(rec_dir / f"{started['recording_id']}.mp4").frames
     assert len(decoded) == stopped["generated"] and decoded[0].shape == (32, 48, 3)
     wait_idle(client)
 

@@ -30,6 +30,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from ..video_io import write_mp4
+
 
 def encode_jpeg(frame: np.ndarray, quality: int = 85) -> bytes:
     """``uint8 [H, W, 3]`` RGB -> JPEG bytes."""
@@ -46,7 +48,7 @@ class StreamSession:
 
     ``pace``: real-time pacing: the worker stays at most half a chunk ahead of the video clock
     (a fast generator waits instead of flooding) and :meth:`next_frame` spaces the frames out.
-    ``recording``: an mp4 path written atomically (``cli.write_mp4``) with every generated
+    ``recording``: an mp4 path written atomically (``video_io.write_mp4``) with every generated
     frame, including the ones a slow client missed, so the download is the full video.
     ``on_finish`` is called on the worker thread as it ends.
     """
@@ -199,8 +201,6 @@ class StreamSession:
                 for _ in chunks:
                     pass
             elif (first := next((c for c in chunks if len(c)), None)) is not None:
-                from ..cli import write_mp4  # an mp4 needs at least one frame
-
                 pipe = self.pipeline
                 self.recorded_frames = write_mp4(self.recording, itertools.chain([first], chunks),
                                                  fps=pipe.fps, width=pipe.width, height=pipe.height)
