@@ -204,7 +204,8 @@ class CountingEncoder(torch.nn.Module):
 
 def test_text_encoder_runs_once_per_prompt_and_offloads():
     pipe = tiny_pipeline(offload_text_encoder=True)
-    pipe.text_encoder = encoder = CountingEncoder(pipe.text_encoder)
+    shared = pipe.text_encoder  # the pipeline's SharedTextEncoder does the moves
+    shared.encoder = encoder = CountingEncoder(shared.encoder)
     at = pipe.chunk_start_frame(2) / pipe.fps
     take(pipe.stream("a red ball", prompts=[(at, "a blue square"), (2 * at, "a red ball")]), 6)
     assert encoder.calls == [["a red ball", "a blue square"]]

@@ -9,6 +9,7 @@ padding; see :meth:`CausalWanModel.encode_text`).
 from __future__ import annotations
 
 import html
+import threading
 import re
 import zlib
 from pathlib import Path
@@ -273,3 +274,23 @@ class MiniLMTextEncoder(_TransformersTextEncoder):
     @property
     def dim(self) -> int:
         return int(self.encoder_config.hidden_size)
+
+
+class SharedTextEncoder:
+    """A text encoder that several streams may call: one call at a time, and with ``offload_to``
+    the encoder is moved to ``device`` for the call and back to ``offload_to`` after it (UMT5-XXL
+    is ~11 GB in bf16 and runs once per prompt: docs/design.md §4), even when the call fails."""
+
+    def __init__(self, encoder, device, offload_to=None):
+        self.encoder, self.device, self.offload_to = encoder, torch.device(device), offload_to
+        self._lock = threading.Lock()
+
+    def __call__(self, prompts):
+        with self._lock:
+            if self.offload_to is not None:
+                self.encoder.to(self.device)
+            try:
+                return self.encoder(prompts)
+            finally:
+                if self.offload_to is not None:
+                    self.encoder.to(self.offload_to)

@@ -18,7 +18,7 @@ import torch
 
 from ..cache import CacheConfig
 from ..models.causal_wan import CausalWanModel
-from ..models.text_encoder import HashedTextEncoder, clean_prompt
+from ..models.text_encoder import HashedTextEncoder, SharedTextEncoder, clean_prompt
 from ..models.pixel_codec import streaming_decoder
 from ..models.wan_config import WAN_TINY
 from ..scheduler import FewStepFlowSchedule
@@ -80,11 +80,10 @@ class StreamingPipeline:
         if not fps > 0:
             raise ValueError(f"fps must be positive, got {fps}")
         self.model = model.eval()
-        self.vae, self.text_encoder = vae, text_encoder
+        self.vae = vae
         self.decoder = streaming_decoder(vae)
         self.schedule = schedule or FewStepFlowSchedule()
         self.fps, self.recache, self.sink_recache = float(fps), recache, sink_recache
-        self.offload_text_encoder = offload_text_encoder
 
         cfg, scale = model.config, self.decoder.spatial_scale
         pt, ph, pw = cfg.patch_size
@@ -95,6 +94,9 @@ class StreamingPipeline:
                              f"{scale * pw}, got {height} x {width}")
         self.height, self.width = height, width
         self.device = model.device
+        # the pipeline's text encoder, shared as it is by the server's sibling pipelines
+        self.text_encoder = text_encoder if isinstance(text_encoder, SharedTextEncoder) else \
+            SharedTextEncoder(text_encoder, self.device, "cpu" if offload_text_encoder else None)
         self.cache = model.new_cache(1, height // scale // ph, width // scale // pw,
                                      CacheConfig.of(cache_config, backend=cache_backend, **geometry))
         self.latent_shape = (1, cfg.in_dim, self.cache.chunk_frames, height // scale, width // scale)
@@ -287,11 +289,7 @@ class StreamingPipeline:
     def _encode(self, prompts) -> dict[str, torch.Tensor]:
         """Runs the text encoder once for the given (cleaned) prompts."""
         prompts = list(dict.fromkeys(prompts))
-        if self.offload_text_encoder:
-            self.text_encoder.to(self.device)
         states = self.text_encoder(prompts)
-        if self.offload_text_encoder:
-            self.text_encoder.to("cpu")
         if states.shape[1] > self.model.config.text_len:
             raise ValueError(f"the text encoder gives {states.shape[1]} tokens, the model takes "
                              f"at most {self.model.config.text_len}")

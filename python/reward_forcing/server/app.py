@@ -132,25 +132,6 @@ def _parse(text: str) -> dict:
     return data
 
 
-class _SharedTextEncoder:
-    """The text encoder of concurrent streams: one call at a time, including the move to the
-    device and back when it is offloaded (two streams must not move it under each other)."""
-
-    def __init__(self, encoder, device, offload: bool):
-        self.encoder, self.device, self.offload = encoder, device, offload
-        self._lock = threading.Lock()
-
-    def __call__(self, prompts):
-        with self._lock:
-            if self.offload:
-                self.encoder.to(self.device)
-            try:
-                return self.encoder(prompts)
-            finally:
-                if self.offload:
-                    self.encoder.to("cpu")
-
-
 class _Slots:
     """The stream cap. Taken on the event loop, given back by the worker thread as it ends, so
     the count is the number of generating threads even when a handler is cancelled."""
@@ -178,15 +159,14 @@ def sibling_factory(base) -> Callable[..., Any]:
     from ..pipelines import StreamingPipeline
 
     c = base.cache
-    text = _SharedTextEncoder(base.text_encoder, base.device, base.offload_text_encoder)
 
     def make(*, sink_frames: int, window_frames: int, alpha: float):
         return StreamingPipeline(
-            base.model, base.vae, text, height=base.height, width=base.width,
+            base.model, base.vae, base.text_encoder, height=base.height, width=base.width,
             cache_config=CacheConfig.of(c.config, sink_frames=sink_frames, window_frames=window_frames,
                                         alpha=alpha),
             schedule=base.schedule, fps=base.fps, recache=base.recache,
-            sink_recache=base.sink_recache, offload_text_encoder=False, overlap=base.overlap)
+            sink_recache=base.sink_recache, overlap=base.overlap)
     return make
 
 
