@@ -53,6 +53,8 @@ def _positive_float(text: str) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .pipelines.accelerate import ACCELERATE_MODES
+
     parser = _Parser(prog=PROG, description="Real-time streaming text-to-video (Reward Forcing).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     g = sub.add_parser("generate", help="generate a video into an mp4 file",
@@ -88,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="re-encode the cache under the new prompt at each switch")
     g.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     g.add_argument("--fps", type=_positive_float, help="frame rate (default 16)")
-    g.add_argument("--accelerate", choices=["none", "cuda-graphs", "compile", "compile+cuda-graphs"],
+    g.add_argument("--accelerate", choices=ACCELERATE_MODES,
                    default="none", help="transformer acceleration: CUDA graphs replayed per denoising "
                    "step (GPU; eager on a CPU), torch.compile of the blocks, or both (default none)")
     g.add_argument("--no-overlap", action="store_true",
