@@ -14,8 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "python" / "reward_forcing"
 # lowest first; each name is a top-level module or subpackage of reward_forcing
 LAYERS = [
     ("_extension", "_build_info"),                 # the compiled ops, loaded for the running torch
-    ("rope", "scheduler", "files", "video_io", "world"),  # formulas, leaf utilities (torch/numpy only)
-    ("reference", "eval"),                         # pure-PyTorch ops; video metrics (uses world)
+    ("rope", "scheduler", "files", "world"),       # formulas, leaf utilities (torch/numpy only)
+    ("reference", "eval", "video_io"),             # pure-PyTorch ops; video metrics; video files
     ("ops", "fused"),                              # the op contract, every backend; fused norms
     ("cache",),                                    # the EMA-Sink + window K/V cache
     ("functional", "models"),                      # the whole-stream function; networks, loaders
