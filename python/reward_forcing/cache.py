@@ -97,7 +97,7 @@ class LayerCache:
         out = ops.sink_window_attention(
             q, k, v, self.k, self.v, self.state, scale=scale,
             backend=backend or self.cache.backend,
-            frames_appended=self.cache.frames_appended[self.index], **self._kw())
+            frames_appended=self.cache._frames[self.index], **self._kw())
         if append:
             self.append(k.detach(), v.detach(), backend=backend)
         return out
@@ -106,7 +106,7 @@ class LayerCache:
         """Appends a chunk's clean K/V (after its t = 0 pass): eviction + EMA-Sink update."""
         ops.ring_append(self.k, self.v, self.sink_k, self.sink_v, self.state, k, v,
                         alpha=self.cache.alpha, backend=backend or self.cache.backend,
-                        frames_appended=self.cache.frames_appended[self.index], **self._kw())
+                        frames_appended=self.cache._frames[self.index], **self._kw())
         self.cache.advance(k.shape[1] // self.cache.frame_tokens, layer=self.index)
 
 
