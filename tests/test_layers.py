@@ -26,9 +26,7 @@ LAYERS = [
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 # Known exceptions, to be removed, never added to: (importer, imported).
-ALLOWED: set[tuple[str, str]] = {
-    ("cli", "train.__main__"),      # the train command's runner lives in the script module
-}
+ALLOWED: set[tuple[str, str]] = set()
 
 
 def module_name(path: Path) -> str:

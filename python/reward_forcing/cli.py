@@ -54,6 +54,7 @@ def _positive_float(text: str) -> float:
 
 def _parser() -> argparse.ArgumentParser:
     from .pipelines.accelerate import ACCELERATE_MODES
+    from .train import run as train_run
 
     parser = _Parser(prog=PROG, description="Real-time streaming text-to-video (Reward Forcing).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -118,11 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train: (teacher,) ODE init, then Re-DMD (reward_forcing.train)",
                        description="Run a training stage from a YAML config of TrainConfig fields "
                                    "(same as python -m reward_forcing.train).")
-    t.add_argument("--config", required=True, type=Path, help="YAML file of TrainConfig fields")
-    t.add_argument("--stage", choices=["teacher", "ode-init", "dmd"], default="dmd", help="default dmd")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config field (YAML value, e.g. batch_size=64), repeatable")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train_run.add_arguments(t)
 
     e = sub.add_parser("eval", help="evaluate mp4 videos: motion, copying, drift, flicker report",
                        description="Score videos (docs/design.md §8: dynamic degree, frame copying, drift, "
@@ -269,7 +266,7 @@ def main(argv=None) -> int:
     if args.command == "eval":
         return _eval(args)
     if args.command == "train":
-        from .train.__main__ import run
+        from .train.run import run
 
         return run(args.config, args.stage, progress=not args.no_progress, overrides=args.set)
     from .files import exit_on_signals, output_target

@@ -188,7 +188,7 @@ def test_ode_init_stage_trains_and_feeds_the_dmd_stage(tmp_path):
 
 
 def test_main_runs_both_stages_and_names_missing_paths(tmp_path, capsys):
-    from reward_forcing.train.__main__ import main
+    from reward_forcing.train.run import main
 
     def run(stage, **kw):
         path = tmp_path / f"{stage}.yaml"
