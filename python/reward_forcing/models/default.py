@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..files import atomic_output
 from .causal_wan import CausalWanModel
 from .loading import safetensors_config
 
@@ -42,13 +42,8 @@ def export(model: CausalWanModel, settings: dict, path=WEIGHTS, *, provenance: d
     metadata = {"config": json.dumps(dataclasses.asdict(model.config)),
                 "settings": json.dumps({k: settings[k] for k in SETTINGS}),
                 "provenance": json.dumps(provenance or {})}
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_output(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
