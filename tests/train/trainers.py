@@ -7,7 +7,7 @@ from reward_forcing.models.text_encoder import HashedTextEncoder
 from reward_forcing.models.vae import tiny_random_wan_vae
 from reward_forcing.models.wan_config import WAN_TINY, WanConfig
 from reward_forcing.train import FlowMotionReward, ReDMDTrainer
-from reward_forcing.train.trainer import vae_video_decoder
+from reward_forcing.models.pixel_codec import vae_video_decoder
 
 PROMPTS = ["a red ball rolls", "waves on a beach", "a dog runs in the park"]
 # The world teacher stage at toy size: 12-channel pixel latents, a 2-block model.

@@ -14,6 +14,8 @@ order is ``(frame, colour, dy, dx)``. Unlike Wan's VAE, the first latent frame a
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from einops import rearrange
 
@@ -79,3 +81,18 @@ def streaming_decoder(vae):
     from .vae import StreamingVAEDecoder
 
     return StreamingVAEDecoder(vae)
+
+
+def vae_video_decoder(vae) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Normalised latents ``[B, C, F, H, W]`` -> whole videos ``[B, F', H', W', 3]`` in [0, 1]
+    (float32), decoded causally as at inference by :func:`streaming_decoder` (the trainers'
+    rewards score these)."""
+    decoder = streaming_decoder(vae)
+
+    def decode(latents):
+        decoder.reset()
+        video = decoder.decode(latents)
+        decoder.reset()
+        return ((video.float() + 1) / 2).permute(0, 2, 3, 4, 1)
+
+    return decode

@@ -76,7 +76,7 @@ def _model_type(folder: Path) -> str | None:
 
 def _reward(cfg: TrainConfig, device):
     from .rewards import FlowMotionReward, Reward
-    from .trainer import vae_video_decoder
+    from ..models.pixel_codec import vae_video_decoder
 
     if cfg.weighting == "none":
         return None, None

@@ -55,22 +55,6 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def vae_video_decoder(vae) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Normalised latents ``[B, C, F, H, W]`` -> videos ``[B, F', H', W', 3]`` in [0, 1] (float32)
-    with a Wan VAE (decoded causally as at inference) or a pixel codec."""
-    from ..models.pixel_codec import streaming_decoder
-
-    decoder = streaming_decoder(vae)
-
-    def decode(latents):
-        decoder.reset()
-        video = decoder.decode(latents)
-        decoder.reset()
-        return ((video.float() + 1) / 2).permute(0, 2, 3, 4, 1)
-
-    return decode
-
-
 class _TrainLoop:
     """What the stages share: global-batch random streams, autocast, gradient all-reduce and
     clipping, the loop, jsonl logging and atomic checkpoints with exact resume. A stage defines
