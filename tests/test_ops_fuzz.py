@@ -43,7 +43,7 @@ CASES = [
     ("meta RoPE tables", "ring(L.state, rope=(torch.zeros(4, dtype=torch.float64, device='meta'), "
                          "torch.zeros(4, 4, dtype=torch.float64, device='meta')))", "meta device"),
     ("counter through the Python op, host mirror",
-     "c.frames_appended[0] = -2\nL.append(k, v)", "state"),
+     "c._frames[0] = -2\nL.append(k, v)", "state"),
 ]
 
 
