@@ -201,3 +201,19 @@ def test_wan_t5_checkpoint_errors_name_the_problem(tmp_path):
     torch.save(wan_t5_weights(vocab=len(WORDS) + 3), tmp_path / "lone" / "t5.pth")
     with pytest.raises(FileNotFoundError, match="umt5-xxl"):  # no tokenizer next to the file
         UMT5TextEncoder.from_pretrained(tmp_path / "lone" / "t5.pth", text_len=TEXT_LEN)
+
+
+def test_a_cut_prompt_is_said_once(umt5_folder):
+    """A prompt longer than the encoder's tokens is cut; base b543e33 did so silently."""
+    hashed = HashedTextEncoder(8, text_len=4)
+    with pytest.warns(UserWarning, match="longer than the text encoder's 4 tokens"):
+        hashed(["one two three four five"])
+    encoder = UMT5TextEncoder.from_pretrained(umt5_folder, text_len=8)
+    with pytest.warns(UserWarning, match="8 tokens"):
+        encoder(["word " * 100_000])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        encoder(["a short prompt"])  # fits: no warning
+        hashed(["one two three four"])

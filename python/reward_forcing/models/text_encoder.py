@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import threading
 import re
+import warnings
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -39,6 +40,12 @@ def _prompt_list(prompts: str | Sequence[str]) -> list[str]:
     return [clean_prompt(p) for p in prompts]
 
 
+def _warn_cut(text_len: int) -> None:
+    """Said once (the warnings registry): a prompt longer than the encoder takes is cut."""
+    warnings.warn(f"reward_forcing: a prompt is longer than the text encoder's {text_len} tokens; "
+                  "the words after them are ignored", UserWarning, stacklevel=3)
+
+
 class _TransformersTextEncoder(nn.Module):
     """A transformers encoder and its tokenizer: prompts tokenized to ``text_len`` tokens (special
     tokens included), the last hidden states of the real tokens kept and the padding rows zeroed."""
@@ -57,6 +64,9 @@ class _TransformersTextEncoder(nn.Module):
         tokens = self.tokenizer(_prompt_list(prompts), padding="max_length", max_length=self.text_len,
                                 truncation=True, add_special_tokens=True, return_attention_mask=True,
                                 return_tensors="pt")
+        for prompt, row in zip(_prompt_list(prompts), tokens.attention_mask):
+            if row.all() and len(self.tokenizer(prompt, add_special_tokens=True).input_ids) > self.text_len:
+                _warn_cut(self.text_len)
         device = next(self.encoder.parameters()).device
         mask = tokens.attention_mask.to(device)
         states = self.encoder(input_ids=tokens.input_ids.to(device), attention_mask=mask).last_hidden_state
@@ -210,8 +220,11 @@ class HashedTextEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, prompts: str | Sequence[str]) -> torch.Tensor:
         prompts = _prompt_list(prompts)
-        ids = [[zlib.crc32(w.encode()) % self.table.shape[0] for w in p.lower().split()][:self.text_len]
-               for p in prompts]
+        words = [p.lower().split() for p in prompts]
+        if any(len(w) > self.text_len for w in words):
+            _warn_cut(self.text_len)
+        ids = [[zlib.crc32(w.encode()) % self.table.shape[0] for w in row[:self.text_len]]
+               for row in words]
         out = self.table.new_zeros(len(prompts), self.text_len, self.dim)
         for b, row in enumerate(ids):
             out[b, :len(row)] = self.table[row]
