@@ -31,7 +31,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .video_io import frame_rate, read_video, write_mp4
+from .video_io import frame_rate, write_mp4
 
 PROG = "reward-forcing"
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -232,7 +232,8 @@ def _serve(args) -> int:
 
 
 def _eval(args) -> int:
-    from .eval import evaluate_video, write_report
+    from .eval import evaluate_frames, write_report
+    from .video_io import VideoFrames
     from .world import parse_prompt
 
     try:
@@ -244,8 +245,11 @@ def _eval(args) -> int:
         names = [n if names.count(n) == 1 else str(p) for n, p in zip(names, args.videos)]
         results = {}
         for name, path in zip(names, args.videos):
-            video, fps, _ = read_video(path, min_frames=2)  # motion needs a pair
-            results[name] = evaluate_video(video, args.prompt, fps=fps)
+            video = VideoFrames(path)  # decoded twice, frame by frame: bounded memory
+            try:
+                results[name] = evaluate_frames(lambda: iter(video), args.prompt, fps=video.fps)
+            except ValueError as e:
+                raise ValueError(f"{path}: {e}") from None
         paths = write_report(results, args.out, title=args.title)
     except Exception as e:
         print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)

@@ -44,6 +44,43 @@ def read_video(path, *, min_frames: int = 1) -> Video:
     return Video(np.stack(frames), float(rate) if rate else 16.0, codec)
 
 
+class VideoFrames:
+    """A file's first video stream decoded frame by frame (uint8 [H, W, 3] RGB) each time it is
+    iterated, so the clip is never held in memory; ``fps`` as :func:`read_video`. ValueError when
+    the file is not a readable video."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path} does not exist")
+        with self._open() as container:
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+        self.fps = float(rate) if rate else 16.0
+
+    def _open(self):
+        import av
+
+        try:
+            container = av.open(str(self.path))
+        except (av.FFmpegError, UnicodeDecodeError) as e:
+            raise ValueError(f"{self.path}: not a readable video ({e})") from None
+        if not container.streams.video:
+            container.close()
+            raise ValueError(f"{self.path}: no video stream")
+        return container
+
+    def __iter__(self):
+        import av
+
+        with self._open() as container:
+            try:
+                for frame in container.decode(container.streams.video[0]):
+                    yield frame.to_ndarray(format="rgb24")
+            except (av.FFmpegError, UnicodeDecodeError) as e:
+                raise ValueError(f"{self.path}: not a readable video ({e})") from None
+
+
 def write_mp4(path, chunks: Iterable[np.ndarray], *, fps: float, width: int, height: int,
               progress=None) -> int:
     """Encodes ``uint8 [F, H, W, 3]`` chunks into ``path`` (H.264, yuv420p) atomically

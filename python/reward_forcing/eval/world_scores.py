@@ -27,7 +27,8 @@ MIN_SPEED = 0.25            # fraction of the prompted speed that counts as movi
 MAX_ANGLE = 22.5            # degrees: the nearest of the 8 compass directions must be the prompted one
 
 
-def _estimate_background(video: np.ndarray) -> np.ndarray:
+def estimate_background(video: np.ndarray) -> np.ndarray:
+    """The median border colour of the frames (all of them, or a sample of a streamed video)."""
     border = np.concatenate([video[:, 0], video[:, -1], video[:, :, 0], video[:, :, -1]], axis=1)
     return np.median(border.reshape(-1, 3).astype(np.float32), axis=0)
 
@@ -40,26 +41,22 @@ def _largest_blob(mask: np.ndarray) -> np.ndarray:
     return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
 
 
-def _masks(video: np.ndarray, background: np.ndarray, colours: list[str], block: int = 64):
-    """Per frame, the foreground outside the prompted colours' blobs [F, H, W] and each prompted
-    colour's largest blob [F, K, H, W]."""
+def frame_objects(frame: np.ndarray, background: np.ndarray, colours: list[str]):
+    """One frame's measurements: each prompted colour's largest blob's area [K] and centroid
+    [K, 2], and the largest foreground blob outside them (its area)."""
     palette = np.array(list(COLOURS.values()), np.float32)
     wanted = [list(COLOURS).index(c) for c in colours]
-    rest = np.empty(video.shape[:3], bool)
-    masks = np.empty((len(video), len(colours), *video.shape[1:3]), bool)
-    for b in range(0, len(video), block):
-        x = video[b:b + block].astype(np.float32)
-        fg = np.linalg.norm(x - background, axis=-1) > FOREGROUND_DISTANCE
-        dist = np.linalg.norm(x[..., None, :] - palette, axis=-1)  # [f, H, W, palette]
-        label = np.where(fg & (dist.min(-1) < COLOUR_DISTANCE), dist.argmin(-1), -1)
-        for i, frame in enumerate(label):
-            masks[b + i] = [_largest_blob(frame == c) for c in wanted]
-        rest[b:b + block] = fg & ~masks[b:b + block].any(axis=1)
-    return rest, masks
+    x = frame.astype(np.float32)
+    fg = np.linalg.norm(x - background, axis=-1) > FOREGROUND_DISTANCE
+    dist = np.linalg.norm(x[..., None, :] - palette, axis=-1)  # [H, W, palette]
+    label = np.where(fg & (dist.min(-1) < COLOUR_DISTANCE), dist.argmin(-1), -1)
+    masks = np.stack([_largest_blob(label == c) for c in wanted])  # [K, H, W]
+    rest = fg & ~masks.any(axis=0)
+    return masks.sum(axis=(-2, -1)).astype(np.float64), _centroids(masks), float(_largest_blob(rest).sum())
 
 
 def _centroids(masks: np.ndarray) -> np.ndarray:
-    """[F, K, 2] (x, y) pixel-centre centroids; NaN where a mask is empty."""
+    """[..., 2] (x, y) pixel-centre centroids; NaN where a mask is empty."""
     h, w = masks.shape[-2:]
     area = masks.sum(axis=(-2, -1)).astype(np.float64)
     xs = (masks.sum(axis=-2) * (np.arange(w) + 0.5)).sum(-1)
@@ -83,14 +80,21 @@ def world_scores(video, prompt: str | PromptSpec, *, fps: float = 16.0, segment:
     """
     spec = parse_prompt(prompt) if isinstance(prompt, str) else prompt
     x = as_video(video)
-    f, h, w = x.shape[:3]
-    background = _estimate_background(x)
+    background = estimate_background(x)
+    rows = [frame_objects(frame, background, [o.colour for o in spec.objects]) for frame in x]
+    area, centre, rest_blob = (np.array(r) for r in zip(*rows))
+    return world_summary(spec, background, area, centre, rest_blob, (x.shape[1], x.shape[2]),
+                         fps=fps, segment=segment)
+
+
+def world_summary(spec: PromptSpec, background: np.ndarray, area: np.ndarray, centre: np.ndarray,
+                  rest_blob: np.ndarray, size: tuple[int, int], *, fps: float = 16.0,
+                  segment: float = 0.25) -> dict:
+    """:func:`world_scores` from the per-frame measurements of :func:`frame_objects` (area
+    [F, K], centre [F, K, 2], rest_blob [F]) of an ``(h, w)`` video."""
+    f, (h, w) = len(area), size
     names = list(BACKGROUNDS)
     bg_dist = [np.linalg.norm(background - np.array(BACKGROUNDS[n], np.float32)) for n in names]
-    rest, masks = _masks(x, background, [o.colour for o in spec.objects])
-    area = masks.sum(axis=(-2, -1)).astype(np.float64)  # [F, K]
-    rest_blob = np.array([_largest_blob(frame).sum() for frame in rest], np.float64)  # [F]
-    centre = _centroids(masks)
     lead = min(f, max(3, int(round(LEAD_SECONDS * fps)) + 1))
     late = np.arange(max(0, f - max(2, int(round(f * segment)))), f)
     objects = []
