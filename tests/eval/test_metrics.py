@@ -8,8 +8,8 @@ from reward_forcing.eval import (as_video, drift, dynamic_degree, evaluate_video
 from reward_forcing.world import ObjectSpec, Scene, render, sample_scene, speed_px
 
 # one circle moving right from x = 16 to x = 52 px in 21 frames: no bounce, never back at its start
-_LINE = Scene((ObjectSpec("circle", "red", "medium", "right", "slow"),), "black", ((0.25, 0.5),),
-              "a red circle moving right slowly on a black background")
+_LINE = Scene((ObjectSpec("circle", "red", "small", "right", "slow"),), "black", ((0.25, 0.5),),
+              "a small red circle moving right slowly on a black background")
 
 
 @pytest.fixture(scope="module")

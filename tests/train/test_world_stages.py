@@ -24,8 +24,8 @@ from trainers import CODEC, SMALL
 
 def test_world_clips_are_encoded_seeded_and_from_the_train_split():
     clips = WorldClips(CODEC, latent_frames=3, height=16, width=16)
-    x, prompts = clips.sample(4, np.random.default_rng(0))
-    y, again = clips.sample(4, np.random.default_rng(0))
+    x, prompts, _ = clips.sample(4, np.random.default_rng(0))
+    y, again, _ = clips.sample(4, np.random.default_rng(0))
     assert x.shape == (4, 12, 3, 8, 8) and torch.equal(x, y) and prompts == again
     assert x.min() >= -1 and x.max() <= 1 and x.std() > 0.1
     assert all(scene_split(parse_prompt(p)) == "train" for p in world_prompts(50))
@@ -139,8 +139,8 @@ def test_teacher_stage_errors(tmp_path, capsys):
 def test_worker_rendering_gives_the_same_clips():
     serial = WorldClips(CODEC, 3, 16, 16)
     pooled = WorldClips(CODEC, 3, 16, 16, workers=2)
-    a, pa = serial.sample(5, np.random.default_rng(3))
-    b, pb = pooled.sample(5, np.random.default_rng(3))
+    a, pa, _ = serial.sample(5, np.random.default_rng(3))
+    b, pb, _ = pooled.sample(5, np.random.default_rng(3))
     assert torch.equal(a, b) and pa == pb
 
 
@@ -171,8 +171,8 @@ def test_shipped_world_configs_load():
 
 
 def test_clips_rendered_with_torch_are_the_same():
-    a, pa = WorldClips(CODEC, 3, 16, 16).sample(4, np.random.default_rng(9))
-    b, pb = WorldClips(CODEC, 3, 16, 16, render_device="cpu").sample(4, np.random.default_rng(9))
+    a, pa, _ = WorldClips(CODEC, 3, 16, 16).sample(4, np.random.default_rng(9))
+    b, pb, _ = WorldClips(CODEC, 3, 16, 16, render_device="cpu").sample(4, np.random.default_rng(9))
     assert torch.equal(a, b) and pa == pb
 
 

@@ -121,4 +121,4 @@ def test_batch_renderer_gives_the_same_pixels():
     scenes = [sample_scene(rng) for _ in range(12)]
     starts = [int(rng.integers(0, 200)) for _ in scenes]
     expected = np.stack([render(s, 10, t)[0] for s, t in zip(scenes, starts)])
-    assert np.array_equal(render_batch(scenes, 10, starts).numpy(), expected)
+    assert np.array_equal(render_batch(scenes, 10, starts)[0].numpy(), expected)

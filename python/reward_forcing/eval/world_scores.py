@@ -15,8 +15,8 @@ import math
 import cv2
 import numpy as np
 
-from ..world import (BACKGROUNDS, COLOURS, DIRECTIONS, LEAD_SECONDS, PromptSpec, parse_prompt,
-                     radius_px, shape_area, speed_px)
+from ..world import (BACKGROUNDS, COLOURS, DIRECTIONS, LEAD_SECONDS, SHAPES, PromptSpec,
+                     parse_prompt, radius_px, shape_area, shape_coverage, speed_px)
 from .metrics import as_video
 
 FOREGROUND_DISTANCE = 48.0  # RGB distance from the background that makes a pixel foreground
@@ -25,6 +25,7 @@ MIN_AREA = 0.3              # fraction of the object's expected area that must b
 MAX_AREA = 4.0              # ... and that it may not exceed
 MIN_SPEED = 0.25            # fraction of the prompted speed that counts as moving
 MAX_ANGLE = 22.5            # degrees: the nearest of the 8 compass directions must be the prompted one
+MIN_SHAPE_IOU = 0.7         # IoU of a blob with its prompted shape fitted to the blob's centroid and area
 
 
 def estimate_background(video: np.ndarray) -> np.ndarray:
@@ -65,11 +66,36 @@ def _centroids(masks: np.ndarray) -> np.ndarray:
         return np.stack([xs / area, ys / area], -1)
 
 
+def shape_iou(blob: np.ndarray, shape: str) -> float:
+    """IoU of a blob [H, W] (bool) with ``shape`` of the blob's area placed at its centroid."""
+    area = float(blob.sum())
+    if area == 0:
+        return 0.0
+    h, w = blob.shape
+    ys, xs = np.nonzero(blob)
+    radius = math.sqrt(area / shape_area(shape, 1.0))
+    fit = shape_coverage(shape, radius, (xs.mean() + 0.5, ys.mean() + 0.5), h, w) >= 0.5
+    return float((fit & blob).sum() / (fit | blob).sum())
+
+
+def _shape_right(masks: np.ndarray, seen: np.ndarray, shape: str) -> np.ndarray:
+    """Per frame: the blob is seen, its IoU with the prompted shape is >= MIN_SHAPE_IOU and no other
+    shape fits it better (a circle and a square of equal area overlap with IoU 0.83, so the IoU
+    threshold alone does not tell them apart)."""
+    right = np.zeros(len(masks), bool)
+    for i in np.nonzero(seen)[0]:
+        ious = {s: shape_iou(masks[i], s) for s in SHAPES}
+        right[i] = ious[shape] >= MIN_SHAPE_IOU and ious[shape] == max(ious.values())
+    return right
+
+
 def world_scores(video, prompt: str | PromptSpec, *, fps: float = 16.0, segment: float = 0.25) -> dict:
     """Scores in [0, 1], averaged over the prompted objects (per object in "objects"):
     - found: fraction of frames with a foreground blob of a plausible size (MIN_AREA to MAX_AREA
       of the object's expected area) in its colour or any colour but the other prompted objects';
     - colour_right: fraction of frames where its colour's blob has a plausible size;
+    - shape_right: fraction of frames where that blob also has the prompted shape
+      (:func:`_shape_right`);
     - direction_right: over the first LEAD_SECONDS (before any bounce, by construction of the
       world), the least-squares velocity of its colour's centroid is at least MIN_SPEED of the
       prompted speed and within MAX_ANGLE of the prompted direction;
@@ -116,11 +142,13 @@ def world_summary(spec: PromptSpec, background: np.ndarray, area: np.ndarray, ce
 
         step = np.linalg.norm(np.diff(centre[late, k], axis=0), axis=-1)
         moving = seen[late[1:]] & seen[late[:-1]] & (np.nan_to_num(step) >= MIN_SPEED * speed)
+        shape_right = _shape_right(masks[:, k], seen, obj.shape)
         objects.append({"colour": obj.colour, "shape": obj.shape, "found": float(found.mean()),
-                        "colour_right": float(seen.mean()), "direction_right": bool(direction_right),
+                        "colour_right": float(seen.mean()), "shape_right": float(shape_right.mean()),
+                        "direction_right": bool(direction_right),
                         "keeps_moving": float(moving.mean()), "centroid": centre[:, k]})
     scores = {key: float(np.mean([o[key] for o in objects]))
-              for key in ("found", "colour_right", "direction_right", "keeps_moving")}
+              for key in ("found", "colour_right", "shape_right", "direction_right", "keeps_moving")}
     scores["background_right"] = float(names[int(np.argmin(bg_dist))] == spec.background)
     scores["adherence"] = (scores["found"] + scores["colour_right"] + scores["direction_right"]) / 3
     return {**scores, "objects": objects}

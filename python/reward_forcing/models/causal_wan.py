@@ -159,7 +159,9 @@ class WanHead(nn.Module):
     def __init__(self, cfg: WanConfig):
         super().__init__()
         self.norm = WanLayerNorm(cfg.dim, cfg.eps, elementwise_affine=False)
-        self.head = nn.Linear(cfg.dim, cfg.out_dim * cfg.patch_volume)
+        out = cfg.out_dim * cfg.patch_volume
+        self.head = nn.Linear(cfg.dim, out) if not cfg.head_hidden else nn.Sequential(
+            nn.Linear(cfg.dim, cfg.head_hidden), nn.GELU(approximate="tanh"), nn.Linear(cfg.head_hidden, out))
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim ** 0.5)
 
     def forward(self, x, e):

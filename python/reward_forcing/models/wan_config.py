@@ -1,6 +1,7 @@
 """Shapes of the Wan2.1 text-to-video transformer (field names as in Wan's own ``config.json``)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -25,6 +26,10 @@ class WanConfig:
     # contains the full-dimensional noise, which a narrow model cannot pass through, while clean
     # world frames are simple (JiT, "Back to Basics: Let Denoising Generative Models Denoise").
     prediction: str = "velocity"
+    # Width of a hidden layer in the output head (0: Wan's single linear map). A linear map from a
+    # token's state to its 8x8 pixels cannot place a sharp edge anywhere inside the token; a
+    # GELU layer can (docs/design.md §10).
+    head_hidden: int = 0
 
     def __post_init__(self):
         for name in ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "text_dim",
@@ -41,6 +46,8 @@ class WanConfig:
             raise ValueError(f"WanConfig.dim={self.dim} is not divisible by num_heads={self.num_heads}")
         if self.head_dim % 2 or self.head_dim < 6:
             raise ValueError(f"head dim {self.head_dim} must be even and >= 6 (3-D RoPE)")
+        if not isinstance(self.head_hidden, int) or isinstance(self.head_hidden, bool) or self.head_hidden < 0:
+            raise ValueError(f"WanConfig.head_hidden must be an int >= 0, got {self.head_hidden!r}")
         if self.prediction not in ("velocity", "x0"):
             raise ValueError(f"WanConfig.prediction must be 'velocity' or 'x0', got {self.prediction!r}")
         if self.freq_dim % 2:
@@ -64,3 +71,7 @@ WAN_TINY = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32
 # and the pixel codec's 192-channel latents (4 frames x 4x4 pixels x RGB); 4.7M parameters.
 WAN_WORLD = WanConfig(dim=256, ffn_dim=768, num_heads=4, num_layers=4, in_dim=192, out_dim=192,
                       text_dim=384, freq_dim=128, text_len=32, prediction="x0")
+# WAN_WORLD with a GELU layer in the output head (head_hidden): sharper object edges (docs/design.md §10).
+WAN_WORLD_MLP = dataclasses.replace(WAN_WORLD, head_hidden=1024)
+# The random models a training config names instead of a checkpoint path.
+NAMED_CONFIGS = {"tiny": WAN_TINY, "world": WAN_WORLD, "world-mlp": WAN_WORLD_MLP}

@@ -28,6 +28,11 @@ class TrainConfig:
     cond_dropout: float = 0.1      # stage teacher: share of prompts replaced by the negative prompt
     data_workers: int = 0          # stage teacher on a CPU: processes rendering world clips (0: in
                                    # the loop); on a GPU the clips are rendered there
+    # stage teacher: squared errors on object pixels count 1 + object_weight (objects are a small
+    # share of a world frame: docs/design.md §10); 0 is the plain loss
+    object_weight: float = 0.0
+    # stage teacher: train on this many fixed clips (the overfit diagnostic); 0 draws new ones
+    fixed_clips: int = 0
     # where the teacher's and the critic's denoising loss is measured: "velocity" (Wan) or "x0"
     # (for x0-predicting models; train/dmd.py denoising_loss)
     loss_space: str = "velocity"
@@ -133,6 +138,9 @@ class TrainConfig:
             raise ValueError(f"fsdp must be true or false, got {self.fsdp!r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes must be positive or null, got {self.max_minutes}")
+        if self.object_weight < 0 or self.fixed_clips < 0:
+            raise ValueError(f"object_weight and fixed_clips must be >= 0, got {self.object_weight}, "
+                             f"{self.fixed_clips}")
         if self.data_workers < 0:
             raise ValueError(f"data_workers must be >= 0, got {self.data_workers}")
         if self.loss_space not in ("velocity", "x0"):
@@ -158,6 +166,7 @@ class TrainConfig:
         """The fields that differ from a checkpoint's config ``saved`` and would make a resumed
         run differ from an uninterrupted one (all but :data:`RESUMABLE_CHANGES`)."""
         mine = self.to_dict()
+        saved = TrainConfig().to_dict() | saved  # a field added since: its default was in force
         return sorted(k for k in mine.keys() | saved.keys()
                       if k not in RESUMABLE_CHANGES and mine.get(k) != saved.get(k))
 

@@ -79,17 +79,19 @@ def weighted_mean(per_sample: torch.Tensor, weights: torch.Tensor | None) -> tor
 
 
 def denoising_loss(pred_velocity: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor,
-                   sigma: torch.Tensor | None = None) -> torch.Tensor:
+                   sigma: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample flow-matching loss ``mean (v - (eps - x0))^2`` ``[B]`` of the critic on the
     generator's (detached) samples. Weight it with :func:`critic_weights` for the tilted critic.
     With ``sigma`` (``[B]``) the error is measured on the clean latents instead,
     ``sigma (v - v*) = x0_hat - x0`` (``loss_space: x0``): the velocity loss weights a noise
     level by ``1 / sigma^2``, which for x0-predicting models leaves the high noise levels (the ones
-    few-step sampling needs) almost untrained."""
+    few-step sampling needs) almost untrained. ``weight`` (broadcasting against ``x0``) weights
+    each element's squared error, e.g. ``1 + w * object_mask`` (docs/design.md §10)."""
     err = pred_velocity.float() - (noise - x0.detach()).float()
     if sigma is not None:
         err = err * broadcast_sigma(torch.as_tensor(sigma, dtype=err.dtype, device=err.device), err)
-    return _sample_mean(err.pow(2))
+    err = err.pow(2)
+    return _sample_mean(err if weight is None else err * weight.float())
 
 
 def critic_weights(rewards: torch.Tensor, beta: float, *, normalize: bool = True,

@@ -5,9 +5,9 @@ regression of the causal student onto teacher trajectories, then Re-DMD with ``g
 to an ODE-init checkpoint; before them, for the embedded world model only, flow-matching training
 of the bidirectional teacher on world clips (``data: world``).
 
-Model paths ``"tiny"`` / ``"world"`` build random WAN_TINY / WAN_WORLD models (no weights). Under ``torchrun``
-each process joins the process group (NCCL on CUDA, gloo on CPU). The run resumes from the newest
-checkpoint in ``out_dir`` when there is one.
+Model paths ``"tiny"`` / ``"world"`` / ``"world-mlp"`` build random models of those configs (no
+weights). Under ``torchrun`` each process joins the process group (NCCL on CUDA, gloo on CPU). The
+run resumes from the newest checkpoint in ``out_dir`` when there is one.
 """
 from __future__ import annotations
 
@@ -33,16 +33,16 @@ def _need(path: str | None, what: str) -> Path:
 
 
 def _model(path: str, what: str, seed: int, device: torch.device):
-    """A model from a checkpoint path (a run's out_dir: its newest checkpoint), or a random
-    WAN_TINY / WAN_WORLD one for "tiny" / "world"."""
+    """A model from a checkpoint path (a run's out_dir: its newest checkpoint), or a random one of
+    a config named in ``NAMED_CONFIGS`` ("tiny", "world", "world-mlp")."""
     from ..models.causal_wan import CausalWanModel
     from ..models.loading import load_causal_wan
-    from ..models.wan_config import WAN_TINY, WAN_WORLD
+    from ..models.wan_config import NAMED_CONFIGS
 
-    if path in ("tiny", "world"):
+    if path in NAMED_CONFIGS:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return CausalWanModel(WAN_TINY if path == "tiny" else WAN_WORLD).to(device)
+            return CausalWanModel(NAMED_CONFIGS[path]).to(device)
     found = _need(path, what)
     return load_causal_wan(latest_checkpoint(found) or found, dtype=torch.float32, device=device)
 
@@ -133,7 +133,8 @@ def _trainer(cfg: TrainConfig, stage: str, device: torch.device):
         model = _model(cfg.teacher, "teacher checkpoint", cfg.seed + 1, device)
         data = WorldClips(codec, cfg.latent_frames, cfg.latent_height * codec.spatial_scale,
                           cfg.latent_width * codec.spatial_scale, workers=cfg.data_workers,
-                          render_device=device if device.type == "cuda" else None)
+                          render_device=device if device.type == "cuda" else None,
+                          fixed=cfg.fixed_clips, fixed_seed=cfg.seed)
         return TeacherTrainer(cfg, model, _text_encoder(cfg, model, device), data)
     generator, critic, teacher = _models(cfg, device, critic=stage == "dmd")
     text_encoder, prompts = _text_encoder(cfg, generator, device), _prompts(cfg)

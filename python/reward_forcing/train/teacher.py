@@ -18,7 +18,8 @@ from .trainer import _TrainLoop
 class TeacherTrainer(_TrainLoop):
     """The stage before ODE init when there is no pretrained teacher (the embedded world model):
     flow-matching training of the bidirectional ``model`` on data clips. ``data.sample(n, rng)``
-    returns (clean latents ``[n, C, F, H, W]``, prompts); a prompt is replaced by the negative
+    returns (clean latents ``[n, C, F, H, W]``, prompts, object masks in the latent layout:
+    :class:`~.world_data.Clips`), the masks weighting the loss by ``1 + object_weight``; a prompt is replaced by the negative
     prompt with probability ``cond_dropout``, so the teacher also learns the unconditional branch
     that classifier-free guidance (and DMD's real score) uses. Noise levels are
     ``shift_sigma(u, shift)``, ``u ~ U(0, 1)``, as Wan trains. Its checkpoints hold the model as
@@ -52,8 +53,9 @@ class TeacherTrainer(_TrainLoop):
         self.opt.zero_grad(set_to_none=True)
         losses = []
         for _ in range(cfg.grad_accum):
-            x0, prompts = self.data.sample(cfg.batch_size * self.world, self.data_rng)
+            x0, prompts, masks = self.data.sample(cfg.batch_size * self.world, self.data_rng)
             x0, prompts = self._mine(x0).to(self.device), self._mine(prompts)
+            weight = 1 + cfg.object_weight * self._mine(masks).to(self.device) if cfg.object_weight else None
             drop = self._mine(self.data_rng.random(len(prompts) * self.world) < cfg.cond_dropout)
             with torch.no_grad():
                 cond = self.text_encoder([cfg.negative_prompt if d else p for p, d in zip(prompts, drop)])
@@ -62,7 +64,7 @@ class TeacherTrainer(_TrainLoop):
             noise = self._randn(x0.shape)
             with self._autocast():
                 velocity = self.model(dmd.add_noise(x0, noise, sigma), timestep_of(sigma), cond.to(self.device))
-            loss = dmd.denoising_loss(velocity, noise, x0, self._loss_sigma(sigma)).mean()
+            loss = dmd.denoising_loss(velocity, noise, x0, self._loss_sigma(sigma), weight).mean()
             (loss / cfg.grad_accum).backward()
             losses.append(loss.detach())
         grad_norm = self._sync_and_clip(self.model)

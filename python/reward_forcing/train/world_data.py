@@ -3,6 +3,8 @@ encoded with the pixel codec, with their prompts. Also the world's training prom
 that need prompts only (ODE init, DMD)."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -10,18 +12,31 @@ from ..models.pixel_codec import PixelCodec
 from ..world import render, render_batch, sample_scene
 
 
+class Clips(NamedTuple):
+    """A batch of world clips: clean latents ``[n, C, F, H, W]``, their prompts, and the object
+    coverage in the same latent layout (1 on object pixels, 0 on the background; what an
+    object-weighted loss and the object/background error split use)."""
+    latents: torch.Tensor
+    prompts: list[str]
+    masks: torch.Tensor
+
+
 class WorldClips:
-    """``sample(n, rng)`` -> (latents ``[n, C, latent_frames, H/s, W/s]``, prompts): scenes of the
-    ``split`` ("train": the held-out colour x shape x direction combinations never appear), each
-    clip starting at frame 0 with probability ``start_at_zero`` (the prompt's direction is what the
-    first frames show) and otherwise at a random frame of the first ``max_start`` (after bounces:
-    what a stream must continue). Rendering: with numpy in this process, or in ``workers``
-    processes, or with torch on ``render_device`` (a GPU renders a batch in milliseconds; the
-    same pixels)."""
+    """``sample(n, rng)`` -> :class:`Clips` of scenes of the ``split`` ("train": the held-out
+    colour x shape x direction combinations never appear), each clip starting at frame 0 with
+    probability ``start_at_zero`` (the prompt's direction is what the first frames show) and
+    otherwise at a random frame of the first ``max_start`` (after bounces: what a stream must
+    continue). ``fixed > 0`` draws the clips from a pool of that many, made once from
+    ``fixed_seed`` (the overfit diagnostic: a model that cannot learn 16 clips is broken, not
+    under-trained). Rendering: with numpy in this process, or in ``workers`` processes, or with
+    torch on ``render_device`` (a GPU renders a batch in milliseconds; the same pixels)."""
 
     def __init__(self, codec: PixelCodec, latent_frames: int, height: int = 64, width: int = 64,
                  fps: float = 16.0, split: str = "train", start_at_zero: float = 0.5,
-                 max_start: int = 160, workers: int = 0, render_device=None):
+                 max_start: int = 160, workers: int = 0, render_device=None, fixed: int = 0,
+                 fixed_seed: int = 0):
+        if fixed < 0:
+            raise ValueError(f"fixed must be >= 0, got {fixed}")
         self.codec, self.frames = codec, latent_frames * codec.temporal_scale
         self.height, self.width, self.fps, self.split = height, width, fps, split
         self.start_at_zero, self.max_start = start_at_zero, max_start
@@ -32,10 +47,18 @@ class WorldClips:
             from concurrent.futures import ProcessPoolExecutor
 
             self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        self._fixed = self._draw(fixed, np.random.default_rng(fixed_seed)) if fixed else None
 
-    def sample(self, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, list[str]]:
+    def sample(self, n: int, rng: np.random.Generator) -> Clips:
         """Scenes and start frames are drawn here from ``rng`` (so a run resumes exactly with or
         without workers); the rendering is spread over the worker processes, if any."""
+        if self._fixed is not None:
+            pick = rng.integers(0, len(self._fixed.prompts), n)
+            return Clips(self._fixed.latents[pick], [self._fixed.prompts[i] for i in pick],
+                         self._fixed.masks[pick])
+        return self._draw(n, rng)
+
+    def _draw(self, n: int, rng: np.random.Generator) -> Clips:
         jobs = []
         for _ in range(n):
             scene = sample_scene(rng, height=self.height, width=self.width, fps=self.fps, split=self.split)
@@ -44,16 +67,24 @@ class WorldClips:
         prompts = [job[0].prompt for job in jobs]
         if self.render_device is not None:
             scenes, _, starts = zip(*jobs)
-            return self.codec.encode(render_batch(scenes, self.frames, starts, self.render_device)), prompts
-        if self._pool is None:
-            videos = [_render(*job) for job in jobs]
+            video, mask = render_batch(scenes, self.frames, starts, self.render_device)
         else:
-            videos = list(self._pool.map(_render, *zip(*jobs), chunksize=max(1, n // 16)))
-        return self.codec.encode(torch.from_numpy(np.stack(videos))), prompts
+            if self._pool is None:
+                rendered = [_render(*job) for job in jobs]
+            else:
+                rendered = list(self._pool.map(_render, *zip(*jobs), chunksize=max(1, n // 16)))
+            video = torch.from_numpy(np.stack([v for v, _ in rendered]))
+            mask = torch.from_numpy(np.stack([m for _, m in rendered]))
+        return Clips(self.codec.encode(video), prompts, self.latent_mask(mask))
+
+    def latent_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """Pixel coverage ``[n, F, H, W]`` -> the codec's latent layout (every colour channel)."""
+        return (self.codec.encode(mask[..., None].expand(*mask.shape, 3)) + 1) / 2
 
 
-def _render(scene, frames: int, start: int) -> np.ndarray:
-    return render(scene, frames, start)[0]
+def _render(scene, frames: int, start: int) -> tuple[np.ndarray, np.ndarray]:
+    video, truth = render(scene, frames, start)
+    return video, truth.mask
 
 
 def world_prompts(n: int = 4096, seed: int = 0, split: str = "train") -> list[str]:

@@ -25,7 +25,11 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {"black": (0, 0, 0), "white": (255, 255, 255),
                                                 "gray": (64, 64, 64)}
 SHAPES = ("circle", "square", "triangle")
-SIZES: dict[str, float] = {"small": 0.07, "medium": 0.10, "large": 0.14}  # radius / min(H, W)
+# radius / min(H, W). Objects of 0.07-0.14 were 3-5 % of a frame's pixels, and every model trained
+# on the 2-core budget learned the backgrounds and left the objects out (docs/design.md §10): at
+# 0.10-0.21 an object is 6-25 % of a 64x64 frame.
+SIZES: dict[str, float] = {"small": 0.10, "medium": 0.15, "large": 0.21}
+MAX_OBJECTS = 2  # per scene: what the embedded model is trained on
 SPEEDS: dict[str, float] = {"slow": 0.45, "medium": 0.7, "fast": 1.0}     # min(H, W) per second
 _D = math.sqrt(0.5)
 DIRECTIONS: dict[str, tuple[float, float]] = {
@@ -103,6 +107,7 @@ class Truth:
     colour: np.ndarray    # [K, 3] uint8 RGB
     shape: tuple[str, ...]
     radius: np.ndarray    # [K] float32 pixels
+    mask: np.ndarray      # [F, H, W] float32 object coverage in [0, 1] (all objects together)
 
 
 # ---------------------------------------------------------------------------------------- geometry
@@ -137,6 +142,17 @@ def _signed_distance(shape: str, r, dx, dy):
     a = 0.866 * r
     norm = math.hypot(2 * a, r) if isinstance(r, float) else (4 * a * a + r * r) ** 0.5
     return xp.maximum(dy - a, (abs(dx) * 2 * a - (dy + a) * r) / norm)
+
+
+def shape_coverage(shape: str, radius: float, centre: tuple[float, float], height: int, width: int
+                   ) -> np.ndarray:
+    """Per-pixel coverage [H, W] in [0, 1] of ``shape`` at ``radius`` whose *area centroid* is at
+    ``centre`` (x, y pixels; a triangle's centroid lies a third of its half height below the
+    centre of its bounding box, which is where :func:`render` places it)."""
+    dy0 = 0.866 * radius / 3 if shape == "triangle" else 0.0
+    xs = np.arange(width, dtype=np.float32) + 0.5 - centre[0]
+    ys = np.arange(height, dtype=np.float32)[:, None] + 0.5 - (centre[1] - dy0)
+    return np.clip(0.5 - _signed_distance(shape, float(radius), xs + 0 * ys, ys + 0 * xs), 0.0, 1.0)
 
 
 def _torch():
@@ -181,6 +197,7 @@ def render(scene: Scene, num_frames: int, start: int = 0, block: int = 64
     xs = np.arange(w, dtype=np.float32) + 0.5
     ys = np.arange(h, dtype=np.float32)[:, None] + 0.5
     video = np.empty((num_frames, h, w, 3), dtype=np.uint8)
+    mask = np.empty((num_frames, h, w), dtype=np.float32)
     visible = np.zeros((num_frames, len(scene.objects)), dtype=bool)
     for b in range(0, num_frames, block):
         p = pos[b:b + block].astype(np.float32)
@@ -199,16 +216,18 @@ def render(scene: Scene, num_frames: int, start: int = 0, block: int = 64
             visible[b:b + block, k] = (covers[k] * uncovered).sum(axis=(1, 2)) >= 0.5 * own
             uncovered *= 1.0 - covers[k]
         video[b:b + block] = np.rint(img).astype(np.uint8)
+        mask[b:b + block] = 1.0 - uncovered
     truth = Truth(frames=frames, position=pos.astype(np.float32), velocity=vel.astype(np.float32),
                   visible=visible, colour=colours.astype(np.uint8),
-                  shape=tuple(o.shape for o in scene.objects), radius=radii)
+                  shape=tuple(o.shape for o in scene.objects), radius=radii, mask=mask)
     return video, truth
 
 
 def render_batch(scenes, num_frames: int, starts, device="cpu"):
     """The frames of many scenes at once with torch on ``device`` (a GPU renders a training batch
-    in a few ms): uint8 ``[B, num_frames, H, W, 3]``, scene i from frame ``starts[i]``; the same
-    pixels as :func:`render` (same float32 arithmetic), without the ground truth."""
+    in a few ms): uint8 ``[B, num_frames, H, W, 3]``, scene i from frame ``starts[i]``, and the
+    object coverage ``[B, num_frames, H, W]`` (float32, :attr:`Truth.mask`); the same pixels as
+    :func:`render` (same float32 arithmetic), without the rest of the ground truth."""
     import torch
 
     h, w = scenes[0].height, scenes[0].width
@@ -231,6 +250,7 @@ def render_batch(scenes, num_frames: int, starts, device="cpu"):
     img = img[:, None, None, None].expand(b, num_frames, h, w, 3).contiguous()
     xs = torch.arange(w, dtype=torch.float32, device=device) + 0.5
     ys = torch.arange(h, dtype=torch.float32, device=device)[:, None] + 0.5
+    uncovered = torch.ones(img.shape[:-1], dtype=torch.float32, device=device)
     for k in range(k_max):
         dx = xs - pos_t[:, :, k, 0, None, None]
         dy = ys - pos_t[:, :, k, 1, None, None]
@@ -240,7 +260,8 @@ def render_batch(scenes, num_frames: int, starts, device="cpu"):
             sdf = torch.where((shape_t[:, k] == index)[:, None, None, None], _signed_distance(name, r, dx, dy), sdf)
         cover = (0.5 - sdf).clamp(0.0, 1.0)
         img += (colour_t[:, k, None, None, None] - img) * cover[..., None]
-    return img.round().to(torch.uint8)
+        uncovered *= 1.0 - cover
+    return img.round().to(torch.uint8), 1.0 - uncovered
 
 
 def stream_scene(scene: Scene, chunk_frames: int = 16, start: int = 0
@@ -277,9 +298,9 @@ def sample_scene(rng: np.random.Generator | int | None = None, *, height: int = 
     if split not in (None, "train", "test"):
         raise ValueError(f"split must be None, 'train' or 'test', got {split!r}")
     rng = np.random.default_rng(rng)
-    n = int(rng.integers(1, 4)) if n_objects is None else n_objects
-    if not 1 <= n <= len(COLOURS):
-        raise ValueError(f"n_objects must be in [1, {len(COLOURS)}], got {n}")
+    n = int(rng.integers(1, MAX_OBJECTS + 1)) if n_objects is None else n_objects
+    if not 1 <= n <= MAX_OBJECTS:
+        raise ValueError(f"n_objects must be in [1, {MAX_OBJECTS}], got {n}")
     objects: list[ObjectSpec] = []
     while len(objects) < n:
         colour = str(rng.choice([c for c in COLOURS if c not in {o.colour for o in objects}]))
@@ -386,6 +407,9 @@ def parse_prompt(text: str) -> PromptSpec:
     matches = list(_OBJECT_RE.finditer(text))
     if bg is None or not matches:
         raise ValueError(f"not a world prompt: {text!r}")
+    if len(matches) > MAX_OBJECTS:
+        raise ValueError(f"a world scene holds at most {MAX_OBJECTS} objects, the prompt names "
+                         f"{len(matches)}: {text!r}")
     objects = []
     for m in matches:
         speed_word = m["speed_adj"] or m["adverb1"] or m["adverb2"]

@@ -1,0 +1,177 @@
+"""Teacher designs for the embedded world model, side by side at equal *process CPU-seconds* (one
+thread each, the same data stream), scored by object-pixel x0 error per noise level and an 8-step
+CFG sample probe on the gate's prompts (docs/design.md §10).
+
+    python bench/world_ablation.py run ARM --cpu-minutes 45      # one arm, resumable
+    python bench/world_ablation.py table                          # bench/results/world-ablation.{json,md}
+
+An arm's run folder (``runs/ablation/ARM``) holds its checkpoints and ``ablation.jsonl`` (one row
+per evaluation: CPU-seconds so far, step, errors); running an arm again continues it. Kill rule:
+an arm whose object error at noise 0.8 is the worst of all arms after its first 45 CPU-minutes is
+marked stopped in the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reward_forcing.models.causal_wan import CausalWanModel
+from reward_forcing.models.loading import load_causal_wan
+from reward_forcing.models.pixel_codec import PixelCodec
+from reward_forcing.models.text_encoder import MiniLMTextEncoder
+from reward_forcing.models.wan_config import NAMED_CONFIGS
+from reward_forcing.train.config import TrainConfig
+from reward_forcing.train.teacher import TeacherTrainer
+from reward_forcing.train.trainer import latest_checkpoint
+from reward_forcing.train.world_data import WorldClips
+from reward_forcing.train.world_probe import (SIGMAS, gate_prompts, sample_videos, score_videos,
+                                              summarize, x0_errors)
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMITTED_TEACHER = ROOT / "training" / "world-teacher" / "teacher-ema.safetensors"
+BASE = dict(teacher="world", text_encoder="minilm", vae="pixel", data="world", latent_frames=8,
+            latent_height=16, latent_width=16, chunk_frames=2, shift=1.0, loss_space="x0",
+            cond_dropout=0.1, lr_generator=3e-4, betas=(0.9, 0.99), weight_decay=0.0, batch_size=8,
+            cpu_bf16=False, grad_clip=1.0, ema_decay=0.995, ema_start=100, max_steps=10 ** 7,
+            save_every=10 ** 7, keep_checkpoints=1, log_every=10 ** 7)
+# name -> (what it tests, TrainConfig overrides); "init" starts from a weights file
+ARMS = {
+    "baseline": ("today's design (WAN_WORLD, 8-px tokens, linear head, plain x0 loss, uniform "
+                 "noise levels)", {}),
+    "continued": ("the committed CPU teacher (17,385 steps) continued with the object-weighted "
+                  "loss (1 + 20 x mask)", {"init": str(COMMITTED_TEACHER), "object_weight": 20.0}),
+    "mlp-weighted": ("GELU token head (1024) + object-weighted loss (1 + 10 x mask) + noise levels "
+                     "shifted to high noise (shift 3)",
+                     {"teacher": "world-mlp", "object_weight": 10.0, "shift": 3.0}),
+    "overfit": ("diagnostic: today's design on 16 fixed clips (must reach the gate on their prompts)",
+                {"fixed_clips": 16}),
+}
+HELD_SEED, PROBE_SEEDS = 12345, (0, 1)
+
+
+def _trainer(arm: str, out: Path, text) -> TeacherTrainer:
+    overrides = dict(ARMS[arm][1])
+    init = overrides.pop("init", None)
+    cfg = TrainConfig.from_dict({**BASE, **overrides, "out_dir": str(out)})
+    if init is not None:
+        model = load_causal_wan(init, dtype=torch.float32)
+    else:
+        torch.manual_seed(cfg.seed + 1)
+        model = CausalWanModel(NAMED_CONFIGS[cfg.teacher])
+    data = WorldClips(PixelCodec(), cfg.latent_frames, fixed=cfg.fixed_clips, fixed_seed=cfg.seed)
+    return TeacherTrainer(cfg, model, text, data)
+
+
+def _evaluate(trainer: TeacherTrainer, text, held, probe: bool) -> dict:
+    ema = trainer.ema
+    row = {"x0": x0_errors(ema, text(held.prompts), held)}
+    if probe:
+        prompts = held.prompts[:16] if trainer.cfg.fixed_clips else gate_prompts(16)
+        videos = sample_videos(ema, text, PixelCodec(), prompts, PROBE_SEEDS)
+        row["probe"] = summarize(score_videos(videos, prompts))
+    return row
+
+
+def run(arm: str, cpu_minutes: float, eval_minutes: float, root: Path) -> None:
+    torch.set_num_threads(1)
+    out = root / arm
+    text = MiniLMTextEncoder.from_pretrained(text_len=32)
+    trainer = _trainer(arm, out, text)
+    trainer.resume()
+    log = out / "ablation.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    rows = [r for r in rows if r["step"] <= trainer.step]
+    spent = rows[-1]["cpu_seconds"] if rows else 0.0
+    if trainer.cfg.fixed_clips:  # the overfit arm is scored on its own clips and prompts
+        held = trainer.data._fixed
+    else:
+        held = WorldClips(PixelCodec(), 8, start_at_zero=1.0).sample(16, np.random.default_rng(HELD_SEED))
+    budget, next_eval = 60 * cpu_minutes, spent + 60 * eval_minutes
+    start = time.process_time() - spent
+    from tqdm import tqdm
+
+    bar = tqdm(total=int(budget), initial=int(spent), unit="cpu-s", desc=arm)
+    while True:
+        now = time.process_time() - start
+        done = now >= budget
+        if now >= next_eval or done:
+            eval_start = time.process_time()
+            row = {"arm": arm, "cpu_seconds": now, "step": trainer.step,
+                   **_evaluate(trainer, text, held, probe=done)}
+            start += time.process_time() - eval_start  # evaluation time is not training time
+            rows.append(row)
+            out.mkdir(parents=True, exist_ok=True)
+            tmp = log.with_name(log.name + ".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            os.replace(tmp, log)
+            trainer.save_checkpoint()
+            next_eval += 60 * eval_minutes
+            tqdm.write(json.dumps({k: row[k] for k in ("cpu_seconds", "step")} | {"x0": row["x0"]}))
+        if done:
+            break
+        logs = trainer.train_step()
+        bar.update(int(time.process_time() - start) - bar.n)
+        bar.set_postfix(step=trainer.step, loss=f"{logs['loss']:.4f}")
+    bar.close()
+
+
+def table(root: Path, results: Path) -> None:
+    arms = {}
+    for arm in ARMS:
+        log = root / arm / "ablation.jsonl"
+        if log.is_file():
+            arms[arm] = [json.loads(line) for line in log.read_text().splitlines()]
+    if not arms:
+        raise SystemExit(f"no arm has run under {root}")
+    at45 = {a: min(rows, key=lambda r: abs(r["cpu_seconds"] - 2700)) for a, rows in arms.items()}
+    compared = [a for a in at45 if a != "overfit"]
+    worst = max(compared, key=lambda a: at45[a]["x0"]["0.8"]["object"]) if len(compared) > 1 else None
+    out = {"arms": {a: {"what": ARMS[a][0], "rows": rows, "stopped_by_kill_rule": a == worst}
+                    for a, rows in arms.items()}}
+    lines = ["| arm | CPU-min | steps | " + " | ".join(f"obj / bg x0 MSE @ {s}" for s in SIGMAS)
+             + " | probe found / colour / shape / bg / direction / moving |", "|" + "---|" * 4
+             + "---|" * (len(SIGMAS) - 1)]
+    for a, rows in arms.items():
+        last = rows[-1]
+        errs = " | ".join(f"{last['x0'][str(s)]['object']:.4f} / {last['x0'][str(s)]['background']:.4f}"
+                          for s in SIGMAS)
+        probe = next((r["probe"] for r in reversed(rows) if "probe" in r), None)
+        p = " / ".join(f"{probe[k]['mean']:.2f}" for k in ("found", "colour_right", "shape_right",
+                       "background_right", "direction_right", "keeps_moving")) if probe else "-"
+        lines.append(f"| {a}{' (killed)' if a == worst else ''} | {last['cpu_seconds'] / 60:.0f} | "
+                     f"{last['step']} | {errs} | {p} |")
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "world-ablation.json").write_text(json.dumps(out, indent=1))
+    (results / "world-ablation.md").write_text(
+        "Teacher designs at equal process CPU time (one thread each, 2-core AMD EPYC without AVX-512, float32); "
+        "x0 errors on 16 held clips, probe: 8-step CFG samples of 16 gate prompts x 2 seeds.\n\n"
+        + "\n".join(f"- **{a}**: {ARMS[a][0]}" for a in arms) + "\n\n" + "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="train one arm for a CPU-time budget (continues a started arm)")
+    r.add_argument("arm", choices=sorted(ARMS))
+    r.add_argument("--cpu-minutes", type=float, default=45.0, help="total process CPU-minutes")
+    r.add_argument("--eval-minutes", type=float, default=5.0, help="CPU-minutes between evaluations")
+    t = sub.add_parser("table", help="the comparison table")
+    t.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    for p in (r, t):
+        p.add_argument("--root", type=Path, default=ROOT / "runs" / "ablation")
+    args = parser.parse_args()
+    if args.command == "run":
+        run(args.arm, args.cpu_minutes, args.eval_minutes, args.root)
+    else:
+        table(args.root, args.out)
+
+
+if __name__ == "__main__":
+    main()
