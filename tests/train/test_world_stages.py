@@ -21,7 +21,6 @@ from reward_forcing.world import parse_prompt, scene_split
 from trainers import CODEC, SMALL
 
 
-
 def test_world_clips_are_encoded_seeded_and_from_the_train_split():
     clips = WorldClips(CODEC, latent_frames=3, height=16, width=16)
     x, prompts, _ = clips.sample(4, np.random.default_rng(0))
@@ -39,6 +38,20 @@ def _teacher(tmp_path, seed=0, **kw):
     torch.manual_seed(seed)
     model = CausalWanModel(SMALL)
     return TeacherTrainer(cfg, model, HashedTextEncoder(16, 8), WorldClips(CODEC, 3, 16, 16))
+
+
+def test_probe_and_object_weight_in_the_teacher_stage(tmp_path):
+    """The probe logs object/background x0 errors, colour binding and sample scores without
+    touching the training streams; the object weight changes the loss."""
+    plain = [_teacher(tmp_path / "a").train_step() for _ in range(1)]
+    probed = _teacher(tmp_path / "b", probe_every=2)
+    logs = [probed.train_step() for _ in range(2)]
+    assert logs[0]["loss"] == plain[0]["loss"] and "x0_object@0.8" not in logs[0]
+    assert {"x0_object@0.8", "x0_background@0.95", "colour_binding", "probe_found",
+            "probe_shape_right"} <= set(logs[1])
+    assert all(0 <= logs[1][k] <= 1 for k in ("colour_binding", "probe_found"))
+    weighted = _teacher(tmp_path / "c", object_weight=20.0).train_step()
+    assert weighted["loss"] > plain[0]["loss"]
 
 
 def test_teacher_stage_learns_and_resumes_exactly(tmp_path):

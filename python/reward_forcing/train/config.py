@@ -12,7 +12,7 @@ import yaml
 # Fields a resumed run may change: where and how long it runs, not what it computes; and how the
 # same arithmetic is carried out (FSDP sharding, CPU bf16 autocast), which changes the rounding only.
 RESUMABLE_CHANGES = frozenset({"out_dir", "max_steps", "max_minutes", "save_every", "log_every",
-                               "keep_checkpoints", "data_workers", "fsdp", "cpu_bf16"})
+                               "keep_checkpoints", "data_workers", "fsdp", "cpu_bf16", "probe_every"})
 
 
 @dataclass
@@ -33,6 +33,9 @@ class TrainConfig:
     object_weight: float = 0.0
     # stage teacher: train on this many fixed clips (the overfit diagnostic); 0 draws new ones
     fixed_clips: int = 0
+    # stage teacher: every this many steps, log the EMA's x0 error on object and background pixels
+    # per noise level, its colour binding and an 8-step sample probe (train/world_probe.py); 0: never
+    probe_every: int = 0
     # where the teacher's and the critic's denoising loss is measured: "velocity" (Wan) or "x0"
     # (for x0-predicting models; train/dmd.py denoising_loss)
     loss_space: str = "velocity"
@@ -138,9 +141,9 @@ class TrainConfig:
             raise ValueError(f"fsdp must be true or false, got {self.fsdp!r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes must be positive or null, got {self.max_minutes}")
-        if self.object_weight < 0 or self.fixed_clips < 0:
-            raise ValueError(f"object_weight and fixed_clips must be >= 0, got {self.object_weight}, "
-                             f"{self.fixed_clips}")
+        if self.object_weight < 0 or self.fixed_clips < 0 or self.probe_every < 0:
+            raise ValueError(f"object_weight, fixed_clips and probe_every must be >= 0, got "
+                             f"{self.object_weight}, {self.fixed_clips}, {self.probe_every}")
         if self.data_workers < 0:
             raise ValueError(f"data_workers must be >= 0, got {self.data_workers}")
         if self.loss_space not in ("velocity", "x0"):

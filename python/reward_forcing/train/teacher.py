@@ -13,6 +13,7 @@ from ..scheduler import shift_sigma, timestep_of
 from . import dmd
 from .config import TrainConfig
 from .trainer import _TrainLoop
+from .world_probe import WorldProbe
 
 
 class TeacherTrainer(_TrainLoop):
@@ -34,6 +35,7 @@ class TeacherTrainer(_TrainLoop):
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr_generator, betas=cfg.betas,
                                      weight_decay=cfg.weight_decay)
         self.data_rng = np.random.default_rng(cfg.seed)
+        self._probe = WorldProbe(data) if cfg.probe_every else None
 
     def _modules(self) -> dict:
         return {"generator": self.model, "generator_ema": self.ema}
@@ -70,4 +72,7 @@ class TeacherTrainer(_TrainLoop):
         grad_norm = self._sync_and_clip(self.model)
         self.opt.step()
         self._update_ema(self.ema, self.model)
-        return {"loss": float(torch.stack(losses).mean()), "grad_norm": grad_norm}
+        logs = {"loss": float(torch.stack(losses).mean()), "grad_norm": grad_norm}
+        if self._probe is not None and (self.step + 1) % cfg.probe_every == 0:
+            logs |= self._probe(self.ema, self.text_encoder)
+        return logs

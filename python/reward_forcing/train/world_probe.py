@@ -32,18 +32,46 @@ SCORES = tuple(GATE)
 def x0_errors(model, cond: torch.Tensor, clips: Clips, sigmas=SIGMAS, seed: int = 5) -> dict:
     """Mean squared x0 error on object pixels and on background pixels at each noise level
     (``{"0.8": {"object": e, "background": e}, ...}``), the same noise for every model."""
-    gen = torch.Generator().manual_seed(seed)
     x0, obj = clips.latents.float(), clips.masks.float()
+    gen = torch.Generator(x0.device).manual_seed(seed)
     total = FewStepFlowSchedule().num_train_timesteps
     out = {}
     for sigma in sigmas:
-        noise = torch.randn(x0.shape, generator=gen)
-        s = torch.full((len(x0),), float(sigma))
+        noise = torch.randn(x0.shape, generator=gen, device=x0.device)
+        s = torch.full((len(x0),), float(sigma), device=x0.device)
         x_t = dmd.add_noise(x0, noise, s)
         err = (dmd.predict_x0(x_t, model(x_t, s * total, cond).float(), s) - x0).pow(2)
         out[str(sigma)] = {"object": float((err * obj).sum() / obj.sum().clamp(min=1e-9)),
                            "background": float((err * (1 - obj)).sum() / (1 - obj).sum().clamp(min=1e-9))}
     return out
+
+
+@torch.no_grad()
+def colour_binding(model, text_encoder, codec, sigma: float = 0.95, seed: int = 0) -> float:
+    """Share of (clip, prompted colour) pairs in which the model's x0 prediction paints the object
+    pixels nearest to the *prompted* colour, for a large circle of each of three true colours under
+    prompts that differ only in the colour word (chance 1/8). At noise levels where the object is
+    still visible in ``x_t`` a model may copy its colour from the input; at 0.95 the colour has to
+    come from the text."""
+    from ..world import Scene, render
+
+    names, palette = list(COLOURS), np.array(list(COLOURS.values()), np.float32)
+    prompts = [f"a large {c} circle moving to the right on a black background" for c in names]
+    cond = text_encoder(prompts).to(model.device)
+    total = FewStepFlowSchedule().num_train_timesteps
+    hits = 0
+    for true in ("red", "blue", "yellow"):
+        scene = Scene((ObjectSpec("circle", true, "large", "right"),), "black", ((0.3, 0.5),), prompts[0])
+        video, truth = render(scene, 4 * 8)
+        x0 = codec.encode(torch.from_numpy(video)[None])
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+        s = torch.full((len(names),), float(sigma))
+        x_t = dmd.add_noise(x0.expand(len(names), -1, -1, -1, -1), noise, s).to(model.device)
+        x0_hat = dmd.predict_x0(x_t, model(x_t, s.to(model.device) * total, cond).float(), s.to(model.device))
+        pixels = ((codec.decode(x0_hat.cpu()).permute(0, 2, 3, 4, 1) + 1) * 127.5).numpy()
+        colours = pixels[:, truth.mask > 0.5].mean(1)
+        hits += sum(int(np.argmin(np.linalg.norm(palette - c, axis=1))) == i for i, c in enumerate(colours))
+    return hits / (3 * len(names))
 
 
 def gate_prompts(n: int = 16, seed: int = 0) -> list[str]:
@@ -55,17 +83,20 @@ def gate_prompts(n: int = 16, seed: int = 0) -> list[str]:
     colours, directions, sizes = list(COLOURS), list(DIRECTIONS), list(SIZES)
     backgrounds = ("black", "white", "gray")
     rng = np.random.default_rng(seed)
-    prompts = []
+    prompts, used = [], set()
     for i in range(n):
         split = "test" if i < n // 2 else "train"
 
         def obj(j: int, avoid: str | None = None) -> ObjectSpec:
-            for k in range(len(colours) * len(SHAPES) * len(directions)):
-                colour = colours[(j + k // 24) % len(colours)]
-                shape = SHAPES[(j + k // 8) % len(SHAPES)]
-                direction = directions[(3 * j + k) % len(directions)]
-                if colour != avoid and combo_split(colour, shape, direction) == split:
-                    return ObjectSpec(shape, colour, sizes[j % len(sizes)], direction)
+            for fresh in (True, False):  # a direction not yet used, if the split allows one
+                for k in range(len(colours) * len(SHAPES) * len(directions)):
+                    colour = colours[(j + k // 24) % len(colours)]
+                    shape = SHAPES[(j + k // 8) % len(SHAPES)]
+                    direction = directions[(3 * j + k) % len(directions)]
+                    if (colour != avoid and combo_split(colour, shape, direction) == split
+                            and not (fresh and direction in used)):
+                        used.add(direction)
+                        return ObjectSpec(shape, colour, sizes[j % len(sizes)], direction)
             raise AssertionError("unreachable: every colour x shape pair has both splits")
 
         objects = [obj(i)]
@@ -77,14 +108,14 @@ def gate_prompts(n: int = 16, seed: int = 0) -> list[str]:
 
 @torch.no_grad()
 def sample_videos(model, text_encoder, codec, prompts, seeds, *, latent_frames: int = 8,
-                  steps: int = 8, guidance: float = 3.0, shift: float = 3.0,
+                  size: tuple[int, int] = (64, 64), steps: int = 8, guidance: float = 3.0, shift: float = 3.0,
                   negative: str = "static, blurry, low quality") -> np.ndarray:
     """CFG samples ``uint8 [len(prompts) * len(seeds), F, H, W, 3]`` (prompt-major), ``steps``
     Euler steps of the flow ODE warped by ``shift``; one batch."""
     from .trainer import teacher_trajectory
 
     pairs = [(p, s) for p in prompts for s in seeds]
-    height = width = 64 // codec.spatial_scale
+    height, width = (n // codec.spatial_scale for n in size)
     noise = torch.cat([torch.randn(1, codec.channels, latent_frames, height, width,
                                    generator=torch.Generator().manual_seed(int(s))) for _, s in pairs])
     cond = text_encoder([p for p, _ in pairs]).to(model.device)
@@ -114,3 +145,40 @@ def summarize(rows: list[dict]) -> dict:
                     "gate": GATE[key], "passes": bool(v.mean() >= GATE[key])}
     out["passes_gate"] = all(out[k]["passes"] for k in SCORES)
     return out
+
+
+class WorldProbe:
+    """The cheap probe the teacher stage logs every ``probe_every`` steps: x0 errors on 8 held
+    clips (object / background, per noise level), colour binding, and 8-step samples of 4 gate
+    prompts (one seed) scored with the ground truth. Its random numbers are its own: a probed run
+    trains exactly as an unprobed one."""
+
+    def __init__(self, data, clips: int = 8, prompts: int = 4, seed: int = 12345):
+        self.codec = data.codec
+        latent_frames = data.frames // data.codec.temporal_scale
+        held = type(data)(data.codec, latent_frames, data.height, data.width, data.fps,
+                          start_at_zero=1.0)
+        self.clips = held.sample(clips, np.random.default_rng(seed))
+        self.prompts = gate_prompts(16)[::16 // prompts][:prompts]
+        self.latent_frames, self.size, self.fps = latent_frames, (data.height, data.width), data.fps
+
+    @torch.no_grad()
+    def __call__(self, model, text_encoder) -> dict:
+        was_training = model.training
+        model.eval()
+        cond = text_encoder(self.clips.prompts).to(model.device)
+        logs = {}
+        for sigma, e in x0_errors(model, cond, _to(self.clips, model.device)).items():
+            logs[f"x0_object@{sigma}"], logs[f"x0_background@{sigma}"] = e["object"], e["background"]
+        logs["colour_binding"] = colour_binding(model, text_encoder, self.codec)
+        videos = sample_videos(model, text_encoder, self.codec, self.prompts, (0,),
+                               latent_frames=self.latent_frames, size=self.size)
+        for key, value in summarize(score_videos(videos, self.prompts, self.fps)).items():
+            if key in SCORES:
+                logs[f"probe_{key}"] = value["mean"]
+        model.train(was_training)
+        return logs
+
+
+def _to(clips: Clips, device) -> Clips:
+    return Clips(clips.latents.to(device), clips.prompts, clips.masks.to(device))

@@ -1,0 +1,117 @@
+"""The world teacher's probe: the x0 error split, the gate's prompts and intervals, and (on the
+committed CPU-trained teacher) that the prompt reaches the cross-attention."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from reward_forcing.models.pixel_codec import PixelCodec
+from reward_forcing.train import dmd
+from reward_forcing.train.world_data import WorldClips
+from reward_forcing.train.world_probe import GATE, gate_prompts, summarize, x0_errors
+from reward_forcing.world import COLOURS, DIRECTIONS, MAX_OBJECTS, SHAPES, parse_prompt, scene_split
+
+TEACHER = Path(__file__).resolve().parents[2] / "training" / "world-teacher" / "teacher-ema.safetensors"
+CODEC = PixelCodec()
+
+
+class _Oracle(torch.nn.Module):
+    """Returns the velocity that recovers ``x0`` exactly, except ``error`` added on object pixels."""
+
+    def __init__(self, x0, masks, error):
+        super().__init__()
+        self.x0, self.masks, self.error = x0, masks, error
+
+    def forward(self, x_t, t, cond):
+        sigma = t / 1000
+        x0 = self.x0 + self.error * self.masks
+        return (x_t - x0) / sigma.view(-1, 1, 1, 1, 1)
+
+
+def test_x0_errors_split_object_and_background_pixels():
+    clips = WorldClips(CODEC, 2, start_at_zero=1.0).sample(3, np.random.default_rng(0))
+    assert 0.02 < float(clips.masks.mean()) < 0.5  # objects cover a minority of the pixels
+    errors = x0_errors(_Oracle(clips.latents, clips.masks, 0.5), None, clips)
+    for sigma, e in errors.items():
+        # squared error 0.25 on fully covered pixels, less on anti-aliased edges, which are
+        # partly background too
+        assert 0.15 < e["object"] < 0.25 and e["background"] < 0.01 * e["object"], sigma
+
+
+def test_object_weighted_loss_counts_object_pixels_more():
+    x0, noise = torch.zeros(2, 4, 1, 2, 2), torch.zeros(2, 4, 1, 2, 2)
+    v = torch.zeros_like(x0)
+    v[:, :, :, 0, 0] = 1.0  # error on one of four pixels
+    mask = torch.zeros_like(x0)
+    mask[:, :, :, 0, 0] = 1.0
+    plain = dmd.denoising_loss(v, noise, x0)
+    weighted = dmd.denoising_loss(v, noise, x0, weight=1 + 20 * mask)
+    assert torch.allclose(plain, torch.full((2,), 0.25)) and torch.allclose(weighted, 21 * plain)
+
+
+def test_gate_prompts_cover_every_attribute_and_both_splits():
+    prompts = gate_prompts(16)
+    specs = [parse_prompt(p) for p in prompts]
+    assert len(set(prompts)) == 16
+    assert [scene_split(s) for s in specs[:8]] == ["test"] * 8
+    assert [scene_split(s) for s in specs[8:]] == ["train"] * 8
+    objects = [o for s in specs for o in s.objects]
+    assert {o.colour for o in objects} == set(COLOURS) and {o.shape for o in objects} == set(SHAPES)
+    assert {o.direction for o in objects} == set(DIRECTIONS)
+    assert {s.background for s in specs} == {"black", "white", "gray"}
+    assert {len(s.objects) for s in specs} == set(range(1, MAX_OBJECTS + 1))
+    with pytest.raises(ValueError):
+        gate_prompts(15)
+
+
+def test_summarize_reports_intervals_and_the_gate():
+    rows = [{k: 1.0 for k in GATE} for _ in range(8)]
+    rows[0]["colour_right"] = 0.0
+    s = summarize(rows)
+    assert s["found"]["mean"] == 1.0 and s["found"]["ci95"] == [1.0, 1.0]
+    lo, hi = s["colour_right"]["ci95"]
+    assert s["colour_right"]["mean"] == 0.875 and lo < 0.875 < hi and not s["colour_right"]["passes"]
+    assert not s["passes_gate"]
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    if not TEACHER.is_file():
+        pytest.skip(f"no committed world teacher at {TEACHER}")
+    from reward_forcing.models.loading import load_causal_wan
+    from reward_forcing.models.text_encoder import MiniLMTextEncoder
+
+    return (load_causal_wan(TEACHER, dtype=torch.float32).eval(),
+            MiniLMTextEncoder.from_pretrained(text_len=32))
+
+
+def test_the_colour_word_reaches_the_teachers_cross_attention(teacher):
+    """Diagnosis (docs/design.md §10): the conditioning path is not broken. Changing only the
+    colour word changes the x0 prediction, and some block puts well over a uniform share of its
+    cross-attention on the colour token."""
+    model, text = teacher
+    prompts = [f"a {c} circle moving to the right on a black background" for c in ("red", "blue")]
+    colour_token = text.tokenizer(prompts[0])["input_ids"].index(text.tokenizer.convert_tokens_to_ids("red"))
+    clips = WorldClips(CODEC, 8, start_at_zero=1.0).sample(1, np.random.default_rng(0))
+    x_t = dmd.add_noise(clips.latents, torch.randn(clips.latents.shape, generator=torch.Generator().manual_seed(0)),
+                        torch.tensor([0.95])).expand(2, -1, -1, -1, -1)
+    queries = []
+    hooks = [b.cross_attn.register_forward_pre_hook(lambda m, args: queries.append(args[0])) for b in model.blocks]
+    try:
+        with torch.no_grad():
+            cond = text(prompts)
+            x0 = dmd.predict_x0(x_t, model(x_t, torch.full((2,), 950.0), cond), torch.tensor([0.95, 0.95]))
+            kv = model.encode_text(cond)
+            mass = []
+            for block, x, (k, _) in zip(model.blocks, queries, kv.kv):
+                attn = block.cross_attn
+                q = attn._heads(attn.norm_q(attn.q(x))).transpose(1, 2)
+                weights = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, -1)
+                mass.append(float(weights[0].mean((0, 1))[colour_token]))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert float((x0[0] - x0[1]).abs().mean()) > 0.01
+    uniform = 1 / model.config.text_len
+    assert max(mass) > 2 * uniform, mass
