@@ -38,7 +38,7 @@ COMMITTED_TEACHER = ROOT / "training" / "world-teacher" / "teacher-ema.safetenso
 BASE = dict(teacher="world", text_encoder="minilm", vae="pixel", data="world", latent_frames=8,
             latent_height=16, latent_width=16, chunk_frames=2, shift=1.0, loss_space="x0",
             cond_dropout=0.1, lr_generator=3e-4, betas=(0.9, 0.99), weight_decay=0.0, batch_size=8,
-            cpu_bf16=False, grad_clip=1.0, ema_decay=0.995, ema_start=100, max_steps=10 ** 7,
+            cpu_bf16=False, grad_accum=1, grad_clip=1.0, ema_decay=0.995, ema_start=100, max_steps=10 ** 7,
             save_every=10 ** 7, keep_checkpoints=1, log_every=10 ** 7)
 # name -> (what it tests, TrainConfig overrides); "init" starts from a weights file
 ARMS = {

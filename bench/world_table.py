@@ -30,7 +30,7 @@ from reward_forcing.pipelines import StreamingPipeline
 from reward_forcing.scheduler import FewStepFlowSchedule
 from reward_forcing.train.trainer import latest_checkpoint
 from reward_forcing.world import sample_scene
-from world_probe import samples  # bench/, next to this script
+from reward_forcing.train.world_probe import sample_videos, score_videos
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDENTS = {"ODE init": "world-ode-init", "DMD (beta=0)": "world-dmd",
@@ -80,7 +80,8 @@ def score_students(runs: dict[str, Path], prompts, seconds: float, jobs: int) ->
 
 def score_teacher(ckpt: Path, prompts, text) -> dict:
     """The bidirectional teacher on its own clip length (8 latent frames = 2 s), 16-step CFG."""
-    return _mean(samples(_load(ckpt), text, PixelCodec(), prompts)[1])
+    videos = sample_videos(_load(ckpt), text, PixelCodec(), prompts, (0,), steps=16)
+    return _mean([evaluate_video(v, p)["summary"] for v, p in zip(videos, prompts)])
 
 
 def _student(path: Path):
