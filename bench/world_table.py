@@ -43,7 +43,7 @@ SINKS = {"frozen (alpha=1)": dict(alpha=1.0),
 GEOMETRY = dict(height=64, width=64, fps=16.0, sink_frames=2, window_frames=4, chunk_frames=2)
 SCHEDULE = FewStepFlowSchedule((1000.0, 750.0, 500.0, 250.0), shift=3.0)
 KEYS = ("dynamic_degree", "frame_copying", "drift", "flicker", "found", "colour_right",
-        "direction_right", "keeps_moving", "adherence")
+        "shape_right", "direction_right", "keeps_moving", "adherence")
 
 
 def held_out_prompts(n: int, seed: int = 1234) -> list[str]:

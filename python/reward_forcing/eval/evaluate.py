@@ -111,10 +111,10 @@ def evaluate_frames(open_frames: Callable[[], Iterable[np.ndarray]], prompt=None
               "series": {"flow_score": dyn["pair_score"], "frame_copying": copied["per_frame"],
                          "flicker": fl["per_pair"], **dr["stats"]}}
     if spec is not None:
-        area, centre, rest_blob = (np.array(r) for r in zip(*objects))
-        world = world_summary(spec, background, area, centre, rest_blob, (h, w), fps=fps,
+        area, centre, rest_blob, shape = (np.array(r) for r in zip(*objects))
+        world = world_summary(spec, background, area, centre, rest_blob, shape, (h, w), fps=fps,
                               segment=segment)
-        summary.update({k: world[k] for k in ("found", "colour_right", "direction_right",
+        summary.update({k: world[k] for k in ("found", "colour_right", "shape_right", "direction_right",
                                               "keeps_moving", "background_right", "adherence")})
         result["world"] = world
     return result

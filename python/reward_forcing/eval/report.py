@@ -18,6 +18,7 @@ COLUMNS = {
     "flicker": "motion-compensated frame difference ([0, 1]) ↓",
     "found": "prompted objects found (fraction of frames) ↑",
     "colour_right": "prompted colours present (fraction of frames) ↑",
+    "shape_right": "prompted shapes right (fraction of frames) ↑",
     "direction_right": "prompted directions right (fraction of objects) ↑",
     "keeps_moving": "late pairs in which the objects move ↑",
     "background_right": "prompted background right ↑",

@@ -44,7 +44,8 @@ def _largest_blob(mask: np.ndarray) -> np.ndarray:
 
 def frame_objects(frame: np.ndarray, background: np.ndarray, colours: list[str]):
     """One frame's measurements: each prompted colour's largest blob's area [K] and centroid
-    [K, 2], and the largest foreground blob outside them (its area)."""
+    [K, 2], the largest foreground blob outside them (its area), and each blob's shape [K]
+    (:func:`fitted_shape`)."""
     palette = np.array(list(COLOURS.values()), np.float32)
     wanted = [list(COLOURS).index(c) for c in colours]
     x = frame.astype(np.float32)
@@ -53,7 +54,8 @@ def frame_objects(frame: np.ndarray, background: np.ndarray, colours: list[str])
     label = np.where(fg & (dist.min(-1) < COLOUR_DISTANCE), dist.argmin(-1), -1)
     masks = np.stack([_largest_blob(label == c) for c in wanted])  # [K, H, W]
     rest = fg & ~masks.any(axis=0)
-    return masks.sum(axis=(-2, -1)).astype(np.float64), _centroids(masks), float(_largest_blob(rest).sum())
+    return (masks.sum(axis=(-2, -1)).astype(np.float64), _centroids(masks), float(_largest_blob(rest).sum()),
+            np.array([fitted_shape(m) for m in masks]))
 
 
 def _centroids(masks: np.ndarray) -> np.ndarray:
@@ -78,15 +80,15 @@ def shape_iou(blob: np.ndarray, shape: str) -> float:
     return float((fit & blob).sum() / (fit | blob).sum())
 
 
-def _shape_right(masks: np.ndarray, seen: np.ndarray, shape: str) -> np.ndarray:
-    """Per frame: the blob is seen, its IoU with the prompted shape is >= MIN_SHAPE_IOU and no other
-    shape fits it better (a circle and a square of equal area overlap with IoU 0.83, so the IoU
-    threshold alone does not tell them apart)."""
-    right = np.zeros(len(masks), bool)
-    for i in np.nonzero(seen)[0]:
-        ious = {s: shape_iou(masks[i], s) for s in SHAPES}
-        right[i] = ious[shape] >= MIN_SHAPE_IOU and ious[shape] == max(ious.values())
-    return right
+def fitted_shape(blob: np.ndarray) -> int:
+    """The index in SHAPES of the shape that fits the blob best, if its IoU is >= MIN_SHAPE_IOU;
+    else -1. A circle and a square of equal area overlap with IoU 0.83, so the threshold alone does
+    not tell them apart: the prompted shape must also fit best."""
+    if not blob.any():
+        return -1
+    ious = [shape_iou(blob, s) for s in SHAPES]
+    best = int(np.argmax(ious))
+    return best if ious[best] >= MIN_SHAPE_IOU else -1
 
 
 def world_scores(video, prompt: str | PromptSpec, *, fps: float = 16.0, segment: float = 0.25) -> dict:
@@ -95,7 +97,7 @@ def world_scores(video, prompt: str | PromptSpec, *, fps: float = 16.0, segment:
       of the object's expected area) in its colour or any colour but the other prompted objects';
     - colour_right: fraction of frames where its colour's blob has a plausible size;
     - shape_right: fraction of frames where that blob also has the prompted shape
-      (:func:`_shape_right`);
+      (:func:`fitted_shape`);
     - direction_right: over the first LEAD_SECONDS (before any bounce, by construction of the
       world), the least-squares velocity of its colour's centroid is at least MIN_SPEED of the
       prompted speed and within MAX_ANGLE of the prompted direction;
@@ -108,16 +110,16 @@ def world_scores(video, prompt: str | PromptSpec, *, fps: float = 16.0, segment:
     x = as_video(video)
     background = estimate_background(x)
     rows = [frame_objects(frame, background, [o.colour for o in spec.objects]) for frame in x]
-    area, centre, rest_blob = (np.array(r) for r in zip(*rows))
-    return world_summary(spec, background, area, centre, rest_blob, (x.shape[1], x.shape[2]),
+    area, centre, rest_blob, shape = (np.array(r) for r in zip(*rows))
+    return world_summary(spec, background, area, centre, rest_blob, shape, (x.shape[1], x.shape[2]),
                          fps=fps, segment=segment)
 
 
 def world_summary(spec: PromptSpec, background: np.ndarray, area: np.ndarray, centre: np.ndarray,
-                  rest_blob: np.ndarray, size: tuple[int, int], *, fps: float = 16.0,
-                  segment: float = 0.25) -> dict:
+                  rest_blob: np.ndarray, shape: np.ndarray, size: tuple[int, int], *,
+                  fps: float = 16.0, segment: float = 0.25) -> dict:
     """:func:`world_scores` from the per-frame measurements of :func:`frame_objects` (area
-    [F, K], centre [F, K, 2], rest_blob [F]) of an ``(h, w)`` video."""
+    [F, K], centre [F, K, 2], rest_blob [F], shape [F, K]) of an ``(h, w)`` video."""
     f, (h, w) = len(area), size
     names = list(BACKGROUNDS)
     bg_dist = [np.linalg.norm(background - np.array(BACKGROUNDS[n], np.float32)) for n in names]
@@ -142,7 +144,7 @@ def world_summary(spec: PromptSpec, background: np.ndarray, area: np.ndarray, ce
 
         step = np.linalg.norm(np.diff(centre[late, k], axis=0), axis=-1)
         moving = seen[late[1:]] & seen[late[:-1]] & (np.nan_to_num(step) >= MIN_SPEED * speed)
-        shape_right = _shape_right(masks[:, k], seen, obj.shape)
+        shape_right = seen & (shape[:, k] == SHAPES.index(obj.shape))
         objects.append({"colour": obj.colour, "shape": obj.shape, "found": float(found.mean()),
                         "colour_right": float(seen.mean()), "shape_right": float(shape_right.mean()),
                         "direction_right": bool(direction_right),

@@ -112,7 +112,7 @@ def sample_videos(model, text_encoder, codec, prompts, seeds, *, latent_frames: 
                   negative: str = "static, blurry, low quality") -> np.ndarray:
     """CFG samples ``uint8 [len(prompts) * len(seeds), F, H, W, 3]`` (prompt-major), ``steps``
     Euler steps of the flow ODE warped by ``shift``; one batch."""
-    from .trainer import teacher_trajectory
+    from ..scheduler import teacher_trajectory
 
     pairs = [(p, s) for p in prompts for s in seeds]
     height, width = (n // codec.spatial_scale for n in size)
