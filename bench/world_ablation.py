@@ -34,7 +34,7 @@ from reward_forcing.train.world_probe import (SIGMAS, gate_prompts, sample_video
                                               summarize, x0_errors)
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMITTED_TEACHER = ROOT / "training" / "world-teacher" / "teacher-ema.safetensors"
+COMMITTED_TEACHER = ROOT / "training" / "world-teacher" / "ema.safetensors"
 BASE = dict(teacher="world", text_encoder="minilm", vae="pixel", data="world", latent_frames=8,
             latent_height=16, latent_width=16, chunk_frames=2, shift=1.0, loss_space="x0",
             cond_dropout=0.1, lr_generator=3e-4, betas=(0.9, 0.99), weight_decay=0.0, batch_size=8,

@@ -3,7 +3,7 @@ prompts (half from the held-out colour x shape x direction split) x 4 seeds scor
 ground truth, with 95 % intervals, plus the x0 error on object and background pixels per noise
 level and the colour binding — the check to pass before spending ODE-init / DMD time on a teacher.
 
-    python bench/world_probe.py training/world-teacher/teacher-ema.safetensors --out bench/results/world-teacher-gate
+    python bench/world_probe.py training/world-teacher/ema.safetensors --out bench/results/world-teacher-gate
 
 Writes <out>.json and <out>.png (rows: the first seed of each prompt; columns: every 4th frame).
 """

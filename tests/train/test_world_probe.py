@@ -12,7 +12,7 @@ from reward_forcing.train.world_data import WorldClips
 from reward_forcing.train.world_probe import GATE, gate_prompts, summarize, x0_errors
 from reward_forcing.world import COLOURS, DIRECTIONS, MAX_OBJECTS, SHAPES, parse_prompt, scene_split
 
-TEACHER = Path(__file__).resolve().parents[2] / "training" / "world-teacher" / "teacher-ema.safetensors"
+TEACHER = Path(__file__).resolve().parents[2] / "training" / "world-teacher" / "ema.safetensors"
 CODEC = PixelCodec()
 
 
