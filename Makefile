@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint bench cuda-build-check clean
+.PHONY: setup demo test lint bench default-model cuda-build-check clean
 setup:
 	bash scripts/setup-venv.sh $(VENV)
 
@@ -17,6 +17,11 @@ test: setup
 lint: setup
 	$(PY) -m ruff check python tests bench scripts
 	$(PY) -m mypy
+
+# The embedded default model's recipe: stage budgets in minutes (TEACHER_MIN, ODE_MIN, DMD_MIN),
+# resumable; the teacher continues from training/world-teacher/ (commit it after a run).
+default-model: setup
+	PY=$(PY) bash scripts/default_model.sh
 
 bench: setup
 	$(PY) bench/ops_cpu.py --out bench/results
