@@ -30,8 +30,8 @@ from reward_forcing.train.config import TrainConfig
 from reward_forcing.train.teacher import TeacherTrainer
 from reward_forcing.train.trainer import latest_checkpoint
 from reward_forcing.train.world_data import WorldClips
-from reward_forcing.train.world_probe import (SIGMAS, gate_prompts, sample_videos, score_videos,
-                                              summarize, x0_errors)
+from reward_forcing.train.world_probe import (SIGMAS, colour_binding, gate_prompts, sample_videos,
+                                              score_videos, summarize, x0_errors)
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED_TEACHER = ROOT / "training" / "world-teacher" / "ema.safetensors"
@@ -129,14 +129,21 @@ def table(root: Path, results: Path) -> None:
             arms[arm] = [json.loads(line) for line in log.read_text().splitlines()]
     if not arms:
         raise SystemExit(f"no arm has run under {root}")
+    text = MiniLMTextEncoder.from_pretrained(text_len=32)
+    binding = {}
+    for arm in arms:  # measured on the arm's newest checkpoint (EMA weights)
+        ckpt = latest_checkpoint(root / arm)
+        if ckpt is not None:
+            binding[arm] = colour_binding(load_causal_wan(ckpt, dtype=torch.float32).eval(), text, PixelCodec())
     at45 = {a: min(rows, key=lambda r: abs(r["cpu_seconds"] - 2700)) for a, rows in arms.items()}
     compared = [a for a in at45 if a != "overfit"]
     worst = max(compared, key=lambda a: at45[a]["x0"]["0.8"]["object"]) if len(compared) > 1 else None
-    out = {"arms": {a: {"what": ARMS[a][0], "rows": rows, "stopped_by_kill_rule": a == worst}
+    out = {"arms": {a: {"what": ARMS[a][0], "rows": rows, "colour_binding": binding.get(a),
+                        "stopped_by_kill_rule": a == worst}
                     for a, rows in arms.items()}}
     lines = ["| arm | CPU-min | steps | " + " | ".join(f"obj / bg x0 MSE @ {s}" for s in SIGMAS)
-             + " | probe found / colour / shape / bg / direction / moving |", "|" + "---|" * 4
-             + "---|" * (len(SIGMAS) - 1)]
+             + " | colour binding @ 0.95 | probe found / colour / shape / bg / direction / moving |",
+             "|" + "---|" * (len(SIGMAS) + 5)]
     for a, rows in arms.items():
         last = rows[-1]
         errs = " | ".join(f"{last['x0'][str(s)]['object']:.4f} / {last['x0'][str(s)]['background']:.4f}"
@@ -144,8 +151,9 @@ def table(root: Path, results: Path) -> None:
         probe = next((r["probe"] for r in reversed(rows) if "probe" in r), None)
         p = " / ".join(f"{probe[k]['mean']:.2f}" for k in ("found", "colour_right", "shape_right",
                        "background_right", "direction_right", "keeps_moving")) if probe else "-"
+        bind = f"{binding[a]:.2f}" if a in binding else "-"
         lines.append(f"| {a}{' (killed)' if a == worst else ''} | {last['cpu_seconds'] / 60:.0f} | "
-                     f"{last['step']} | {errs} | {p} |")
+                     f"{last['step']} | {errs} | {bind} | {p} |")
     results.mkdir(parents=True, exist_ok=True)
     (results / "world-ablation.json").write_text(json.dumps(out, indent=1))
     (results / "world-ablation.md").write_text(
