@@ -30,7 +30,7 @@ from reward_forcing.pipelines import StreamingPipeline
 from reward_forcing.scheduler import FewStepFlowSchedule
 from reward_forcing.train.trainer import latest_checkpoint
 from reward_forcing.world import sample_scene
-from reward_forcing.train.world_probe import sample_videos, score_videos
+from reward_forcing.train.world_probe import sample_videos
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDENTS = {"ODE init": "world-ode-init", "DMD (beta=0)": "world-dmd",

@@ -18,13 +18,13 @@ from .world_probe import WorldProbe
 
 class TeacherTrainer(_TrainLoop):
     """The stage before ODE init when there is no pretrained teacher (the embedded world model):
-    flow-matching training of the bidirectional ``model`` on data clips. ``data.sample(n, rng)``
-    returns (clean latents ``[n, C, F, H, W]``, prompts, object masks in the latent layout:
-    :class:`~.world_data.Clips`), the masks weighting the loss by ``1 + object_weight``; a prompt is replaced by the negative
-    prompt with probability ``cond_dropout``, so the teacher also learns the unconditional branch
-    that classifier-free guidance (and DMD's real score) uses. Noise levels are
-    ``shift_sigma(u, shift)``, ``u ~ U(0, 1)``, as Wan trains. Its checkpoints hold the model as
-    ``generator`` and its EMA as ``generator_ema`` (what the loader prefers)."""
+    flow-matching training of the bidirectional ``model`` on data clips. ``data.sample(n, rng)`` returns
+    (clean latents ``[n, C, F, H, W]``, prompts, object masks in the latent layout:
+    :class:`~.world_data.Clips`), the masks weighting the loss by ``1 + object_weight``; a prompt
+    is replaced by the negative prompt with probability ``cond_dropout``, so the teacher also
+    learns the unconditional branch that classifier-free guidance (and DMD's real score) uses.
+    Noise levels are ``shift_sigma(u, shift)``, ``u ~ U(0, 1)``, as Wan trains. Its checkpoints
+    hold the model as ``generator`` and its EMA as ``generator_ema`` (what the loader prefers)."""
 
     def __init__(self, cfg: TrainConfig, model: CausalWanModel, text_encoder, data):
         super().__init__(cfg, model.device, text_encoder, None)
