@@ -136,7 +136,7 @@ def score_videos(videos: np.ndarray, prompts: list[str], fps: float = 16.0) -> l
 def summarize(rows: list[dict]) -> dict:
     """Mean and 95 % interval (normal approximation over samples, clipped to [0, 1]) of every score,
     and whether the mean passes :data:`GATE`."""
-    out = {}
+    out: dict = {}
     for key in SCORES:
         v = np.array([r[key] for r in rows], np.float64)
         half = 1.96 * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else 1.0
