@@ -147,9 +147,15 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
         single.train_step()
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=False)
     ref = _states(single) | _grads(single)
-    for name in ("generator", "critic", "ema", "generator_grad", "critic_grad"):
+    # Gradients agree up to the order of float sums. Weights are compared to within one Adam step
+    # (lr = 1e-4): where a gradient is at rounding level, Adam's m / sqrt(v) turns a sum-order
+    # difference into a step of up to lr (seen: 6.5e-5 on a CPU without AVX-512, gradients 7e-6).
+    for name in ("generator_grad", "critic_grad"):
         for key, value in ref[name].items():
             torch.testing.assert_close(ddp[name][key], value, rtol=1e-4, atol=1e-5, msg=f"{name}.{key}")
+    for name in ("generator", "critic", "ema"):
+        for key, value in ref[name].items():
+            torch.testing.assert_close(ddp[name][key], value, rtol=0, atol=1e-4, msg=f"{name}.{key}")
 
 
 def test_teacher_trajectory_of_a_point_mass_is_exact():
