@@ -47,7 +47,8 @@ def x0_errors(model, cond: torch.Tensor, clips: Clips, sigmas=SIGMAS, seed: int 
 
 
 @torch.no_grad()
-def colour_binding(model, text_encoder, codec, sigma: float = 0.95, seed: int = 0) -> float:
+def colour_binding(model, text_encoder, codec, sigma: float = 0.95, seed: int = 0, *,
+                   latent_frames: int = 8, size: tuple[int, int] = (64, 64)) -> float:
     """Share of (clip, prompted colour) pairs in which the model's x0 prediction paints the object
     pixels nearest to the *prompted* colour, for a large circle of each of three true colours under
     prompts that differ only in the colour word (chance 1/8). At noise levels where the object is
@@ -61,8 +62,9 @@ def colour_binding(model, text_encoder, codec, sigma: float = 0.95, seed: int = 
     total = FewStepFlowSchedule().num_train_timesteps
     hits = 0
     for true in ("red", "blue", "yellow"):
-        scene = Scene((ObjectSpec("circle", true, "large", "right"),), "black", ((0.3, 0.5),), prompts[0])
-        video, truth = render(scene, 4 * 8)
+        scene = Scene((ObjectSpec("circle", true, "large", "right"),), "black", ((0.3, 0.5),), prompts[0],
+                      *size)
+        video, truth = render(scene, codec.temporal_scale * latent_frames)
         x0 = codec.encode(torch.from_numpy(video)[None])
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
         s = torch.full((len(names),), float(sigma))
@@ -170,7 +172,8 @@ class WorldProbe:
         logs = {}
         for sigma, e in x0_errors(model, cond, _to(self.clips, model.device)).items():
             logs[f"x0_object@{sigma}"], logs[f"x0_background@{sigma}"] = e["object"], e["background"]
-        logs["colour_binding"] = colour_binding(model, text_encoder, self.codec)
+        logs["colour_binding"] = colour_binding(model, text_encoder, self.codec,
+                                                latent_frames=self.latent_frames, size=self.size)
         videos = sample_videos(model, text_encoder, self.codec, self.prompts, (0,),
                                latent_frames=self.latent_frames, size=self.size)
         for key, value in summarize(score_videos(videos, self.prompts, self.fps)).items():
