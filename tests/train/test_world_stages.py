@@ -12,7 +12,7 @@ from reward_forcing.cli import main
 from reward_forcing.models.causal_wan import CausalWanModel
 from reward_forcing.models.loading import load_causal_wan
 from reward_forcing.models.text_encoder import HashedTextEncoder
-from reward_forcing.models.wan_config import WAN_WORLD
+from reward_forcing.models.wan_config import NAMED_CONFIGS, WAN_WORLD
 from reward_forcing.train import TrainConfig
 from reward_forcing.train.teacher import TeacherTrainer
 from reward_forcing.train.trainer import latest_checkpoint
@@ -181,6 +181,8 @@ def test_shipped_world_configs_load():
         cfg = TrainConfig.load(path)
         assert cfg.text_encoder == "minilm" and cfg.vae == "pixel", path
         assert cfg.loss_space == "x0" or "ode-init" in path.name, path  # ODE init regresses on x0
+        for model in (cfg.teacher, cfg.generator):  # a committed file, a run folder or a named config
+            assert model.startswith("runs/") or model in NAMED_CONFIGS or (path.parents[1] / model).is_file()
 
 
 def test_clips_rendered_with_torch_are_the_same():
