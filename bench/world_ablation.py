@@ -88,8 +88,8 @@ def run(arm: str, cpu_minutes: float, eval_minutes: float, root: Path) -> None:
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
     rows = [r for r in rows if r["step"] <= trainer.step]
     spent = rows[-1]["cpu_seconds"] if rows else 0.0
-    if trainer.cfg.fixed_clips:  # the overfit arm is scored on its own clips and prompts
-        held = trainer.data._fixed
+    if trainer.data.fixed_pool is not None:  # the overfit arm is scored on its own clips and prompts
+        held = trainer.data.fixed_pool
     else:
         held = WorldClips(PixelCodec(), 8, start_at_zero=1.0).sample(16, np.random.default_rng(HELD_SEED))
     budget, next_eval = 60 * cpu_minutes, spent + 60 * eval_minutes

@@ -172,6 +172,17 @@ def test_max_minutes_stops_with_a_checkpoint_and_overrides_apply(tmp_path, capsy
     assert "KEY=VALUE" in capsys.readouterr().err
 
 
+def test_fixed_clips_draw_from_one_pool_with_its_masks():
+    clips = WorldClips(CODEC, 3, 16, 16, fixed=3, fixed_seed=1)
+    pool = clips.fixed_pool
+    x, prompts, masks = clips.sample(8, np.random.default_rng(0))
+    assert pool is not None and set(prompts) <= set(pool.prompts) and masks.shape == x.shape
+    for latents, prompt, mask in zip(x, prompts, masks):
+        i = pool.prompts.index(prompt)
+        assert torch.equal(latents, pool.latents[i]) and torch.equal(mask, pool.masks[i])
+    assert 0 < float(masks.mean()) < 1 and WorldClips(CODEC, 3, 16, 16).fixed_pool is None
+
+
 def test_shipped_world_configs_load():
     from pathlib import Path
 

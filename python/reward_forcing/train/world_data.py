@@ -49,6 +49,11 @@ class WorldClips:
             self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
         self._fixed = self._draw(fixed, np.random.default_rng(fixed_seed)) if fixed else None
 
+    @property
+    def fixed_pool(self) -> Clips | None:
+        """The ``fixed`` clips every draw comes from (None when clips are drawn anew)."""
+        return self._fixed
+
     def sample(self, n: int, rng: np.random.Generator) -> Clips:
         """Scenes and start frames are drawn here from ``rng`` (so a run resumes exactly with or
         without workers); the rendering is spread over the worker processes, if any."""
