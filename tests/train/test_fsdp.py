@@ -127,12 +127,18 @@ def sharded(tmp_path_factory):
     return torch.load(tmp_path / "fsdp.pt", weights_only=False)
 
 
-def _assert_close(got, want, what):
+# Across sum orders the weights agree to within one Adam step (lr 1e-4): where a gradient is at
+# rounding level, m / sqrt(v) turns a sum-order difference into a step of up to lr (seen on a CPU
+# without AVX-512); a resumed run repeats the same arithmetic and is held to TOL.
+ACROSS_SUM_ORDERS = dict(rtol=0.0, atol=1e-4)
+
+
+def _assert_close(got, want, what, tol=TOL):
     assert got.keys() == want.keys()
     for name, tensors in want.items():
         assert got[name].keys() == tensors.keys()
         for key, value in tensors.items():
-            torch.testing.assert_close(got[name][key], value, **TOL, msg=f"{what}: {name}.{key}")
+            torch.testing.assert_close(got[name][key], value, **tol, msg=f"{what}: {name}.{key}")
 
 
 def _structure(x):
@@ -163,7 +169,7 @@ def test_redmd_on_two_gloo_ranks_with_fsdp2_matches_one_process_and_resumes(shar
     # parameters, gradients (a sum-instead-of-mean bug shows here: Adam is blind to the scale)
     # and the EMA after 3 steps, and the logged global gradient norms (the clipping's; the
     # logged losses are rank 0's share of the batch)
-    _assert_close(got["states"], want, "fsdp vs one process")
+    _assert_close(got["states"], want, "fsdp vs one process", ACROSS_SUM_ORDERS)
     for a, b in zip(got["logs"], logs, strict=True):
         assert a.keys() == b.keys()
         for k in (k for k in a if k.endswith("grad_norm")):
@@ -182,7 +188,7 @@ def test_redmd_on_two_gloo_ranks_with_fsdp2_matches_one_process_and_resumes(shar
     unsharded = _redmd(cfg, seed=7)
     unsharded.resume(got["checkpoint"])
     unsharded.train_step()
-    _assert_close(_redmd_states(unsharded), want, "fsdp checkpoint resumed unsharded")
+    _assert_close(_redmd_states(unsharded), want, "fsdp checkpoint resumed unsharded", ACROSS_SUM_ORDERS)
 
 
 @pytest.mark.slow
