@@ -46,6 +46,11 @@ ARMS = {
                  "noise levels)", {}),
     "continued": ("the committed CPU teacher (17,385 steps) continued with the object-weighted "
                   "loss (1 + 20 x mask)", {"init": str(COMMITTED_TEACHER), "object_weight": 20.0}),
+    "continued-decayed": ("the committed CPU teacher continued with the object weight (1 + 20 x mask) "
+                          "falling linearly to 0 between noise 0.5 and 1, where a mask-dependent "
+                          "weight biases the optimum most",
+                          {"init": str(COMMITTED_TEACHER), "object_weight": 20.0,
+                           "object_weight_until": 0.5}),
     "mlp-weighted": ("GELU token head (1024) + object-weighted loss (1 + 10 x mask) + noise levels "
                      "shifted to high noise (shift 3)",
                      {"teacher": "world-mlp", "object_weight": 10.0, "shift": 3.0}),

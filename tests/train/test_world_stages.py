@@ -14,7 +14,7 @@ from reward_forcing.models.loading import load_causal_wan
 from reward_forcing.models.text_encoder import HashedTextEncoder
 from reward_forcing.models.wan_config import NAMED_CONFIGS, WAN_WORLD
 from reward_forcing.train import TrainConfig
-from reward_forcing.train.teacher import TeacherTrainer
+from reward_forcing.train.teacher import TeacherTrainer, object_weight_scale
 from reward_forcing.train.trainer import latest_checkpoint
 from reward_forcing.train.world_data import WorldClips, world_prompts
 from reward_forcing.world import parse_prompt, scene_split
@@ -52,6 +52,16 @@ def test_probe_and_object_weight_in_the_teacher_stage(tmp_path):
     assert all(0 <= logs[1][k] <= 1 for k in ("colour_binding", "probe_found"))
     weighted = _teacher(tmp_path / "c", object_weight=20.0).train_step()
     assert weighted["loss"] > plain[0]["loss"]
+    decayed = _teacher(tmp_path / "d", object_weight=20.0, object_weight_until=0.5).train_step()
+    assert plain[0]["loss"] < decayed["loss"] < weighted["loss"]
+
+
+def test_object_weight_falls_to_zero_above_its_noise_level():
+    sigma = torch.tensor([0.0, 0.5, 0.75, 1.0])
+    assert torch.equal(object_weight_scale(sigma, 0.5), torch.tensor([1.0, 1.0, 0.5, 0.0]))
+    assert torch.equal(object_weight_scale(sigma, 1.0), torch.ones(4))
+    with pytest.raises(ValueError, match="object_weight_until"):
+        TrainConfig(object_weight_until=0.0)
 
 
 def test_teacher_stage_learns_and_resumes_exactly(tmp_path):

@@ -31,6 +31,9 @@ class TrainConfig:
     # stage teacher: squared errors on object pixels count 1 + object_weight (objects are a small
     # share of a world frame: docs/design.md §10); 0 is the plain loss
     object_weight: float = 0.0
+    # stage teacher: above this noise level the object weight falls linearly to 0 at noise 1, where
+    # a mask-dependent weight biases the x0 optimum most (docs/design.md §10); 1.0 keeps it constant
+    object_weight_until: float = 1.0
     # stage teacher: train on this many fixed clips (the overfit diagnostic); 0 draws new ones
     fixed_clips: int = 0
     # stage teacher: every this many steps, log the EMA's x0 error on object and background pixels
@@ -144,6 +147,8 @@ class TrainConfig:
         if self.object_weight < 0 or self.fixed_clips < 0 or self.probe_every < 0:
             raise ValueError(f"object_weight, fixed_clips and probe_every must be >= 0, got "
                              f"{self.object_weight}, {self.fixed_clips}, {self.probe_every}")
+        if not 0 < self.object_weight_until <= 1:
+            raise ValueError(f"object_weight_until must be in (0, 1], got {self.object_weight_until}")
         if self.data_workers < 0:
             raise ValueError(f"data_workers must be >= 0, got {self.data_workers}")
         if self.loss_space not in ("velocity", "x0"):

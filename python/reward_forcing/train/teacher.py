@@ -9,18 +9,23 @@ import numpy as np
 import torch
 
 from ..models.causal_wan import CausalWanModel
-from ..scheduler import shift_sigma, timestep_of
+from ..scheduler import broadcast_sigma, shift_sigma, timestep_of
 from . import dmd
 from .config import TrainConfig
 from .trainer import _TrainLoop
 from .world_probe import WorldProbe
 
 
+def object_weight_scale(sigma: torch.Tensor, until: float) -> torch.Tensor:
+    """1 up to noise level ``until``, then falling linearly to 0 at noise 1."""
+    return ((1 - sigma) / (1 - until)).clamp(max=1) if until < 1 else torch.ones_like(sigma)
+
+
 class TeacherTrainer(_TrainLoop):
     """The stage before ODE init when there is no pretrained teacher (the embedded world model):
     flow-matching training of the bidirectional ``model`` on data clips. ``data.sample(n, rng)`` returns
     (clean latents ``[n, C, F, H, W]``, prompts, object masks in the latent layout:
-    :class:`~.world_data.Clips`), the masks weighting the loss by ``1 + object_weight``; a prompt
+    :class:`~.world_data.Clips`), the masks weighting the loss by ``1 + object_weight`` (decayed above ``object_weight_until``); a prompt
     is replaced by the negative prompt with probability ``cond_dropout``, so the teacher also
     learns the unconditional branch that classifier-free guidance (and DMD's real score) uses.
     Noise levels are ``shift_sigma(u, shift)``, ``u ~ U(0, 1)``, as Wan trains. Its checkpoints
@@ -57,12 +62,15 @@ class TeacherTrainer(_TrainLoop):
         for _ in range(cfg.grad_accum):
             x0, prompts, masks = self.data.sample(cfg.batch_size * self.world, self.data_rng)
             x0, prompts = self._mine(x0).to(self.device), self._mine(prompts)
-            weight = 1 + cfg.object_weight * self._mine(masks).to(self.device) if cfg.object_weight else None
             drop = self._mine(self.data_rng.random(len(prompts) * self.world) < cfg.cond_dropout)
             with torch.no_grad():
                 cond = self.text_encoder([cfg.negative_prompt if d else p for p, d in zip(prompts, drop)])
             u = self._mine(torch.rand(x0.shape[0] * self.world, generator=self.noise_rng, device=self.device))
             sigma = shift_sigma(u, cfg.shift)
+            weight = None
+            if cfg.object_weight:
+                scale = object_weight_scale(sigma, cfg.object_weight_until) * cfg.object_weight
+                weight = 1 + broadcast_sigma(scale, x0) * self._mine(masks).to(self.device)
             noise = self._randn(x0.shape)
             with self._autocast():
                 velocity = self.model(dmd.add_noise(x0, noise, sigma), timestep_of(sigma), cond.to(self.device))
