@@ -21,14 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reward_forcing.models.causal_wan import CausalWanModel
 from reward_forcing.models.loading import load_causal_wan
 from reward_forcing.models.pixel_codec import PixelCodec
 from reward_forcing.models.text_encoder import MiniLMTextEncoder
-from reward_forcing.models.wan_config import NAMED_CONFIGS
 from reward_forcing.train.config import TrainConfig
+from reward_forcing.train.run import load_model
 from reward_forcing.train.teacher import TeacherTrainer
-from reward_forcing.train.trainer import latest_checkpoint
+from reward_forcing.train.checkpoints import latest_checkpoint
 from reward_forcing.train.world_data import WorldClips
 from reward_forcing.train.world_probe import (SIGMAS, colour_binding, gate_prompts, sample_videos,
                                               score_videos, summarize, x0_errors)
@@ -47,10 +46,10 @@ ARMS = {
     "continued": ("the committed CPU teacher (17,385 steps) continued with the object-weighted "
                   "loss (1 + 20 x mask)", {"init": str(COMMITTED_TEACHER), "object_weight": 20.0}),
     "continued-decayed": ("the committed CPU teacher continued with the object weight (1 + 20 x mask) "
-                          "falling linearly to 0 between noise 0.5 and 1, where a mask-dependent "
+                          "falling linearly to 0 between noise 0.7 and 1, where a mask-dependent "
                           "weight biases the optimum most",
                           {"init": str(COMMITTED_TEACHER), "object_weight": 20.0,
-                           "object_weight_until": 0.5}),
+                           "object_weight_until": 0.7}),
     "mlp-weighted": ("GELU token head (1024) + object-weighted loss (1 + 10 x mask) + noise levels "
                      "shifted to high noise (shift 3)",
                      {"teacher": "world-mlp", "object_weight": 10.0, "shift": 3.0}),
@@ -64,11 +63,7 @@ def _trainer(arm: str, out: Path, text) -> TeacherTrainer:
     overrides = dict(ARMS[arm][1])
     init = overrides.pop("init", None)
     cfg = TrainConfig.from_dict({**BASE, **overrides, "out_dir": str(out)})
-    if init is not None:
-        model = load_causal_wan(init, dtype=torch.float32)
-    else:
-        torch.manual_seed(cfg.seed + 1)
-        model = CausalWanModel(NAMED_CONFIGS[cfg.teacher])
+    model = load_model(init or cfg.teacher, "teacher", cfg.seed + 1, torch.device("cpu"))
     data = WorldClips(PixelCodec(), cfg.latent_frames, fixed=cfg.fixed_clips, fixed_seed=cfg.seed)
     return TeacherTrainer(cfg, model, text, data)
 

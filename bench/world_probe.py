@@ -19,7 +19,7 @@ import torch
 from reward_forcing.models.loading import load_causal_wan
 from reward_forcing.models.pixel_codec import PixelCodec
 from reward_forcing.models.text_encoder import MiniLMTextEncoder
-from reward_forcing.train.trainer import latest_checkpoint
+from reward_forcing.train.checkpoints import latest_checkpoint
 from reward_forcing.train.world_data import WorldClips
 from reward_forcing.train.world_probe import (colour_binding, gate_prompts, sample_videos,
                                               score_videos, summarize, x0_errors)

@@ -28,7 +28,7 @@ from reward_forcing.models.pixel_codec import PixelCodec
 from reward_forcing.models.text_encoder import MiniLMTextEncoder
 from reward_forcing.pipelines import StreamingPipeline
 from reward_forcing.scheduler import FewStepFlowSchedule
-from reward_forcing.train.trainer import latest_checkpoint
+from reward_forcing.train.checkpoints import latest_checkpoint
 from reward_forcing.world import sample_scene
 from reward_forcing.train.world_probe import sample_videos
 

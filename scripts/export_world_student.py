@@ -16,7 +16,7 @@ import yaml
 from reward_forcing.models import default as default_model
 from reward_forcing.models.loading import load_causal_wan
 from reward_forcing.models.pixel_codec import PixelCodec
-from reward_forcing.train.trainer import latest_checkpoint
+from reward_forcing.train.checkpoints import latest_checkpoint
 
 
 WORLD_FPS = 16.0  # reward_forcing.world's default frame rate, which the world clips are rendered at

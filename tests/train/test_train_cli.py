@@ -6,7 +6,7 @@ import pytest
 
 from reward_forcing.cli import main
 from reward_forcing.train import TrainConfig
-from reward_forcing.train.trainer import latest_checkpoint
+from reward_forcing.train.checkpoints import latest_checkpoint
 
 TINY = dict(latent_frames=4, latent_height=4, latent_width=4, chunk_frames=2, sink_frames=1,
             window_frames=1, critic_ratio=2, grad_accum=1, batch_size=1, ema_start=1, max_steps=1,

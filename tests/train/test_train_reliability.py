@@ -2,6 +2,7 @@
 bad field values, an incompatible ``ode_steps``, corrupt/truncated/foreign resume checkpoints and
 an unwritable ``out_dir`` give one line and status 2 before anything is written; SIGTERM/SIGHUP
 stop a run with only complete checkpoints left, from which it resumes."""
+import os
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import torch
 
 from reward_forcing.cli import main
 from reward_forcing.train import TrainConfig
-from reward_forcing.train.trainer import latest_checkpoint
+from reward_forcing.train.checkpoints import latest_checkpoint
 
 TINY = dict(latent_frames=4, latent_height=4, latent_width=4, chunk_frames=2, sink_frames=1,
             window_frames=1, critic_ratio=2, grad_accum=1, batch_size=1, ema_start=1, max_steps=1,
@@ -128,3 +129,40 @@ def test_signal_stops_with_complete_checkpoints_and_resumes(tmp_path, signum):
     config(tmp_path, max_steps=step + 1)
     assert train("--config", path, "--stage", "ode-init") == 0
     assert torch.load(latest_checkpoint(out), weights_only=True)["step"] == step + 1
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_stops_both_ranks_with_resumable_checkpoints(tmp_path):
+    """SIGTERM to the torchrun agent reaches both gloo ranks: the run ends within a minute, leaves
+    no partial file, and its newest checkpoint resumes the same 2-rank run."""
+    path = config(tmp_path, max_steps=100000)
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "reward_forcing.cli", "train", "--config", str(path), "--stage", "ode-init",
+               "--no-progress"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 240
+        while latest_checkpoint(out) is None:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+            time.sleep(0.1)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read()
+    assert proc.returncode != 0, err[-2000:]
+    names = [p.name for p in out.iterdir()]
+    assert not [n for n in names if n.endswith((".part", ".tmp"))], names
+    state = torch.load(latest_checkpoint(out), weights_only=True)
+    assert state["world"] == 2
+    config(tmp_path, max_steps=state["step"] + 1)
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=240,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"at step {state['step']}" in resumed.stdout
+    assert torch.load(latest_checkpoint(out), weights_only=True)["step"] == state["step"] + 1

@@ -7,7 +7,7 @@ from reward_forcing.models.causal_wan import CausalWanModel
 from reward_forcing.models.text_encoder import HashedTextEncoder
 from reward_forcing.models.wan_config import WAN_TINY
 from reward_forcing.train import ReDMDTrainer, TrainConfig
-from reward_forcing.train.trainer import latest_checkpoint
+from reward_forcing.train.checkpoints import latest_checkpoint
 
 from trainers import PROMPTS, redmd_trainer
 
@@ -212,9 +212,9 @@ def test_main_runs_both_stages_and_names_missing_paths(tmp_path, capsys):
 def test_bf16_autocast_path_runs(tmp_path, monkeypatch):
     """The GPU's bf16 autocast path, exercised with CPU autocast: dtypes fit and losses are finite."""
     from reward_forcing.train import ODEInitTrainer
-    from reward_forcing.train.trainer import _TrainLoop
+    from reward_forcing.train.loop import TrainLoop
 
-    monkeypatch.setattr(_TrainLoop, "_autocast", lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
+    monkeypatch.setattr(TrainLoop, "_autocast", lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
     trainer = _trainer(_config(tmp_path, weighting="critic"))
     logs = [trainer.train_step() for _ in range(2)]
     ode = ODEInitTrainer(_config(tmp_path, ode_steps=4), CausalWanModel(WAN_TINY), CausalWanModel(WAN_TINY),

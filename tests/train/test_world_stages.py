@@ -15,7 +15,7 @@ from reward_forcing.models.text_encoder import HashedTextEncoder
 from reward_forcing.models.wan_config import NAMED_CONFIGS, WAN_WORLD
 from reward_forcing.train import TrainConfig
 from reward_forcing.train.teacher import TeacherTrainer, object_weight_scale
-from reward_forcing.train.trainer import latest_checkpoint
+from reward_forcing.train.checkpoints import latest_checkpoint
 from reward_forcing.train.world_data import WorldClips, world_prompts
 from reward_forcing.world import parse_prompt, scene_split
 from trainers import CODEC, SMALL

@@ -6,7 +6,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import yaml
+
+from ..cache import CacheConfig
 
 
 # Fields a resumed run may change: where and how long it runs, not what it computes; and how the
@@ -157,6 +160,12 @@ class TrainConfig:
             raise ValueError(f"data must be 'world' or null, got {self.data!r}")
         if self.reward is not None and not (isinstance(self.reward, str) and self.reward):
             raise ValueError(f"reward must be 'flow', a VLM reward folder or null, got {self.reward!r}")
+
+    def cache_config(self) -> CacheConfig:
+        """The student's streaming cache during training (float32 K/V: the rollout runs outside
+        autocast)."""
+        return CacheConfig(sink_frames=self.sink_frames, window_frames=self.window_frames,
+                           chunk_frames=self.chunk_frames, alpha=self.alpha, dtype=torch.float32)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

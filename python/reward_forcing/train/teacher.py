@@ -1,4 +1,4 @@
-"""The teacher stage of the embedded world model (issue 8): a bidirectional Wan teacher trained
+"""The teacher stage of the embedded world model: a bidirectional Wan teacher trained
 by flow matching on procedural world clips, when there is no pretrained teacher to distil from.
 It shares the trainer loop (logging, checkpoints, exact resume, distributed) with the other stages."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from ..models.causal_wan import CausalWanModel
 from ..scheduler import broadcast_sigma, shift_sigma, timestep_of
 from . import dmd
 from .config import TrainConfig
-from .trainer import _TrainLoop
+from .loop import TrainLoop
 from .world_probe import WorldProbe
 
 
@@ -21,12 +21,13 @@ def object_weight_scale(sigma: torch.Tensor, until: float) -> torch.Tensor:
     return ((1 - sigma) / (1 - until)).clamp(max=1) if until < 1 else torch.ones_like(sigma)
 
 
-class TeacherTrainer(_TrainLoop):
+class TeacherTrainer(TrainLoop):
     """The stage before ODE init when there is no pretrained teacher (the embedded world model):
     flow-matching training of the bidirectional ``model`` on data clips. ``data.sample(n, rng)`` returns
     (clean latents ``[n, C, F, H, W]``, prompts, object masks in the latent layout:
-    :class:`~.world_data.Clips`), the masks weighting the loss by ``1 + object_weight`` (decayed above ``object_weight_until``); a prompt
-    is replaced by the negative prompt with probability ``cond_dropout``, so the teacher also
+    :class:`~.world_data.Clips`), the masks weighting the loss by ``1 + object_weight`` (decayed
+    above noise level ``object_weight_until``); a prompt is replaced by the negative prompt with
+    probability ``cond_dropout``, so the teacher also
     learns the unconditional branch that classifier-free guidance (and DMD's real score) uses.
     Noise levels are ``shift_sigma(u, shift)``, ``u ~ U(0, 1)``, as Wan trains. Its checkpoints
     hold the model as ``generator`` and its EMA as ``generator_ema`` (what the loader prefers)."""
