@@ -16,6 +16,7 @@ test: setup
 # ruff (lint rules in pyproject.toml) and mypy over python/reward_forcing (zero errors).
 lint: setup
 	$(PY) -m ruff check python tests bench scripts
+	$(PY) -m ruff format --check python tests bench scripts
 	$(PY) -m mypy
 
 # The embedded default model's recipe: stage budgets in minutes (TEACHER_MIN, ODE_MIN, DMD_MIN),

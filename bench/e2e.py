@@ -30,6 +30,7 @@ keeps its rows; ``--budget`` seconds stop new rows from starting):
 
 Writes ``<device>-e2e.json`` and ``<device>-e2e.md``. A row that fails carries its ``error``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,11 @@ PROMPT = "a red fox running through snow"
 
 def run_chunk(forward_chunk, text, cache, sched, gen):
     x = torch.randn(1, *LATENT, device="cuda", dtype=torch.float32, generator=gen)
-    x0 = sched.denoise(x, lambda x, t: forward_chunk(x.to(torch.bfloat16), t, text, cache),
-                       lambda x0: torch.randn(x0.shape, device="cuda", generator=gen))
+    x0 = sched.denoise(
+        x,
+        lambda x, t: forward_chunk(x.to(torch.bfloat16), t, text, cache),
+        lambda x0: torch.randn(x0.shape, device="cuda", generator=gen),
+    )
     forward_chunk(x0.to(torch.bfloat16), 0.0, text, cache, update_cache=True)
     return x0
 
@@ -76,6 +80,7 @@ class Accelerators:
         self.model, self._compiled, self.import_error = model, None, None
         try:
             from reward_forcing.pipelines import accelerate
+
             self.accelerate = accelerate
         except ImportError as e:  # e.g. einops missing on the GPU image
             self.import_error = f"reward_forcing.pipelines does not import: {e}"
@@ -104,8 +109,7 @@ def timed_chunks(forward_chunk, text, cache, sched, gen, chunks):
         run_chunk(forward_chunk, text, cache, sched, gen)
         events[1].record()
         events[1].synchronize()
-        times.append(dict(wall_ms=(time.perf_counter() - t0) * 1e3,
-                          gpu_ms=events[0].elapsed_time(events[1])))
+        times.append(dict(wall_ms=(time.perf_counter() - t0) * 1e3, gpu_ms=events[0].elapsed_time(events[1])))
     return times
 
 
@@ -120,7 +124,6 @@ def gpu_share(forward_chunk, text, cache, sched, gen):
             continue
         share[classify(evt.key)] += us / 1e3
     return share
-
 
 
 def wan21_vae():
@@ -142,7 +145,7 @@ def wan21_vae():
 def split_mode(mode: str) -> tuple[str, bool]:
     """``"cuda-graphs+fused"`` -> ``("cuda-graphs", True)``."""
     fused = mode.endswith("+fused")
-    return (mode[:-len("+fused")] if fused else mode), fused
+    return (mode[: -len("+fused")] if fused else mode), fused
 
 
 class Run:
@@ -173,7 +176,7 @@ class Run:
         torch.cuda.reset_peak_memory_stats()
         try:
             row.update(fn())
-            row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+            row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         except Exception as e:  # one mode failing does not end the run
             row["error"] = f"{type(e).__name__}: {e}"[:500]
         return self.add(row)
@@ -198,8 +201,13 @@ def dit_only(accelerators, model, text, backend, mode, chunks):
         except Exception as e:  # the profiler is not what is measured here
             share = {"error": f"{type(e).__name__}: {e}"}
     wall = statistics.median(t["wall_ms"] for t in times)
-    row = dict(chunk_wall_ms=wall, chunk_gpu_ms=statistics.median(t["gpu_ms"] for t in times),
-               fps=VIDEO_FRAMES_PER_CHUNK / (wall / 1e3), gpu_ms_by_kind=share, warmup_s=warmup_s)
+    row = dict(
+        chunk_wall_ms=wall,
+        chunk_gpu_ms=statistics.median(t["gpu_ms"] for t in times),
+        fps=VIDEO_FRAMES_PER_CHUNK / (wall / 1e3),
+        gpu_ms_by_kind=share,
+        warmup_s=warmup_s,
+    )
     for name in ("captures", "replays", "eager_calls"):
         if hasattr(forward_chunk, name):
             row[name] = getattr(forward_chunk, name)
@@ -232,8 +240,9 @@ def end_to_end(accelerators, model, text_encoder, decoder_module, backend, mode,
 
     base, fused = split_mode(mode)
     model.set_fused(fused)
-    pipe = StreamingPipeline(model, decoder_module, text_encoder, height=480, width=832,
-                             cache_backend=backend, overlap=overlap)
+    pipe = StreamingPipeline(
+        model, decoder_module, text_encoder, height=480, width=832, cache_backend=backend, overlap=overlap
+    )
     pipe.forward_chunk = forward_chunk = accelerators.forward_chunk(base, pipe.cache)
     row = {}
     with torch.no_grad():
@@ -254,8 +263,7 @@ def end_to_end(accelerators, model, text_encoder, decoder_module, backend, mode,
         frames = sum(len(next(stream)) for _ in range(chunks))
         wall = time.perf_counter() - t0
         stream.close()
-        row.update(fps=frames / wall, chunk_wall_ms=wall / chunks * 1e3,
-                   decode_gpu_ms=decode_ms(decoder_module))
+        row.update(fps=frames / wall, chunk_wall_ms=wall / chunks * 1e3, decode_gpu_ms=decode_ms(decoder_module))
     if hasattr(forward_chunk, "clear"):
         forward_chunk.clear()
     return row
@@ -273,24 +281,34 @@ def flash_available() -> str | None:
 
 
 def markdown(result) -> str:
-    lines = [f"# End-to-end streaming benchmark: {result['device']}", "",
-             f"{result['shape']}; torch {result['torch']}.", "",
-             "| stage | backend | mode | decoder | overlap | FPS | chunk ms (wall) | first frame cold / warm s | "
-             "decode GPU ms | GPU ms attn / GEMM / other | warm-up s | peak GiB | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# End-to-end streaming benchmark: {result['device']}",
+        "",
+        f"{result['shape']}; torch {result['torch']}.",
+        "",
+        "| stage | backend | mode | decoder | overlap | FPS | chunk ms (wall) | first frame cold / warm s | "
+        "decode GPU ms | GPU ms attn / GEMM / other | warm-up s | peak GiB | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
 
     def f(v, fmt="{:.1f}"):
         return fmt.format(v) if isinstance(v, (int, float)) else "-"
+
     for r in result["results"]:
         share = r.get("gpu_ms_by_kind") or {}
         kinds = " / ".join(f(share.get(k), "{:.0f}") for k in ("attention", "gemm", "other")) if share else "-"
-        first = (f"{f(r.get('first_frame_cold_s'), '{:.2f}')} / {f(r.get('first_frame_warm_s'), '{:.2f}')}"
-                 if "first_frame_warm_s" in r else "-")
+        first = (
+            f"{f(r.get('first_frame_cold_s'), '{:.2f}')} / {f(r.get('first_frame_warm_s'), '{:.2f}')}"
+            if "first_frame_warm_s" in r
+            else "-"
+        )
         note = r.get("error") or r.get("skipped") or ""
-        lines.append(f"| {r['stage']} | {r['backend']} | {r['mode']} | {r.get('decoder', '-')} | "
-                     f"{r.get('overlap', '-')} | {f(r.get('fps'))} | {f(r.get('chunk_wall_ms'))} | {first} | "
-                     f"{f(r.get('decode_gpu_ms'))} | {kinds} | {f(r.get('warmup_s'))} | "
-                     f"{f(r.get('peak_memory_gib'))} | {note[:160]} |")
+        lines.append(
+            f"| {r['stage']} | {r['backend']} | {r['mode']} | {r.get('decoder', '-')} | "
+            f"{r.get('overlap', '-')} | {f(r.get('fps'))} | {f(r.get('chunk_wall_ms'))} | {first} | "
+            f"{f(r.get('decode_gpu_ms'))} | {kinds} | {f(r.get('warmup_s'))} | "
+            f"{f(r.get('peak_memory_gib'))} | {note[:160]} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -300,8 +318,7 @@ def main():
     ap.add_argument("--chunks", type=int, default=6, help="timed chunks per row (default 6)")
     ap.add_argument("--backend", default="sdpa", help="attention backend of the cache (default sdpa)")
     ap.add_argument("--modes", default=",".join(MODES), help=f"stage 1 modes, of {','.join(MODES)}")
-    ap.add_argument("--budget", type=float, default=300.0,
-                    help="seconds after which no new row starts (default 300)")
+    ap.add_argument("--budget", type=float, default=300.0, help="seconds after which no new row starts (default 300)")
     args = ap.parse_args()
     modes = args.modes.split(",")
     if any(m not in MODES for m in modes):
@@ -324,17 +341,23 @@ def main():
         decoders = {"Wan2.1 VAE": vae} | decoders
     accelerators = Accelerators(model)
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
-                shape="Wan-1.3B random weights, 832x480, chunk 3 latent frames (12 video frames), "
-                      "S=W=C=3, 4 steps + t=0 pass, bf16; decoders with random weights",
-                decoders=list(decoders), wan_vae=vae is not None)
+    meta = dict(
+        device=torch.cuda.get_device_name(),
+        torch=torch.__version__,
+        shape="Wan-1.3B random weights, 832x480, chunk 3 latent frames (12 video frames), "
+        "S=W=C=3, 4 steps + t=0 pass, bf16; decoders with random weights",
+        decoders=list(decoders),
+        wan_vae=vae is not None,
+    )
     run = Run(args.out, args.budget, meta)
 
     # 1. DiT only, every mode
     fps = {}
     for mode in modes:
-        row = run.measure(dict(stage="dit", backend=args.backend, mode=mode),
-                          lambda: dit_only(accelerators, model, text, args.backend, mode, args.chunks))
+        row = run.measure(
+            dict(stage="dit", backend=args.backend, mode=mode),
+            lambda: dit_only(accelerators, model, text, args.backend, mode, args.chunks),
+        )
         if "fps" in row:
             fps[mode] = row["fps"]
     best = max(fps, key=fps.get) if fps else "eager"
@@ -344,20 +367,26 @@ def main():
     for mode in dict.fromkeys(["eager", best]):
         for name, module in decoders.items():
             for overlap in (True, False):
-                run.measure(dict(stage="e2e", backend=args.backend, mode=mode, decoder=name, overlap=overlap),
-                            lambda: end_to_end(accelerators, model, text_encoder, module, args.backend,
-                                               mode, overlap, args.chunks))
+                run.measure(
+                    dict(stage="e2e", backend=args.backend, mode=mode, decoder=name, overlap=overlap),
+                    lambda: end_to_end(
+                        accelerators, model, text_encoder, module, args.backend, mode, overlap, args.chunks
+                    ),
+                )
 
     # 3. flash-attn on the best mode
     why = flash_available()
     if why is not None:
         run.add(dict(stage="flash", backend="flash", mode=best, skipped=f"flash-attn not installed: {why}"[:300]))
     else:
-        run.measure(dict(stage="dit", backend="flash", mode=best),
-                    lambda: dit_only(accelerators, model, text, "flash", best, args.chunks))
-        run.measure(dict(stage="e2e", backend="flash", mode=best, decoder="light (TAEHV arch.)", overlap=True),
-                    lambda: end_to_end(accelerators, model, text_encoder, light, "flash", best, True,
-                                       args.chunks))
+        run.measure(
+            dict(stage="dit", backend="flash", mode=best),
+            lambda: dit_only(accelerators, model, text, "flash", best, args.chunks),
+        )
+        run.measure(
+            dict(stage="e2e", backend="flash", mode=best, decoder="light (TAEHV arch.)", overlap=True),
+            lambda: end_to_end(accelerators, model, text_encoder, light, "flash", best, True, args.chunks),
+        )
     model.set_fused(False)
     print(markdown(dict(meta, results=run.rows)))
     print(f"total {time.perf_counter() - run.start:.0f} s")

@@ -20,6 +20,7 @@ pure-PyTorch reference (copies + EMA in torch ops), and a plain copy_ of the sam
 Times: CUDA events, median of repeated CUDA-graph replays ((d) and the reference: eager). FLOPs of
 attention = 4*B*H*Lq*Lk*D. Writes <out>/<device>-kernels.json and .md; prints the table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -100,8 +101,20 @@ def time_eager(fn, iters=20, max_s=4.0, warmup=2):
 # ----------------------------------------------------------------------------- setup
 def make_cache(t, w, rope):
     cache = reward_forcing.StreamingKVCache(
-        1, B, H, D, frame_tokens=t, sink_frames=S, window_frames=w, chunk_frames=C, alpha=0.999,
-        dtype=DT, device=DEV, rope=rope, backend="kernel")
+        1,
+        B,
+        H,
+        D,
+        frame_tokens=t,
+        sink_frames=S,
+        window_frames=w,
+        chunk_frames=C,
+        alpha=0.999,
+        dtype=DT,
+        device=DEV,
+        rope=rope,
+        backend="kernel",
+    )
     lc = cache.layer(0)
     chunks = (S + w) // C + 2  # steady state, ring wrapped
     for _ in range(chunks):
@@ -119,7 +132,7 @@ def public_path_step(t, w, rope):
     pos = torch.arange(S + w + C, device=DEV)
     ang = (pos.double().view(-1, 1, 1) * freqs.view(1, 1, -1) + spatial.unsqueeze(0)).reshape(lk, 1, half)
     f_keys = torch.polar(torch.ones_like(ang), ang)  # complex128 [Lk, 1, D/2], cached like Wan's freqs
-    f_q = f_keys[(S + w) * t:]
+    f_q = f_keys[(S + w) * t :]
     sink_k, sink_v = (torch.randn(B, S * t, H, D, device=DEV, dtype=DT) for _ in range(2))
     win_k, win_v = (torch.randn(B, w * t, H, D, device=DEV, dtype=DT) for _ in range(2))
     q, k, v = (torch.randn(B, C * t, H, D, device=DEV, dtype=DT) for _ in range(3))
@@ -130,12 +143,12 @@ def public_path_step(t, w, rope):
 
     def step():
         if w > C:  # roll the window by copy, the chunk enters at its end
-            win_k[:, :(w - C) * t].copy_(win_k[:, C * t:].clone())
-            win_v[:, :(w - C) * t].copy_(win_v[:, C * t:].clone())
+            win_k[:, : (w - C) * t].copy_(win_k[:, C * t :].clone())
+            win_v[:, : (w - C) * t].copy_(win_v[:, C * t :].clone())
         if w > 0:
             n_new = min(w, C) * t
-            win_k[:, w * t - n_new:].copy_(k[:, C * t - n_new:])
-            win_v[:, w * t - n_new:].copy_(v[:, C * t - n_new:])
+            win_k[:, w * t - n_new :].copy_(k[:, C * t - n_new :])
+            win_v[:, w * t - n_new :].copy_(v[:, C * t - n_new :])
         keys = torch.cat([sink_k, win_k, k], 1)
         values = torch.cat([sink_v, win_v, v], 1)
         kr, qr = rope_apply(keys, f_keys), rope_apply(q, f_q)
@@ -153,18 +166,26 @@ def attention_case(t, w, budget_left, with_flex, report, save):
     lq, lk = C * t, (S + w + C) * t
     flops = 4.0 * B * H * lq * lk * D
     q, k, v = (torch.randn(B, lq, H, D, device=DEV, dtype=DT) for _ in range(3))
-    scale = D ** -0.5
+    scale = D**-0.5
     args = (lc.k, lc.v, lc.state, t, S, w, scale, rope[0], rope[1])
-    res = dict(frame_tokens=t, window_frames=w, queries=lq, keys=lk, frames_appended=n,
-               gflop=flops / 1e9, results={}, errors={}, ratios={})
+    res = dict(
+        frame_tokens=t,
+        window_frames=w,
+        queries=lq,
+        keys=lk,
+        frames_appended=n,
+        gflop=flops / 1e9,
+        results={},
+        errors={},
+        ratios={},
+    )
     report["attention"].append(res)  # saved after every timing, so a timeout keeps what was measured
 
     def kernel():
         return torch.ops.reward_forcing.sink_window_attention(q, k, v, *args)
 
     def sdpa():
-        return ops._attention_sdpa(q, k, v, lc.k, lc.v, lc.state, t, S, w, scale, rope[0], rope[1],
-                                   frames_appended=n)
+        return ops._attention_sdpa(q, k, v, lc.k, lc.v, lc.state, t, S, w, scale, rope[0], rope[1], frames_appended=n)
 
     # correctness of the timed paths against each other (the bench must not time a wrong kernel)
     with torch.no_grad():
@@ -177,8 +198,9 @@ def attention_case(t, w, budget_left, with_flex, report, save):
         pos = torch.arange(n_ctx, n_ctx + C, device=DEV)
         cos, sin = rope_cos_sin(rope[0], rope[1], pos, torch.float64)
         qr64, kr64 = rope_rotate(q.double(), cos, sin), rope_rotate(k.double(), cos, sin)
-        want = reference.attention(qr64[:, ref_rows], torch.cat([kc.double(), kr64], 1),
-                                   torch.cat([vc.double(), v.double()], 1), scale)
+        want = reference.attention(
+            qr64[:, ref_rows], torch.cat([kc.double(), kr64], 1), torch.cat([vc.double(), v.double()], 1), scale
+        )
         res["max_abs_err_kernel_vs_fp64"] = (out_a[:, ref_rows].double() - want).abs().max().item()
         res["max_abs_err_sdpa_vs_fp64"] = (out_s[:, ref_rows].double() - want).abs().max().item()
         del kc, vc, want, qr64, kr64
@@ -194,22 +216,25 @@ def attention_case(t, w, budget_left, with_flex, report, save):
                 return time_graph(kernel, iters)
             finally:
                 os.environ.pop("RF_SWA_TILE", None)
+
         return run
+
     cases["a_kernel_8x16"] = kernel_tile("8x16")
     cases["a_kernel_4x16"] = kernel_tile("4x16")
     cases["a_prime_sdpa_path"] = lambda: time_graph(sdpa, iters)
     step_b = public_path_step(t, w, rope)
     cases["b_public_path"] = lambda: time_graph(step_b, iters)
     # (c): SDPA on the ready buffer (sdpa() above left the rotated chunk keys in their ring slots)
-    qr = rope_rotate(q, *rope_cos_sin(rope[0], rope[1], torch.arange(n, n + C, device=DEV),
-                                      torch.float32)).to(DT)
+    qr = rope_rotate(q, *rope_cos_sin(rope[0], rope[1], torch.arange(n, n + C, device=DEV), torch.float32)).to(DT)
     qt, kt, vt = qr.transpose(1, 2), lc.k.transpose(1, 2), lc.v.transpose(1, 2)
     cases["c_sdpa_ready_buffer"] = lambda: time_graph(
-        lambda: F.scaled_dot_product_attention(qt, kt, vt, scale=scale), iters)
+        lambda: F.scaled_dot_product_attention(qt, kt, vt, scale=scale), iters
+    )
     try:  # which SDPA implementation runs here (flash / cuDNN / efficient), by kernel name
         if not with_flex:  # the published shape only
             raise StopIteration
         from torch.profiler import ProfilerActivity, profile
+
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             F.scaled_dot_product_attention(qt, kt, vt, scale=scale)
             kernel()
@@ -221,10 +246,13 @@ def attention_case(t, w, budget_left, with_flex, report, save):
         res["gpu_kernels"] = [f"profiler failed: {type(exc).__name__}"]
     qc2, kc2, vc2 = (x.contiguous() for x in (qt, kt, vt))
     cases["c2_sdpa_bhld_contiguous"] = lambda: time_graph(
-        lambda: F.scaled_dot_product_attention(qc2, kc2, vc2, scale=scale), iters)
+        lambda: F.scaled_dot_product_attention(qc2, kc2, vc2, scale=scale), iters
+    )
     if with_flex:
+
         def flex():
             from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
             # the buffer's visibility mask (sink + window slots) plus the chunk's own ring slots,
             # where sdpa() above wrote the chunk's rotated keys
             visible = reference.context_mask(lc.state, t, S, w, w + C).clone()
@@ -246,6 +274,7 @@ def attention_case(t, w, budget_left, with_flex, report, save):
             r = time_eager(fn, iters)
             r["compile_s"] = compile_s
             return r
+
         cases["d_flex_attention"] = flex
     rr = res["results"]
 
@@ -261,8 +290,10 @@ def attention_case(t, w, budget_left, with_flex, report, save):
             r = run()
             r["tflops"] = flops / (r["ms"] * 1e-3) / 1e12
             res["results"][name] = r
-            log(f"  T={t} W={w} {name:26s} {r['ms']:8.3f} ms  {r['tflops']:6.1f} TFLOP/s  "
-                f"({r['mode']}, {r['runs']} runs)")
+            log(
+                f"  T={t} W={w} {name:26s} {r['ms']:8.3f} ms  {r['tflops']:6.1f} TFLOP/s  "
+                f"({r['mode']}, {r['runs']} runs)"
+            )
         except Exception as exc:  # noqa: BLE001
             res["errors"][name] = f"{type(exc).__name__}: {exc}"[:500]
             log(f"  T={t} W={w} {name}: FAILED {res['errors'][name]}")
@@ -275,14 +306,16 @@ def attention_case(t, w, budget_left, with_flex, report, save):
 
 
 def _ratios(ratio):
-    return {"a/c": ratio("a_kernel", "c_sdpa_ready_buffer"),
-            "a'/c": ratio("a_prime_sdpa_path", "c_sdpa_ready_buffer"),
-            "a/b": ratio("a_kernel", "b_public_path"),
-            "a'/b": ratio("a_prime_sdpa_path", "b_public_path"),
-            "a/a'": ratio("a_kernel", "a_prime_sdpa_path"),
-            "a_8x16/a": ratio("a_kernel_8x16", "a_kernel"),
-            "a_4x16/a": ratio("a_kernel_4x16", "a_kernel"),
-            "d/c": ratio("d_flex_attention", "c_sdpa_ready_buffer")}
+    return {
+        "a/c": ratio("a_kernel", "c_sdpa_ready_buffer"),
+        "a'/c": ratio("a_prime_sdpa_path", "c_sdpa_ready_buffer"),
+        "a/b": ratio("a_kernel", "b_public_path"),
+        "a'/b": ratio("a_prime_sdpa_path", "b_public_path"),
+        "a/a'": ratio("a_kernel", "a_prime_sdpa_path"),
+        "a_8x16/a": ratio("a_kernel_8x16", "a_kernel"),
+        "a_4x16/a": ratio("a_kernel_4x16", "a_kernel"),
+        "d/c": ratio("d_flex_attention", "c_sdpa_ready_buffer"),
+    }
 
 
 # ----------------------------------------------------------------------------- ring_append
@@ -297,8 +330,9 @@ def ring_append_case(t, w):
     res = dict(frame_tokens=t, window_frames=w, bytes=nbytes, results={}, errors={})
 
     def kernel():
-        torch.ops.reward_forcing.ring_append(lc.k, lc.v, lc.sink_k, lc.sink_v, lc.state, k, v, t, S,
-                                             w, 0.999, rope[0], rope[1])
+        torch.ops.reward_forcing.ring_append(
+            lc.k, lc.v, lc.sink_k, lc.sink_v, lc.state, k, v, t, S, w, 0.999, rope[0], rope[1]
+        )
 
     # correctness: one append vs the reference on clones
     ref = [x.clone() for x in (lc.k, lc.v, lc.sink_k, lc.sink_v, lc.state)]
@@ -307,14 +341,16 @@ def ring_append_case(t, w):
     torch.cuda.synchronize()
     res["max_abs_diff_vs_reference"] = {
         name: (a.float() - b.float()).abs().max().item()
-        for name, a, b in zip(("k", "v", "sink_k", "sink_v"), (lc.k, lc.v, lc.sink_k, lc.sink_v), ref)}
+        for name, a, b in zip(("k", "v", "sink_k", "sink_v"), (lc.k, lc.v, lc.sink_k, lc.sink_v), ref)
+    }
     res["state_ok"] = bool((lc.state == ref[4]).all().item())
     src = torch.empty(nbytes // 2, dtype=torch.uint8, device=DEV).random_(0, 255)
     dst = torch.empty_like(src)
     cases = {
         "kernel": lambda: time_graph(kernel, 100, max_s=3.0),
         "reference_torch_ops": lambda: time_eager(
-            lambda: reference.ring_append(*ref, k, v, t, S, w, 0.999, rope[0], rope[1]), 10, max_s=3.0),
+            lambda: reference.ring_append(*ref, k, v, t, S, w, 0.999, rope[0], rope[1]), 10, max_s=3.0
+        ),
         "copy_same_bytes": lambda: time_graph(lambda: dst.copy_(src), 100, max_s=3.0),
     }
     for name, run in cases.items():
@@ -342,12 +378,17 @@ def _fmt(x, f="{:.3f}"):
 
 
 def markdown(report):
-    lines = [f"# Streaming-attention kernels on {report['device']}", "",
-             f"torch {report['torch']}, CUDA {report['cuda']}; B={B}, H={H}, D={D}, bf16, S=C={S}; "
-             "ms = median CUDA-event time (graph replays unless noted).", "",
-             "## Attention step", "",
-             "| T | W | Lq x Lk | (a) kernel ms | (a) 8x16 / 4x16 ms | (a') SDPA path ms | (b) public path ms | (c) SDPA ready ms | (c2) BHLD ms | (d) flex ms | (a) TFLOP/s | (c) TFLOP/s | a/c | a'/c | a/b | a'/b | max err (a) vs fp64 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Streaming-attention kernels on {report['device']}",
+        "",
+        f"torch {report['torch']}, CUDA {report['cuda']}; B={B}, H={H}, D={D}, bf16, S=C={S}; "
+        "ms = median CUDA-event time (graph replays unless noted).",
+        "",
+        "## Attention step",
+        "",
+        "| T | W | Lq x Lk | (a) kernel ms | (a) 8x16 / 4x16 ms | (a') SDPA path ms | (b) public path ms | (c) SDPA ready ms | (c2) BHLD ms | (d) flex ms | (a) TFLOP/s | (c) TFLOP/s | a/c | a'/c | a/b | a'/b | max err (a) vs fp64 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["attention"]:
         rr, ra = r["results"], r["ratios"]
         ap_c, ap_b = "a'/c", "a'/b"
@@ -360,14 +401,22 @@ def markdown(report):
             f"{_fmt(g('d_flex_attention'))} | {_fmt(g('a_kernel', 'tflops'), '{:.0f}')} | "
             f"{_fmt(g('c_sdpa_ready_buffer', 'tflops'), '{:.0f}')} | {_fmt(ra['a/c'], '{:.2f}')} | "
             f"{_fmt(ra[ap_c], '{:.2f}')} | {_fmt(ra['a/b'], '{:.2f}')} | "
-            f"{_fmt(ra[ap_b], '{:.2f}')} | {_fmt(r.get('max_abs_err_kernel_vs_fp64'), '{:.1e}')} |")
+            f"{_fmt(ra[ap_b], '{:.2f}')} | {_fmt(r.get('max_abs_err_kernel_vs_fp64'), '{:.1e}')} |"
+        )
     for r in report["attention"][:1]:
         if r.get("gpu_kernels"):
-            lines += ["", f"GPU kernels of SDPA + our op (T={r['frame_tokens']}, W={r['window_frames']}): "
-                      + "; ".join(f"`{k}`" for k in r["gpu_kernels"])]
-    lines += ["", "## ring_append", "",
-              "| T | W | MB moved | kernel ms | kernel GB/s | copy_ GB/s | kernel/copy | reference ms | speed-up | max diff vs reference (k, sink_k) |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+            lines += [
+                "",
+                f"GPU kernels of SDPA + our op (T={r['frame_tokens']}, W={r['window_frames']}): "
+                + "; ".join(f"`{k}`" for k in r["gpu_kernels"]),
+            ]
+    lines += [
+        "",
+        "## ring_append",
+        "",
+        "| T | W | MB moved | kernel ms | kernel GB/s | copy_ GB/s | kernel/copy | reference ms | speed-up | max diff vs reference (k, sink_k) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["ring_append"]:
         rr = r["results"]
         g = lambda k, f="ms": rr.get(k, {}).get(f)  # noqa: E731
@@ -376,9 +425,13 @@ def markdown(report):
             f"| {r['frame_tokens']} | {r['window_frames']} | {r['bytes'] / 1e6:.0f} | {_fmt(g('kernel'), '{:.4f}')} | "
             f"{_fmt(g('kernel', 'gbps'), '{:.0f}')} | {_fmt(g('copy_same_bytes', 'gbps'), '{:.0f}')} | "
             f"{_fmt(r.get('kernel_bandwidth_over_copy'), '{:.2f}')} | {_fmt(g('reference_torch_ops'), '{:.3f}')} | "
-            f"{_fmt(r.get('speedup_over_reference'), '{:.1f}')} | {_fmt(md.get('k'), '{:.1e}')}, {_fmt(md.get('sink_k'), '{:.1e}')} |")
-    errs = [(r["frame_tokens"], r["window_frames"], k, e) for r in report["attention"] + report["ring_append"]
-            for k, e in r["errors"].items()]
+            f"{_fmt(r.get('speedup_over_reference'), '{:.1f}')} | {_fmt(md.get('k'), '{:.1e}')}, {_fmt(md.get('sink_k'), '{:.1e}')} |"
+        )
+    errs = [
+        (r["frame_tokens"], r["window_frames"], k, e)
+        for r in report["attention"] + report["ring_append"]
+        for k, e in r["errors"].items()
+    ]
     if errs:
         lines += ["", "## Skipped / failed", ""] + [f"- T={t} W={w} {k}: {e}" for t, w, k, e in errs]
     return "\n".join(lines) + "\n"
@@ -397,8 +450,14 @@ def main():
     torch.manual_seed(0)
     name = torch.cuda.get_device_name()
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    report = dict(device=name, torch=torch.__version__, cuda=torch.version.cuda,
-                  capability=list(torch.cuda.get_device_capability()), attention=[], ring_append=[])
+    report = dict(
+        device=name,
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        capability=list(torch.cuda.get_device_capability()),
+        attention=[],
+        ring_append=[],
+    )
     args.out.mkdir(parents=True, exist_ok=True)
 
     def save():
@@ -408,17 +467,23 @@ def main():
     # published shape first (with FlexAttention), then the sweeps; the ring_append cases are cheap
     attn_shapes = [(1560, 3, True)]
     if not args.quick:
-        attn_shapes += [(1560, 6, False), (1560, 12, False), (1560, 24, False), (390, 3, False),
-                        (3600, 3, False)]
+        attn_shapes += [(1560, 6, False), (1560, 12, False), (1560, 24, False), (390, 3, False), (3600, 3, False)]
     log(f"device {name}; budget {args.budget:.0f}s")
-    for t in ([1560] if args.quick else [1560, 390, 3600]):
+    for t in [1560] if args.quick else [1560, 390, 3600]:
         log(f"ring_append T={t}")
         try:
             report["ring_append"].append(ring_append_case(t, 3))
         except Exception as exc:  # noqa: BLE001
             traceback.print_exc()
-            report["ring_append"].append(dict(frame_tokens=t, window_frames=3, bytes=0, results={},
-                                              errors={"case": f"{type(exc).__name__}: {exc}"[:500]}))
+            report["ring_append"].append(
+                dict(
+                    frame_tokens=t,
+                    window_frames=3,
+                    bytes=0,
+                    results={},
+                    errors={"case": f"{type(exc).__name__}: {exc}"[:500]},
+                )
+            )
         save()
     for t, w, flex in attn_shapes:
         if time.time() - T0 > args.budget:
@@ -431,8 +496,17 @@ def main():
         except Exception as exc:  # noqa: BLE001
             traceback.print_exc()
             if len(report["attention"]) == n_before:
-                report["attention"].append(dict(frame_tokens=t, window_frames=w, queries=C * t,
-                                                keys=(S + w + C) * t, results={}, ratios={}, errors={}))
+                report["attention"].append(
+                    dict(
+                        frame_tokens=t,
+                        window_frames=w,
+                        queries=C * t,
+                        keys=(S + w + C) * t,
+                        results={},
+                        ratios={},
+                        errors={},
+                    )
+                )
             report["attention"][-1]["errors"]["case"] = f"{type(exc).__name__}: {exc}"[:500]
         save()
     save()

@@ -5,6 +5,7 @@
 Times one whole stream (attend + append per chunk) through StreamingKVCache on each backend and
 each op alone; prints a markdown table and writes JSON + markdown.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,16 +39,27 @@ def bench_case(b, h, d, t, s, w, c, chunks, dtype, repeats):
     step = c * t
     rows = {}
     for backend in ("reference", "kernel"):
-        cache = StreamingKVCache(1, b, h, d, frame_tokens=t, sink_frames=s, window_frames=w,
-                                 chunk_frames=c, alpha=0.999, dtype=dtype, rope=rope,
-                                 backend=backend)
+        cache = StreamingKVCache(
+            1,
+            b,
+            h,
+            d,
+            frame_tokens=t,
+            sink_frames=s,
+            window_frames=w,
+            chunk_frames=c,
+            alpha=0.999,
+            dtype=dtype,
+            rope=rope,
+            backend=backend,
+        )
         layer = cache.layer(0)
         attend_s, append_s = [], []
 
         def stream():
             cache.reset()
             for i in range(chunks):
-                q, k, v = (x[:, i * step:(i + 1) * step] for x in qkv)
+                q, k, v = (x[:, i * step : (i + 1) * step] for x in qkv)
                 t0 = time.perf_counter()
                 layer.attend(q, k, v)
                 t1 = time.perf_counter()
@@ -56,13 +68,18 @@ def bench_case(b, h, d, t, s, w, c, chunks, dtype, repeats):
                 append_s.append(time.perf_counter() - t1)
 
         total = _median_s(stream, repeats)
-        rows[backend] = dict(stream_ms=total * 1e3,
-                             attention_ms=statistics.median(attend_s) * 1e3,
-                             ring_append_ms=statistics.median(append_s) * 1e3)
+        rows[backend] = dict(
+            stream_ms=total * 1e3,
+            attention_ms=statistics.median(attend_s) * 1e3,
+            ring_append_ms=statistics.median(append_s) * 1e3,
+        )
     ratio = {k: rows["reference"][k] / rows["kernel"][k] for k in rows["kernel"]}
-    return dict(shape=dict(B=b, H=h, D=d, frame_tokens=t, S=s, W=w, C=c, chunks=chunks,
-                           dtype=str(dtype).replace("torch.", "")),
-                reference=rows["reference"], cpp=rows["kernel"], speedup_cpp_over_reference=ratio)
+    return dict(
+        shape=dict(B=b, H=h, D=d, frame_tokens=t, S=s, W=w, C=c, chunks=chunks, dtype=str(dtype).replace("torch.", "")),
+        reference=rows["reference"],
+        cpp=rows["kernel"],
+        speedup_cpp_over_reference=ratio,
+    )
 
 
 def main():
@@ -80,8 +97,10 @@ def main():
         (2, 4, 64, 64, 3, 6, 2, 20, torch.float32),
     ]
     results = [bench_case(*case, repeats=args.repeats) for case in cases]
-    lines = ["| shape | dtype | stream ms (ref / C++) | attention ms (ref / C++) | ring_append ms (ref / C++) | C++ speed-up (stream, attn, append) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| shape | dtype | stream ms (ref / C++) | attention ms (ref / C++) | ring_append ms (ref / C++) | C++ speed-up (stream, attn, append) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results:
         sh, ref, cpp, sp = r["shape"], r["reference"], r["cpp"], r["speedup_cpp_over_reference"]
         lines.append(
@@ -89,11 +108,16 @@ def main():
             f"C={sh['C']} x{sh['chunks']} | {sh['dtype']} | {ref['stream_ms']:.1f} / {cpp['stream_ms']:.1f} | "
             f"{ref['attention_ms']:.2f} / {cpp['attention_ms']:.2f} | {ref['ring_append_ms']:.2f} / "
             f"{cpp['ring_append_ms']:.2f} | {sp['stream_ms']:.2f}x, {sp['attention_ms']:.2f}x, "
-            f"{sp['ring_append_ms']:.2f}x |")
+            f"{sp['ring_append_ms']:.2f}x |"
+        )
     table = "\n".join(lines)
     print(table)
-    machine = dict(platform=platform.platform(), processor=platform.processor(),
-                   threads=torch.get_num_threads(), torch=torch.__version__)
+    machine = dict(
+        platform=platform.platform(),
+        processor=platform.processor(),
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cpu-ops.json").write_text(json.dumps(dict(machine=machine, results=results), indent=2))
     (args.out / "cpu-ops.md").write_text(f"# CPU ops: C++ twin vs PyTorch reference\n\n{machine}\n\n{table}\n")

@@ -15,6 +15,7 @@ message sent, without ever starting, slow readers that give up); it reports the 
 the active streams left, ``.part`` files left in the recordings folder and the server's RSS after
 it against the RSS after a warm-up wave.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,9 @@ async def client(port: int, index: int, seconds: float, slow: bool) -> dict:
     sock.connect((HOST, port))
     result = {"client": index, "slow": slow, "frames": 0, "bytes": 0, "first_frame_s": None}
     t0 = time.monotonic()
-    async with websockets.connect(f"ws://{HOST}:{port}/ws", sock=sock, max_queue=1 if slow else 16,
-                                  max_size=2**24) as ws:
+    async with websockets.connect(
+        f"ws://{HOST}:{port}/ws", sock=sock, max_queue=1 if slow else 16, max_size=2**24
+    ) as ws:
         await ws.send(json.dumps({"type": "start", "prompt": f"client {index}", "seed": index}))
         first = json.loads(await ws.recv())
         if first["type"] != "started":
@@ -88,14 +90,22 @@ async def client(port: int, index: int, seconds: float, slow: bool) -> dict:
         async for message in ws:  # the remaining frames, then "stopped"
             if isinstance(message, str) and json.loads(message)["type"] == "stopped":
                 stopped = json.loads(message)
-                result.update(status="ok", generated=stopped["generated"],
-                              dropped=stopped["dropped"], sent=stopped["frames"])
+                result.update(
+                    status="ok", generated=stopped["generated"], dropped=stopped["dropped"], sent=stopped["frames"]
+                )
                 break
     return result
 
 
-FAULTS = ("close_after_start", "reset_after_start", "close_mid_stream", "reset_mid_frame",
-          "half_message", "never_start", "slow_reader")
+FAULTS = (
+    "close_after_start",
+    "reset_after_start",
+    "close_mid_stream",
+    "reset_mid_frame",
+    "half_message",
+    "never_start",
+    "slow_reader",
+)
 
 
 def _text_frame(text: str) -> bytes:
@@ -109,12 +119,16 @@ async def _raw_fault(port: int, how: str, start: str) -> None:
     """A hand-made WebSocket that sends half a message, or resets in the middle of a frame."""
     reader, writer = await asyncio.open_connection(HOST, port)
     key = base64.b64encode(os.urandom(16)).decode()
-    writer.write((f"GET /ws HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    writer.write(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     frame = _text_frame(start)
-    writer.write(frame if how == "reset_mid_frame" else frame[:len(frame) // 2])
+    writer.write(frame if how == "reset_mid_frame" else frame[: len(frame) // 2])
     if how == "reset_mid_frame":
         await asyncio.wait_for(reader.readexactly(300), 20)  # "started" and part of a JPEG
     writer.transport.abort()  # a TCP reset: no close frame
@@ -143,16 +157,21 @@ async def fault_client(port: int, index: int, how: str) -> str:
                     await asyncio.wait_for(ws.recv(), 20)
                     await asyncio.sleep(0.3)
         return how
-    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
-            websockets.exceptions.WebSocketException) as e:  # e.g. closed as "busy" first
+    except (
+        OSError,
+        asyncio.TimeoutError,
+        asyncio.IncompleteReadError,
+        websockets.exceptions.WebSocketException,
+    ) as e:  # e.g. closed as "busy" first
         return f"{how}: {type(e).__name__}"
 
 
 async def run_faults(port: int, clients: int, wave: int) -> list[str]:
     outcomes = []
     for first in range(0, clients, wave):
-        outcomes += await asyncio.gather(*(fault_client(port, i, FAULTS[i % len(FAULTS)])
-                                           for i in range(first, min(first + wave, clients))))
+        outcomes += await asyncio.gather(
+            *(fault_client(port, i, FAULTS[i % len(FAULTS)]) for i in range(first, min(first + wave, clients)))
+        )
     return outcomes
 
 
@@ -166,12 +185,17 @@ def fault_test(port: int, pid: int, recordings: Path, clients: int, wave: int) -
     active = settle(port)
     wall = time.monotonic() - t0
     after = rss_kib(pid)["VmRSS"]
-    return {"clients": clients, "wave": wave, "wall_s": round(wall, 1),
-            "active_streams_after": active,
-            "part_files_left": sorted(p.name for p in recordings.glob("*.part")),
-            "rss_after_warmup_mib": round(warm / 1024, 1), "rss_after_mib": round(after / 1024, 1),
-            "rss_growth": round(after / warm - 1, 3),
-            "outcomes": {k: sum(o == k for o in outcomes) for k in sorted(set(outcomes))}}
+    return {
+        "clients": clients,
+        "wave": wave,
+        "wall_s": round(wall, 1),
+        "active_streams_after": active,
+        "part_files_left": sorted(p.name for p in recordings.glob("*.part")),
+        "rss_after_warmup_mib": round(warm / 1024, 1),
+        "rss_after_mib": round(after / 1024, 1),
+        "rss_growth": round(after / warm - 1, 3),
+        "outcomes": {k: sum(o == k for o in outcomes) for k in sorted(set(outcomes))},
+    }
 
 
 def settle(port: int, timeout: float = 30.0) -> int:
@@ -195,8 +219,9 @@ def main() -> int:
     parser.add_argument("--max-streams", type=int, default=8)
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--width", type=int, default=112)
-    parser.add_argument("--faults", type=int, default=0, help="then run the fault test with this "
-                        "many clients (0: none)")
+    parser.add_argument(
+        "--faults", type=int, default=0, help="then run the fault test with this many clients (0: none)"
+    )
     parser.add_argument("--wave", type=int, default=20, help="fault clients at a time")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
@@ -207,9 +232,22 @@ def main() -> int:
 
     port = free_port()
     recordings = Path(tempfile.mkdtemp(prefix="serve-load-"))
-    cmd = [sys.executable, "-m", "reward_forcing.cli", "serve", "--port", str(port),
-           "--max-streams", str(args.max_streams), "--height", str(args.height),
-           "--width", str(args.width), "--recordings-dir", str(recordings)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "reward_forcing.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--max-streams",
+        str(args.max_streams),
+        "--height",
+        str(args.height),
+        "--width",
+        str(args.width),
+        "--recordings-dir",
+        str(recordings),
+    ]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -235,9 +273,13 @@ def main() -> int:
 
     ok = [r for r in results if r.get("status") == "ok"]
     summary = {
-        "clients": args.clients, "slow_clients": args.slow, "seconds": args.seconds,
-        "max_streams": args.max_streams, "size": [args.height, args.width],
-        "streams_served": len(ok), "busy": sum(r.get("status") == "busy" for r in results),
+        "clients": args.clients,
+        "slow_clients": args.slow,
+        "seconds": args.seconds,
+        "max_streams": args.max_streams,
+        "size": [args.height, args.width],
+        "streams_served": len(ok),
+        "busy": sum(r.get("status") == "busy" for r in results),
         "frames_delivered": sum(r["frames"] for r in results),
         "frames_generated": sum(r.get("generated", 0) for r in ok),
         "frames_dropped": sum(r.get("dropped", 0) for r in ok),
@@ -245,7 +287,8 @@ def main() -> int:
         "server_rss_idle_mib": round(idle_rss / 1024, 1),
         "server_rss_peak_mib": round(memory["VmHWM"] / 1024, 1),
         "server_rss_end_mib": round(memory["VmRSS"] / 1024, 1),
-        "active_streams_after": after["active_streams"], "wall_s": round(wall, 1),
+        "active_streams_after": after["active_streams"],
+        "wall_s": round(wall, 1),
         "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
         "faults": faults,
         "per_client": results,

@@ -10,6 +10,7 @@ per evaluation: CPU-seconds so far, step, errors); running an arm again continue
 an arm whose object error at noise 0.8 is the worst of all arms after its first 45 CPU-minutes is
 marked stopped in the table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,32 +30,65 @@ from reward_forcing.train.run import load_model
 from reward_forcing.train.teacher import TeacherTrainer
 from reward_forcing.train.checkpoints import latest_checkpoint
 from reward_forcing.train.world_data import WorldClips
-from reward_forcing.train.world_probe import (SIGMAS, colour_binding, gate_prompts, sample_videos,
-                                              score_videos, summarize, x0_errors)
+from reward_forcing.train.world_probe import (
+    SIGMAS,
+    colour_binding,
+    gate_prompts,
+    sample_videos,
+    score_videos,
+    summarize,
+    x0_errors,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED_TEACHER = ROOT / "training" / "world-teacher" / "ema.safetensors"
-BASE = dict(teacher="world", text_encoder="minilm", vae="pixel", data="world", latent_frames=8,
-            latent_height=16, latent_width=16, chunk_frames=2, shift=1.0, loss_space="x0",
-            cond_dropout=0.1, lr_generator=3e-4, betas=(0.9, 0.99), weight_decay=0.0, batch_size=8,
-            cpu_bf16=False, grad_accum=1, grad_clip=1.0, ema_decay=0.995, ema_start=100, max_steps=10 ** 7,
-            save_every=10 ** 7, keep_checkpoints=1, log_every=10 ** 7)
+BASE = dict(
+    teacher="world",
+    text_encoder="minilm",
+    vae="pixel",
+    data="world",
+    latent_frames=8,
+    latent_height=16,
+    latent_width=16,
+    chunk_frames=2,
+    shift=1.0,
+    loss_space="x0",
+    cond_dropout=0.1,
+    lr_generator=3e-4,
+    betas=(0.9, 0.99),
+    weight_decay=0.0,
+    batch_size=8,
+    cpu_bf16=False,
+    grad_accum=1,
+    grad_clip=1.0,
+    ema_decay=0.995,
+    ema_start=100,
+    max_steps=10**7,
+    save_every=10**7,
+    keep_checkpoints=1,
+    log_every=10**7,
+)
 # name -> (what it tests, TrainConfig overrides); "init" starts from a weights file
 ARMS = {
-    "baseline": ("today's design (WAN_WORLD, 8-px tokens, linear head, plain x0 loss, uniform "
-                 "noise levels)", {}),
-    "continued": ("the committed CPU teacher (17,385 steps) continued with the object-weighted "
-                  "loss (1 + 20 x mask)", {"init": str(COMMITTED_TEACHER), "object_weight": 20.0}),
-    "continued-decayed": ("the committed CPU teacher continued with the object weight (1 + 20 x mask) "
-                          "falling linearly to 0 between noise 0.7 and 1, where a mask-dependent "
-                          "weight biases the optimum most",
-                          {"init": str(COMMITTED_TEACHER), "object_weight": 20.0,
-                           "object_weight_until": 0.7}),
-    "mlp-weighted": ("GELU token head (1024) + object-weighted loss (1 + 10 x mask) + noise levels "
-                     "shifted to high noise (shift 3)",
-                     {"teacher": "world-mlp", "object_weight": 10.0, "shift": 3.0}),
-    "overfit": ("diagnostic: today's design on 16 fixed clips (must reach the gate on their prompts)",
-                {"fixed_clips": 16}),
+    "baseline": ("today's design (WAN_WORLD, 8-px tokens, linear head, plain x0 loss, uniform noise levels)", {}),
+    "continued": (
+        "the committed CPU teacher (17,385 steps) continued with the object-weighted loss (1 + 20 x mask)",
+        {"init": str(COMMITTED_TEACHER), "object_weight": 20.0},
+    ),
+    "continued-decayed": (
+        "the committed CPU teacher continued with the object weight (1 + 20 x mask) "
+        "falling linearly to 0 between noise 0.7 and 1, where a mask-dependent "
+        "weight biases the optimum most",
+        {"init": str(COMMITTED_TEACHER), "object_weight": 20.0, "object_weight_until": 0.7},
+    ),
+    "mlp-weighted": (
+        "GELU token head (1024) + object-weighted loss (1 + 10 x mask) + noise levels shifted to high noise (shift 3)",
+        {"teacher": "world-mlp", "object_weight": 10.0, "shift": 3.0},
+    ),
+    "overfit": (
+        "diagnostic: today's design on 16 fixed clips (must reach the gate on their prompts)",
+        {"fixed_clips": 16},
+    ),
 }
 HELD_SEED, PROBE_SEEDS = 12345, (0, 1)
 
@@ -102,8 +136,7 @@ def run(arm: str, cpu_minutes: float, eval_minutes: float, root: Path) -> None:
         done = now >= budget
         if now >= next_eval or done:
             eval_start = time.process_time()
-            row = {"arm": arm, "cpu_seconds": now, "step": trainer.step,
-                   **_evaluate(trainer, text, held, probe=done)}
+            row = {"arm": arm, "cpu_seconds": now, "step": trainer.step, **_evaluate(trainer, text, held, probe=done)}
             start += time.process_time() - eval_start  # evaluation time is not training time
             rows.append(row)
             out.mkdir(parents=True, exist_ok=True)
@@ -138,28 +171,47 @@ def table(root: Path, results: Path) -> None:
     at45 = {a: min(rows, key=lambda r: abs(r["cpu_seconds"] - 2700)) for a, rows in arms.items()}
     compared = [a for a in at45 if a != "overfit"]
     worst = max(compared, key=lambda a: at45[a]["x0"]["0.8"]["object"]) if len(compared) > 1 else None
-    out = {"arms": {a: {"what": ARMS[a][0], "rows": rows, "colour_binding": binding.get(a),
-                        "stopped_by_kill_rule": a == worst}
-                    for a, rows in arms.items()}}
-    lines = ["| arm | CPU-min | steps | " + " | ".join(f"obj / bg x0 MSE @ {s}" for s in SIGMAS)
-             + " | colour binding @ 0.95 | probe found / colour / shape / bg / direction / moving |",
-             "|" + "---|" * (len(SIGMAS) + 5)]
+    out = {
+        "arms": {
+            a: {"what": ARMS[a][0], "rows": rows, "colour_binding": binding.get(a), "stopped_by_kill_rule": a == worst}
+            for a, rows in arms.items()
+        }
+    }
+    lines = [
+        "| arm | CPU-min | steps | "
+        + " | ".join(f"obj / bg x0 MSE @ {s}" for s in SIGMAS)
+        + " | colour binding @ 0.95 | probe found / colour / shape / bg / direction / moving |",
+        "|" + "---|" * (len(SIGMAS) + 5),
+    ]
     for a, rows in arms.items():
         last = rows[-1]
-        errs = " | ".join(f"{last['x0'][str(s)]['object']:.4f} / {last['x0'][str(s)]['background']:.4f}"
-                          for s in SIGMAS)
+        errs = " | ".join(
+            f"{last['x0'][str(s)]['object']:.4f} / {last['x0'][str(s)]['background']:.4f}" for s in SIGMAS
+        )
         probe = next((r["probe"] for r in reversed(rows) if "probe" in r), None)
-        p = " / ".join(f"{probe[k]['mean']:.2f}" for k in ("found", "colour_right", "shape_right",
-                       "background_right", "direction_right", "keeps_moving")) if probe else "-"
+        p = (
+            " / ".join(
+                f"{probe[k]['mean']:.2f}"
+                for k in ("found", "colour_right", "shape_right", "background_right", "direction_right", "keeps_moving")
+            )
+            if probe
+            else "-"
+        )
         bind = f"{binding[a]:.2f}" if a in binding else "-"
-        lines.append(f"| {a}{' (killed)' if a == worst else ''} | {last['cpu_seconds'] / 60:.0f} | "
-                     f"{last['step']} | {errs} | {bind} | {p} |")
+        lines.append(
+            f"| {a}{' (killed)' if a == worst else ''} | {last['cpu_seconds'] / 60:.0f} | "
+            f"{last['step']} | {errs} | {bind} | {p} |"
+        )
     results.mkdir(parents=True, exist_ok=True)
     (results / "world-ablation.json").write_text(json.dumps(out, indent=1))
     (results / "world-ablation.md").write_text(
         "Teacher designs at equal process CPU time (one thread each, 2-core AMD EPYC without AVX-512, float32); "
         "x0 errors on 16 held clips, probe: 8-step CFG samples of 16 gate prompts x 2 seeds.\n\n"
-        + "\n".join(f"- **{a}**: {ARMS[a][0]}" for a in arms) + "\n\n" + "\n".join(lines) + "\n")
+        + "\n".join(f"- **{a}**: {ARMS[a][0]}" for a in arms)
+        + "\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
     print("\n".join(lines))
 
 

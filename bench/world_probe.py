@@ -7,6 +7,7 @@ level and the colour binding — the check to pass before spending ODE-init / DM
 
 Writes <out>.json and <out>.png (rows: the first seed of each prompt; columns: every 4th frame).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,14 @@ from reward_forcing.models.pixel_codec import PixelCodec
 from reward_forcing.models.text_encoder import MiniLMTextEncoder
 from reward_forcing.train.checkpoints import latest_checkpoint
 from reward_forcing.train.world_data import WorldClips
-from reward_forcing.train.world_probe import (colour_binding, gate_prompts, sample_videos,
-                                              score_videos, summarize, x0_errors)
+from reward_forcing.train.world_probe import (
+    colour_binding,
+    gate_prompts,
+    sample_videos,
+    score_videos,
+    summarize,
+    x0_errors,
+)
 
 
 def main() -> None:
@@ -45,18 +52,27 @@ def main() -> None:
     with torch.no_grad():
         errors = x0_errors(model, text(held.prompts), held)
     prompts, seeds = gate_prompts(args.prompts), tuple(range(args.seeds))
-    videos = np.concatenate([sample_videos(model, text, codec, [p], seeds, steps=args.steps,
-                                           guidance=args.guidance, shift=args.shift) for p in prompts])
+    videos = np.concatenate(
+        [
+            sample_videos(model, text, codec, [p], seeds, steps=args.steps, guidance=args.guidance, shift=args.shift)
+            for p in prompts
+        ]
+    )
     rows = score_videos(videos, prompts)
-    result = {"checkpoint": str(ckpt), "ema": not args.raw,
-              "sampler": {"steps": args.steps, "guidance": args.guidance, "shift": args.shift},
-              "x0_mse": errors, "colour_binding": colour_binding(model, text, codec),
-              "gate": summarize(rows),
-              "samples": [{"prompt": prompts[i // len(seeds)], "seed": seeds[i % len(seeds)], **r}
-                          for i, r in enumerate(rows)]}
+    result = {
+        "checkpoint": str(ckpt),
+        "ema": not args.raw,
+        "sampler": {"steps": args.steps, "guidance": args.guidance, "shift": args.shift},
+        "x0_mse": errors,
+        "colour_binding": colour_binding(model, text, codec),
+        "gate": summarize(rows),
+        "samples": [
+            {"prompt": prompts[i // len(seeds)], "seed": seeds[i % len(seeds)], **r} for i, r in enumerate(rows)
+        ],
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    strip = np.concatenate([np.concatenate(list(v[::4]), 1) for v in videos[::len(seeds)]], 0)
+    strip = np.concatenate([np.concatenate(list(v[::4]), 1) for v in videos[:: len(seeds)]], 0)
     cv2.imwrite(str(args.out.with_suffix(".png")), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
     print(json.dumps({k: result[k] for k in ("x0_mse", "colour_binding", "gate")}, indent=1))
 

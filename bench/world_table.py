@@ -11,6 +11,7 @@ configs/world-*.yaml (the newest checkpoint of each ``runs/world-*`` folder); ``
 reads the default-model files ``DIR/world-<run>.safetensors`` that scripts/train_world_gpu.sh
 returns instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,17 +34,33 @@ from reward_forcing.world import sample_scene
 from reward_forcing.train.world_probe import sample_videos
 
 ROOT = Path(__file__).resolve().parent.parent
-STUDENTS = {"ODE init": "world-ode-init", "DMD (beta=0)": "world-dmd",
-            "Re-DMD (beta=2, published)": "world-redmd", "tilted critic (beta=2)": "world-tilted"}
+STUDENTS = {
+    "ODE init": "world-ode-init",
+    "DMD (beta=0)": "world-dmd",
+    "Re-DMD (beta=2, published)": "world-redmd",
+    "tilted critic (beta=2)": "world-tilted",
+}
 HALF_LIFE = 8.0  # chunks (4 s of video): the sink forgets the stream's start within a minute
-SINKS = {"frozen (alpha=1)": dict(alpha=1.0),
-         "EMA 0.999, fp32 sink": dict(alpha=0.999),
-         "EMA 0.999, bf16 sink": dict(alpha=0.999, sink_dtype=torch.bfloat16),
-         f"half-life {HALF_LIFE:g} chunks (alpha={2 ** (-1 / HALF_LIFE):.3f})": dict(alpha=2 ** (-1 / HALF_LIFE))}
+SINKS = {
+    "frozen (alpha=1)": dict(alpha=1.0),
+    "EMA 0.999, fp32 sink": dict(alpha=0.999),
+    "EMA 0.999, bf16 sink": dict(alpha=0.999, sink_dtype=torch.bfloat16),
+    f"half-life {HALF_LIFE:g} chunks (alpha={2 ** (-1 / HALF_LIFE):.3f})": dict(alpha=2 ** (-1 / HALF_LIFE)),
+}
 GEOMETRY = dict(height=64, width=64, fps=16.0, sink_frames=2, window_frames=4, chunk_frames=2)
 SCHEDULE = FewStepFlowSchedule((1000.0, 750.0, 500.0, 250.0), shift=3.0)
-KEYS = ("dynamic_degree", "frame_copying", "drift", "flicker", "found", "colour_right",
-        "shape_right", "direction_right", "keeps_moving", "adherence")
+KEYS = (
+    "dynamic_degree",
+    "frame_copying",
+    "drift",
+    "flicker",
+    "found",
+    "colour_right",
+    "shape_right",
+    "direction_right",
+    "keeps_moving",
+    "adherence",
+)
 
 
 def held_out_prompts(n: int, seed: int = 1234) -> list[str]:
@@ -112,17 +129,24 @@ def write(rows: dict, out: Path, meta: dict) -> None:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    lines = [f"# World table: {meta['seconds']:g}-s streams of {len(meta['prompts'])} held-out prompts",
-             "", "Dynamic degree, found, colour/direction right, keeps moving and adherence in % "
-             "(higher is better); frame copying (lower is better), drift and flicker (lower is better).",
-             "", "| model | sink | dynamic degree | frame copying | drift | flicker | found | colour | "
-             "direction | keeps moving | adherence |", "|---" * 11 + "|"]
+    lines = [
+        f"# World table: {meta['seconds']:g}-s streams of {len(meta['prompts'])} held-out prompts",
+        "",
+        "Dynamic degree, found, colour/direction right, keeps moving and adherence in % "
+        "(higher is better); frame copying (lower is better), drift and flicker (lower is better).",
+        "",
+        "| model | sink | dynamic degree | frame copying | drift | flicker | found | colour | "
+        "direction | keeps moving | adherence |",
+        "|---" * 11 + "|",
+    ]
     for name, r in rows.items():
         model, _, sink = name.partition(" | ")
         pct = lambda k: f"{100 * r[k]:.0f}"  # noqa: E731
-        lines.append(f"| {model} | {sink or '-'} | {pct('dynamic_degree')} | {r['frame_copying']:.3f} | "
-                     f"{r['drift']:.3f} | {r['flicker']:.2f} | {pct('found')} | {pct('colour_right')} | "
-                     f"{pct('direction_right')} | {pct('keeps_moving')} | {pct('adherence')} |")
+        lines.append(
+            f"| {model} | {sink or '-'} | {pct('dynamic_degree')} | {r['frame_copying']:.3f} | "
+            f"{r['drift']:.3f} | {r['flicker']:.2f} | {pct('found')} | {pct('colour_right')} | "
+            f"{pct('direction_right')} | {pct('keeps_moving')} | {pct('adherence')} |"
+        )
     lines += ["", "Prompts:", *[f"- {p}" for p in meta["prompts"]], ""]
     out.with_suffix(".md").write_text("\n".join(lines))
     names = list(rows)
@@ -162,9 +186,15 @@ def main() -> None:
     teacher = find("world-teacher")
     if teacher is not None:
         rows["teacher (bidirectional, 2-s clips)"] = score_teacher(teacher, prompts, text)
-    meta = {"seconds": args.seconds, "prompts": prompts, "geometry": GEOMETRY,
-            "checkpoints": {k: str(v) for k, v in runs.items()}, "teacher": str(teacher),
-            "cpu_threads": torch.get_num_threads(), "torch": torch.__version__}
+    meta = {
+        "seconds": args.seconds,
+        "prompts": prompts,
+        "geometry": GEOMETRY,
+        "checkpoints": {k: str(v) for k, v in runs.items()},
+        "teacher": str(teacher),
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     write(rows, args.out, meta)
     print(f"wrote {args.out.with_suffix('.md')}")
 

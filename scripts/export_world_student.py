@@ -4,6 +4,7 @@ streaming settings of configs/world-*.yaml and the run's provenance.
 
     python scripts/export_world_student.py runs/world-tilted    # or one checkpoint file
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,13 +38,25 @@ def main() -> None:
     cfg = ckpt["config"]
     model = load_causal_wan(args.checkpoint, dtype=torch.float32)
     scale = PixelCodec().spatial_scale  # the world configs' vae: pixel
-    settings = dict(height=cfg["latent_height"] * scale, width=cfg["latent_width"] * scale, fps=WORLD_FPS,
-                    sink_frames=cfg["sink_frames"], window_frames=cfg["window_frames"],
-                    chunk_frames=cfg["chunk_frames"], alpha=cfg["alpha"], steps=list(cfg["steps"]),
-                    shift=cfg["shift"])
-    provenance = {"checkpoint": str(args.checkpoint), "step": ckpt["step"], "stage": ckpt["stage"],
-                  "sha256": hashlib.sha256(args.checkpoint.read_bytes()).hexdigest(),
-                  "config": yaml.safe_dump(cfg, sort_keys=False), "note": args.note}
+    settings = dict(
+        height=cfg["latent_height"] * scale,
+        width=cfg["latent_width"] * scale,
+        fps=WORLD_FPS,
+        sink_frames=cfg["sink_frames"],
+        window_frames=cfg["window_frames"],
+        chunk_frames=cfg["chunk_frames"],
+        alpha=cfg["alpha"],
+        steps=list(cfg["steps"]),
+        shift=cfg["shift"],
+    )
+    provenance = {
+        "checkpoint": str(args.checkpoint),
+        "step": ckpt["step"],
+        "stage": ckpt["stage"],
+        "sha256": hashlib.sha256(args.checkpoint.read_bytes()).hexdigest(),
+        "config": yaml.safe_dump(cfg, sort_keys=False),
+        "note": args.note,
+    }
     path = default_model.export(model, settings, args.out, provenance=provenance)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 

@@ -9,6 +9,7 @@ suite runs this file in a subprocess (tests/test_ops_fuzz.py):
 Under AddressSanitizer (an extension configured with ``-DRF_ASAN=ON``, see the README), run it
 with ``LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,12 +56,14 @@ def cases(draw):
         which = draw(st.integers(0, 2))
         sizes[which] = draw(st.sampled_from([0, *ABSURD]))
         valid = False
-    n = draw(st.one_of(st.integers(0, 3 * (S + W + C)), st.just(2**40 + 7),
-                       st.sampled_from([*ABSURD, 2**52 - C, 2**52 - C + 1])))
+    n = draw(
+        st.one_of(
+            st.integers(0, 3 * (S + W + C)), st.just(2**40 + 7), st.sampled_from([*ABSURD, 2**52 - C, 2**52 - C + 1])
+        )
+    )
     if not 0 <= n <= 2**52 - C:
         valid = False
-    dtype = draw(st.sampled_from([torch.float64, torch.float32, torch.float32, torch.bfloat16,
-                                  torch.int32]))
+    dtype = draw(st.sampled_from([torch.float64, torch.float32, torch.float32, torch.bfloat16, torch.int32]))
     valid &= dtype in (torch.float64, torch.float32)
     sink_dtype = draw(st.sampled_from([torch.float32, torch.float64, dtype]))
     rope = draw(st.sampled_from([None, "tables", "tables", "wrong_shape", "meta", "float32"]))
@@ -68,13 +71,31 @@ def cases(draw):
         valid = False
     if rope == "tables" and n > 1000:
         rope = None  # float64 angles of huge positions: both sides lose all precision
-    layouts = [draw(st.sampled_from(["contiguous", "contiguous", "transposed", "strided"]))
-               for _ in range(4)]  # q/k/v, cache, sink, state
+    layouts = [
+        draw(st.sampled_from(["contiguous", "contiguous", "transposed", "strided"])) for _ in range(4)
+    ]  # q/k/v, cache, sink, state
     alpha = draw(st.one_of(st.floats(0.0, 1.0), st.sampled_from([float("nan"), 1.5, -0.5])))
     if op == "ring_append" and not 0.0 <= alpha <= 1.0:
         valid = False
-    return dict(op=op, B=B, H=H, D=D, T=T, S=S, W=W, C=C, R=R, sizes=sizes, n=n, dtype=dtype,
-                sink_dtype=sink_dtype, rope=rope, layouts=layouts, alpha=alpha, valid=valid)
+    return dict(
+        op=op,
+        B=B,
+        H=H,
+        D=D,
+        T=T,
+        S=S,
+        W=W,
+        C=C,
+        R=R,
+        sizes=sizes,
+        n=n,
+        dtype=dtype,
+        sink_dtype=sink_dtype,
+        rope=rope,
+        layouts=layouts,
+        alpha=alpha,
+        valid=valid,
+    )
 
 
 def build(c):
@@ -119,8 +140,7 @@ def _copy(x):
 
 
 def clone(tensors):
-    return [[_copy(x) for x in group] if isinstance(group, list) else _copy(group)
-            for group in tensors]
+    return [[_copy(x) for x in group] if isinstance(group, list) else _copy(group) for group in tensors]
 
 
 def check(c) -> None:
@@ -152,8 +172,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
 
     @seed(args.seed)
-    @settings(max_examples=args.examples, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(max_examples=args.examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(cases())
     def run(c):
         check(c)

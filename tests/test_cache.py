@@ -1,4 +1,5 @@
 """StreamingKVCache: fixed memory, device counters, reset, sink precision, half-life."""
+
 import math
 
 import pytest
@@ -23,8 +24,7 @@ def _stream(cache, chunks, t, c, h, d, dtype, seed=0):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_memory_is_fixed_and_counters_live_on_device(backend):
-    cache = StreamingKVCache(2, 1, 2, 8, frame_tokens=4, chunk_frames=3, dtype=torch.float32,
-                             backend=backend)
+    cache = StreamingKVCache(2, 1, 2, 8, frame_tokens=4, chunk_frames=3, dtype=torch.float32, backend=backend)
     ptrs = [x.data_ptr() for x in (cache.k, cache.v, cache.sink_k, cache.sink_v, cache.state)]
     nbytes = cache.nbytes
     _stream(cache, 10, 4, 3, 2, 8, torch.float32)
@@ -39,9 +39,20 @@ def test_memory_is_fixed_and_counters_live_on_device(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_reset_restarts_the_stream(backend):
-    cache = StreamingKVCache(1, 1, 2, 8, frame_tokens=4, chunk_frames=2, sink_frames=2,
-                             window_frames=2, alpha=0.7, dtype=torch.float64,
-                             sink_dtype=torch.float64, backend=backend)
+    cache = StreamingKVCache(
+        1,
+        1,
+        2,
+        8,
+        frame_tokens=4,
+        chunk_frames=2,
+        sink_frames=2,
+        window_frames=2,
+        alpha=0.7,
+        dtype=torch.float64,
+        sink_dtype=torch.float64,
+        backend=backend,
+    )
     first = _stream(cache, 6, 4, 2, 2, 8, torch.float64)
     cache.reset()
     assert int(cache.state.sum()) == 0 and cache.frames_appended == [0]
@@ -60,9 +71,20 @@ def test_float32_sink_follows_exact_ema_while_bf16_sink_does_not(backend):
         exact = alpha * exact + (1 - alpha) * x.double()
     err = {}
     for sink_dtype in (torch.float32, torch.bfloat16):
-        cache = StreamingKVCache(1, 1, h, d, frame_tokens=t, sink_frames=1, window_frames=0,
-                                 chunk_frames=1, alpha=alpha, dtype=torch.bfloat16,
-                                 sink_dtype=sink_dtype, backend=backend)
+        cache = StreamingKVCache(
+            1,
+            1,
+            h,
+            d,
+            frame_tokens=t,
+            sink_frames=1,
+            window_frames=0,
+            chunk_frames=1,
+            alpha=alpha,
+            dtype=torch.bfloat16,
+            sink_dtype=sink_dtype,
+            backend=backend,
+        )
         for x in frames:  # W = 0: every frame after the first is evicted into the sink at once
             cache.layer(0).append(x, x)
         got = cache.sink_k[0].double()
@@ -82,13 +104,16 @@ def test_half_life():
         alpha_from_half_life(0)
 
 
-@pytest.mark.parametrize("kw,exc,match", [
-    (dict(frame_tokens=0), ValueError, "frame_tokens"),
-    (dict(frame_tokens=2, sink_frames=-1), ValueError, "sink_frames"),
-    (dict(frame_tokens=2, alpha=1.2), ValueError, "alpha"),
-    (dict(frame_tokens=2, backend="triton"), ValueError, "backend"),
-    (dict(frame_tokens=2, dtype=torch.int32), TypeError, "floating point"),
-])
+@pytest.mark.parametrize(
+    "kw,exc,match",
+    [
+        (dict(frame_tokens=0), ValueError, "frame_tokens"),
+        (dict(frame_tokens=2, sink_frames=-1), ValueError, "sink_frames"),
+        (dict(frame_tokens=2, alpha=1.2), ValueError, "alpha"),
+        (dict(frame_tokens=2, backend="triton"), ValueError, "backend"),
+        (dict(frame_tokens=2, dtype=torch.int32), TypeError, "floating point"),
+    ],
+)
 def test_bad_cache_arguments(kw, exc, match):
     with pytest.raises(exc, match=match):
         StreamingKVCache(1, 1, 1, 8, **kw)

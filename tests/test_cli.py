@@ -1,6 +1,7 @@
 """``reward-forcing generate``: writes a playable H.264 mp4 with the expected frames (random tiny
 model, timed prompt switches, and local checkpoint/text-encoder/VAE folders); bad arguments give
 one line on stderr and status 2; nothing is left behind when writing fails."""
+
 import dataclasses
 import importlib.metadata
 import json
@@ -45,8 +46,24 @@ def test_timed_prompt_switches(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# time<TAB>prompt\n0\ta red ball\n\n0.75\ta blue square slides right\n")
     out = tmp_path / "switch.mp4"
-    assert main(["generate", "--prompts", str(prompts), "--seconds", "2", "--out", str(out),
-                 "--fps", "8", "--recache", *SMALL]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--prompts",
+                str(prompts),
+                "--seconds",
+                "2",
+                "--out",
+                str(out),
+                "--fps",
+                "8",
+                "--recache",
+                *SMALL,
+            ]
+        )
+        == 0
+    )
     _, fps, frames = read_video(out)
     assert fps == 8.0 and frames.shape[0] == 16
 
@@ -63,15 +80,18 @@ def save_tiny_wan_folders(root):
     config = dataclasses.replace(WAN_TINY, text_dim=16)
     (root / "wan").mkdir()
     save_file(CausalWanModel(config).state_dict(), root / "wan" / "diffusion_pytorch_model.safetensors")
-    (root / "wan" / "config.json").write_text(json.dumps({"num_heads": config.num_heads,
-                                                          "text_len": config.text_len}))
+    (root / "wan" / "config.json").write_text(json.dumps({"num_heads": config.num_heads, "text_len": config.text_len}))
     tok = Tokenizer(models.WordLevel({"<pad>": 0, "</s>": 1, "<unk>": 2, "ball": 3}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
-                            unk_token="<unk>").save_pretrained(root / "umt5")
-    UMT5EncoderModel(UMT5Config(vocab_size=4, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4,
-                                relative_attention_num_buckets=8)).save_pretrained(root / "umt5")
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    ).save_pretrained(root / "umt5")
+    UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=4, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4, relative_attention_num_buckets=8
+        )
+    ).save_pretrained(root / "umt5")
     tiny_random_wan_vae().save_pretrained(root / "vae")
     return root / "wan", root / "umt5", root / "vae"
 
@@ -80,30 +100,59 @@ def test_generate_from_local_weights(tmp_path, capsys):
     pytest.importorskip("transformers")
     wan, umt5, vae = save_tiny_wan_folders(tmp_path)
     out = tmp_path / "weights.mp4"
-    assert main(["generate", "--prompt", "a ball", "--seconds", "1", "--out", str(out), "--checkpoint",
-                 str(wan), "--text-encoder", str(umt5), "--vae", str(vae), "--sink-frames", "0",
-                 "--alpha", "1", *SIZE]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--prompt",
+                "a ball",
+                "--seconds",
+                "1",
+                "--out",
+                str(out),
+                "--checkpoint",
+                str(wan),
+                "--text-encoder",
+                str(umt5),
+                "--vae",
+                str(vae),
+                "--sink-frames",
+                "0",
+                "--alpha",
+                "1",
+                *SIZE,
+            ]
+        )
+        == 0
+    )
     assert read_video(out)[2].shape == (16, 32, 48, 3)
     assert "RANDOM" not in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--prompt", "  "], "empty"),
-    (["--prompt", "x", "--seconds", "0"], "must be > 0"),
-    (["--prompt", "x", "--seconds", "-2"], "must be > 0"),
-    (["--prompt", "x", "--no-such-option"], "unrecognized arguments"),
-    (["--seconds", "1"], "no prompt"),
-    (["--prompt", "x", "--checkpoint", "missing.safetensors", "--text-encoder", ".", "--vae", "."],
-     "does not exist"),
-    (["--prompt", "x", "--checkpoint", "."], "together"),
-    (["--prompt", "x", "--prompts", "missing.txt"], "does not exist"),
-    (["--prompt", "x", "--height", "42"], "multiples of"),
-    (["--prompt", "x", "--random-model", "--height", "40"], "multiples of 16"),
-    (["--prompt", "x", "--random-model", "--checkpoint", ".", "--text-encoder", ".", "--vae", "."],
-     "exclude each other"),
-    (["--prompt", "x", "--sink-frames", "-1"], "sink_frames"),
-    (["--prompt", "x", "--device", "nonsense"], "--device"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prompt", "  "], "empty"),
+        (["--prompt", "x", "--seconds", "0"], "must be > 0"),
+        (["--prompt", "x", "--seconds", "-2"], "must be > 0"),
+        (["--prompt", "x", "--no-such-option"], "unrecognized arguments"),
+        (["--seconds", "1"], "no prompt"),
+        (
+            ["--prompt", "x", "--checkpoint", "missing.safetensors", "--text-encoder", ".", "--vae", "."],
+            "does not exist",
+        ),
+        (["--prompt", "x", "--checkpoint", "."], "together"),
+        (["--prompt", "x", "--prompts", "missing.txt"], "does not exist"),
+        (["--prompt", "x", "--height", "42"], "multiples of"),
+        (["--prompt", "x", "--random-model", "--height", "40"], "multiples of 16"),
+        (
+            ["--prompt", "x", "--random-model", "--checkpoint", ".", "--text-encoder", ".", "--vae", "."],
+            "exclude each other",
+        ),
+        (["--prompt", "x", "--sink-frames", "-1"], "sink_frames"),
+        (["--prompt", "x", "--device", "nonsense"], "--device"),
+    ],
+)
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, message):
     out = tmp_path / "bad.mp4"
     try:
@@ -126,8 +175,9 @@ def test_bad_prompts_file(tmp_path, capsys):
 def test_entry_point_and_subprocess_error():
     scripts = importlib.metadata.entry_points(group="console_scripts")
     assert any(e.name == "reward-forcing" and e.value == "reward_forcing.cli:main" for e in scripts)
-    result = subprocess.run([sys.executable, "-m", "reward_forcing.cli", "generate", "--bogus"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "reward_forcing.cli", "generate", "--bogus"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
 
 

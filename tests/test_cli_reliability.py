@@ -2,6 +2,7 @@
 targets are refused (exit 2, untouched), a symlink keeps pointing at the new video; SIGTERM and
 SIGHUP leave no ``.part``; a dead process's stale ``.part`` is swept; write errors, absurd frame
 rates, a folder as ``--prompts`` and a far-future switch give one line (or just work)."""
+
 import os
 import resource
 import signal
@@ -70,8 +71,12 @@ def test_symlink_to_a_regular_file_is_followed(tmp_path):
 def test_signal_leaves_no_part_file(tmp_path, signum):
     """Base b543e33: SIGTERM/SIGHUP killed the process and left ``.v.mp4.PID.part``."""
     out = tmp_path / "v.mp4"
-    proc = subprocess.Popen([*CLI, "--prompt", "x", "--seconds", "600", "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, "--prompt", "x", "--seconds", "600", "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not list(tmp_path.glob(".v.mp4.*.part")):  # frames are being written
@@ -99,8 +104,12 @@ def test_stale_part_of_a_dead_process_is_swept(tmp_path):
     live = tmp_path / f".v.mp4.{os.getpid()}.part"  # this test process: alive
     for p in (stale, live):
         p.write_bytes(b"half")
-    result = subprocess.run([*CLI, "--prompt", "x", "--seconds", "0.5", "--out", str(tmp_path / "v.mp4")],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [*CLI, "--prompt", "x", "--seconds", "0.5", "--out", str(tmp_path / "v.mp4")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["v.mp4", live.name])
 
@@ -108,22 +117,31 @@ def test_stale_part_of_a_dead_process_is_swept(tmp_path):
 def test_write_error_is_one_line_and_leaves_nothing(tmp_path):
     """The file-size limit makes the mp4 write fail (EFBIG, like ENOSPC). Base b543e33: the
     .part was removed but a traceback was printed."""
+
     def limit():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 
     out = tmp_path / "v.mp4"
-    result = subprocess.run([*CLI, "--prompt", "x", "--seconds", "30", "--out", str(out)],
-                            capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    result = subprocess.run(
+        [*CLI, "--prompt", "x", "--seconds", "30", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit,
+    )
     err = [line for line in result.stderr.splitlines() if line.startswith("reward-forcing: error")]
     assert result.returncode == 2, result.stderr[-2000:]
     assert len(err) == 1 and "cannot write" in err[0] and "Traceback" not in result.stderr, err
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--fps", "1e-6"], "frame rate"),  # base b543e33: an mp4 with a 0 time base
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--fps", "1e-6"], "frame rate"),  # base b543e33: an mp4 with a 0 time base
+    ],
+)
 def test_absurd_values_exit_2(tmp_path, capsys, args, words):
     out = tmp_path / "v.mp4"
     assert main(["generate", "--prompt", "x", "--out", str(out), *SMALL, *args]) == 2
@@ -142,6 +160,7 @@ def test_far_future_switch_does_not_hang(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("0\ta red ball\n1e9\tb\n1e300\tc\n")
     t0 = time.monotonic()
-    assert main(["generate", "--prompts", str(prompts), "--seconds", "0.5",
-                 "--out", str(tmp_path / "v.mp4"), *SMALL]) == 0
+    assert (
+        main(["generate", "--prompts", str(prompts), "--seconds", "0.5", "--out", str(tmp_path / "v.mp4"), *SMALL]) == 0
+    )
     assert time.monotonic() - t0 < 60

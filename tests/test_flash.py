@@ -1,6 +1,7 @@
 """backend="flash": the adapter against a stand-in with flash-attn 2's exact ``flash_attn_func``
 signature (installed as a fake ``flash_attn`` module), checked against the float64 oracle and
 against the SDPA backend; the real flash-attn against the oracle where it imports (GPU)."""
+
 import inspect
 import math
 import sys
@@ -14,9 +15,19 @@ from reward_forcing.functional import streaming_attention
 KW = dict(frame_tokens=8, chunk_frames=2, sink_frames=2, window_frames=3, alpha=0.9)
 
 
-def _standin_flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
-                             window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-                             deterministic=False, return_attn_probs=False):
+def _standin_flash_attn_func(
+    q,
+    k,
+    v,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),
+    softcap=0.0,
+    alibi_slopes=None,
+    deterministic=False,
+    return_attn_probs=False,
+):
     """flash-attn 2's signature; what flash-attn requires of its inputs is asserted."""
     assert q.dtype in (torch.float16, torch.bfloat16) and k.dtype == v.dtype == q.dtype
     assert q.dim() == k.dim() == v.dim() == 4 and k.shape == v.shape

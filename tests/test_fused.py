@@ -1,6 +1,7 @@
 """Fused per-token ops (reward_forcing.fused): the C++ CPU twin against the float64 reference in
 every dtype, the references against the unfused model's formulas, input checks, the Wan block
 behind set_fused, and (GPU) the torch.compile'd CUDA path."""
+
 import pytest
 import reward_forcing
 import torch
@@ -41,10 +42,12 @@ def exact_reference(op, *args):
 def test_cpp_twins_against_float64(dtype, frames):
     x, y = rows(dtype), rows(dtype)
     shift, scale, gate = (per_frame(x, frames) for _ in range(3))
-    close(fused.layernorm_modulate(x, shift, scale, 1e-6),
-          exact_reference(fused.layernorm_modulate_reference, x, shift, scale, 1e-6), dtype)
-    close(fused.gated_residual(x, y, gate),
-          exact_reference(fused.gated_residual_reference, x, y, gate), dtype)
+    close(
+        fused.layernorm_modulate(x, shift, scale, 1e-6),
+        exact_reference(fused.layernorm_modulate_reference, x, shift, scale, 1e-6),
+        dtype,
+    )
+    close(fused.gated_residual(x, y, gate), exact_reference(fused.gated_residual_reference, x, y, gate), dtype)
     wq, wk = torch.randn(48), torch.randn(48)
     got_q, got_k = fused.qk_rmsnorm(x, y, wq, wk, 1e-6)
     want_q, want_k = exact_reference(fused.qk_rmsnorm_reference, x, y, wq, wk, 1e-6)
@@ -60,8 +63,7 @@ def test_the_twin_is_what_runs_on_cpu(monkeypatch):
     monkeypatch.setattr(fused, "gated_residual_reference", lambda *a: None)
     assert fused.gated_residual(x, x, g) is not None
     called = []
-    monkeypatch.setattr(torch.ops.reward_forcing, "gated_residual",
-                        lambda *a: called.append(1) or a[0], raising=False)
+    monkeypatch.setattr(torch.ops.reward_forcing, "gated_residual", lambda *a: called.append(1) or a[0], raising=False)
     fused.gated_residual(x, x, g)
     assert called
 
@@ -74,10 +76,10 @@ def test_references_are_the_model_formulas():
     shift, scale, gate = (per_frame(x, 3) for _ in range(3))
     norm = causal_wan.WanLayerNorm(48, 1e-6, elementwise_affine=False).double()
     want = causal_wan._modulate(norm(x), shift, scale)
-    torch.testing.assert_close(fused.layernorm_modulate_reference(x, shift, scale, 1e-6), want,
-                               rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(fused.gated_residual_reference(x, y, gate),
-                               causal_wan._gated_residual(x, y, gate), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused.layernorm_modulate_reference(x, shift, scale, 1e-6), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        fused.gated_residual_reference(x, y, gate), causal_wan._gated_residual(x, y, gate), rtol=1e-5, atol=1e-5
+    )
     rms = causal_wan.WanRMSNorm(48, 1e-6).double()
     with torch.no_grad():
         rms.weight.normal_()
@@ -165,12 +167,16 @@ def test_gpu_ops_against_float64(dtype, impl):
     x, y = rows(dtype, d=1000, device="cuda"), rows(dtype, d=1000, device="cuda")
     shift, scale, gate = (per_frame(x, 3) for _ in range(3))
     w1, w2 = torch.randn(1000, device="cuda"), torch.randn(1000, device="cuda")
-    ops = dict(kernel=(fused.layernorm_modulate, fused.gated_residual, fused.qk_rmsnorm),
-               compile=(fused._compiled_layernorm_modulate, fused._compiled_gated_residual,
-                        fused._compiled_qk_rmsnorm))[impl]
+    ops = dict(
+        kernel=(fused.layernorm_modulate, fused.gated_residual, fused.qk_rmsnorm),
+        compile=(fused._compiled_layernorm_modulate, fused._compiled_gated_residual, fused._compiled_qk_rmsnorm),
+    )[impl]
     with torch.no_grad():
-        close(ops[0](x, shift, scale, 1e-6),
-              exact_reference(fused.layernorm_modulate_reference, x, shift, scale, 1e-6), dtype)
+        close(
+            ops[0](x, shift, scale, 1e-6),
+            exact_reference(fused.layernorm_modulate_reference, x, shift, scale, 1e-6),
+            dtype,
+        )
         close(ops[1](x, y, gate), exact_reference(fused.gated_residual_reference, x, y, gate), dtype)
         got_q, got_k = ops[2](x, y, w1, w2, 1e-6)
         want_q, want_k = exact_reference(fused.qk_rmsnorm_reference, x, y, w1, w2, 1e-6)
@@ -178,8 +184,7 @@ def test_gpu_ops_against_float64(dtype, impl):
         close(got_k, want_k, dtype)
     if impl == "kernel":
         with pytest.raises(RuntimeError, match="not a multiple"):
-            torch.ops.reward_forcing.gated_residual(x, y, torch.zeros(2, 4, 1000, device="cuda",
-                                                                      dtype=gate.dtype))
+            torch.ops.reward_forcing.gated_residual(x, y, torch.zeros(2, 4, 1000, device="cuda", dtype=gate.dtype))
 
 
 @pytest.mark.gpu

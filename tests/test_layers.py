@@ -6,6 +6,7 @@ of any *lower* layer; never a higher layer, never another package of its own lay
 ``__main__`` script module. ``eval`` and ``world`` sit below the cache, so they cannot reach a
 model, a pipeline or a trainer.
 """
+
 import ast
 from pathlib import Path
 
@@ -13,15 +14,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "python" / "reward_forcing"
 
 # lowest first; each name is a top-level module or subpackage of reward_forcing
 LAYERS = [
-    ("_extension", "_build_info"),                 # the compiled ops, loaded for the running torch
-    ("rope", "scheduler", "files", "world"),       # formulas, leaf utilities (torch/numpy only)
-    ("reference", "eval", "video_io"),             # pure-PyTorch ops; video metrics; video files
-    ("ops", "fused"),                              # the op contract, every backend; fused norms
-    ("cache",),                                    # the EMA-Sink + window K/V cache
-    ("functional", "models"),                      # the whole-stream function; networks, loaders
-    ("pipelines", "train"),                        # streaming inference; training stages
-    ("server",),                                   # the browser demo
-    ("cli", "__main__", "__init__"),               # entry points; the package's public names
+    ("_extension", "_build_info"),  # the compiled ops, loaded for the running torch
+    ("rope", "scheduler", "files", "world"),  # formulas, leaf utilities (torch/numpy only)
+    ("reference", "eval", "video_io"),  # pure-PyTorch ops; video metrics; video files
+    ("ops", "fused"),  # the op contract, every backend; fused norms
+    ("cache",),  # the EMA-Sink + window K/V cache
+    ("functional", "models"),  # the whole-stream function; networks, loaders
+    ("pipelines", "train"),  # streaming inference; training stages
+    ("server",),  # the browser demo
+    ("cli", "__main__", "__init__"),  # entry points; the package's public names
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 
@@ -44,7 +45,7 @@ def imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package[:len(package) - node.level + 1]
+                base = package[: len(package) - node.level + 1]
                 target = base + (node.module.split(".") if node.module else [])
             elif node.module and node.module.split(".")[0] == "reward_forcing":
                 target = node.module.split(".")[1:]
@@ -55,8 +56,7 @@ def imports(path: Path) -> set[str]:
             else:  # from . import x / from .. import y
                 found |= {".".join(target + [a.name]) for a in node.names}
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".", 1)[1] for a in node.names
-                      if a.name.startswith("reward_forcing.")}
+            found |= {a.name.split(".", 1)[1] for a in node.names if a.name.startswith("reward_forcing.")}
     return {f for f in found if f}
 
 
@@ -99,9 +99,11 @@ def test_the_allow_list_has_no_stale_entry():
 def test_the_checker_sees_local_and_type_checking_imports(tmp_path, monkeypatch):
     (tmp_path / "models").mkdir()
     src = tmp_path / "models" / "m.py"
-    src.write_text("from typing import TYPE_CHECKING\n"
-                   "if TYPE_CHECKING:\n    from ..pipelines import x\n"
-                   "def f():\n    from ..cache import y\n    import reward_forcing.train.rollout\n"
-                   "    from . import loading\n")
+    src.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from ..pipelines import x\n"
+        "def f():\n    from ..cache import y\n    import reward_forcing.train.rollout\n"
+        "    from . import loading\n"
+    )
     monkeypatch.setitem(globals(), "PACKAGE", tmp_path)
     assert imports(src) == {"pipelines", "cache", "train.rollout", "models.loading"}

@@ -1,4 +1,5 @@
 """The streaming ops (C++ twin and pure-PyTorch reference) against docs/design.md §2 in float64."""
+
 import pytest
 import torch
 
@@ -22,7 +23,7 @@ def _attend(q, keys, values, scale):
 def test_design_worked_example(backend):
     """docs/design.md §2: T=1, C=2, S=1, W=2, alpha=1/2, frames f0..f7, contexts written out by hand."""
     q, k, v = _qkv(1, 8, 1, 4)
-    f = lambda x, i: x[:, i:i + 1]  # noqa: E731
+    f = lambda x, i: x[:, i : i + 1]  # noqa: E731
     sink1 = lambda x: (f(x, 0) + f(x, 1)) / 2  # noqa: E731
     sink2 = lambda x: f(x, 0) / 8 + f(x, 1) / 8 + f(x, 2) / 4 + f(x, 3) / 2  # noqa: E731
     contexts = [
@@ -31,22 +32,32 @@ def test_design_worked_example(backend):
         lambda x: torch.cat([sink1(x), f(x, 2), f(x, 3), f(x, 4), f(x, 5)], 1),
         lambda x: torch.cat([sink2(x), f(x, 4), f(x, 5), f(x, 6), f(x, 7)], 1),
     ]
-    want = torch.cat([_attend(q[:, 2 * i:2 * i + 2], ctx(k), ctx(v), 0.5)
-                      for i, ctx in enumerate(contexts)], 1)
-    got = functional.streaming_attention(q, k, v, frame_tokens=1, chunk_frames=2, sink_frames=1,
-                                  window_frames=2, alpha=0.5, backend=backend)
+    want = torch.cat([_attend(q[:, 2 * i : 2 * i + 2], ctx(k), ctx(v), 0.5) for i, ctx in enumerate(contexts)], 1)
+    got = functional.streaming_attention(
+        q, k, v, frame_tokens=1, chunk_frames=2, sink_frames=1, window_frames=2, alpha=0.5, backend=backend
+    )
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cache_holds_the_worked_example_sink(backend):
     k = torch.randn(1, 6, 1, 4, dtype=torch.float64)
-    cache = reward_forcing.StreamingKVCache(1, 1, 1, 4, frame_tokens=1, sink_frames=1,
-                                            window_frames=2, chunk_frames=2, alpha=0.5,
-                                            dtype=torch.float64, sink_dtype=torch.float64,
-                                            backend=backend)
+    cache = reward_forcing.StreamingKVCache(
+        1,
+        1,
+        1,
+        4,
+        frame_tokens=1,
+        sink_frames=1,
+        window_frames=2,
+        chunk_frames=2,
+        alpha=0.5,
+        dtype=torch.float64,
+        sink_dtype=torch.float64,
+        backend=backend,
+    )
     for i in range(3):
-        cache.layer(0).append(k[:, 2 * i:2 * i + 2], k[:, 2 * i:2 * i + 2])
+        cache.layer(0).append(k[:, 2 * i : 2 * i + 2], k[:, 2 * i : 2 * i + 2])
     want = k[:, 0] / 8 + k[:, 1] / 8 + k[:, 2] / 4 + k[:, 3] / 2
     torch.testing.assert_close(cache.sink_k[0, :, 0], want, rtol=0, atol=1e-14)
     assert int(cache.state[0]) == 6 and cache.frames_appended == [6]
@@ -89,8 +100,7 @@ def test_rope_storage_matches_rotation_at_read(backend, t, c, s, w, alpha, b, h,
 
 
 @pytest.mark.skipif(not reward_forcing.HAS_CPP, reason="C++ extension not built")
-@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2),
-                                        (torch.float16, 4e-3)])
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2), (torch.float16, 4e-3)])
 @pytest.mark.parametrize("d", [64, 128])
 def test_low_precision_matches_float64(dtype, atol, d):
     """Tolerances: |err| on outputs of unit-variance inputs; the float32 sink keeps EMA error
@@ -109,9 +119,20 @@ def test_low_precision_matches_float64(dtype, atol, d):
 
 def _filled_cache(d=8, t=3, s=2, w=3, c=2, frames=9, dtype=torch.float64, rope=True):
     cache = reward_forcing.StreamingKVCache(
-        1, 2, 2, d, frame_tokens=t, sink_frames=s, window_frames=w, chunk_frames=c, alpha=0.8,
-        dtype=dtype, sink_dtype=torch.float64 if dtype == torch.float64 else torch.float32,
-        rope=wan_rope_tables(d, 1, t) if rope else None, backend="kernel")
+        1,
+        2,
+        2,
+        d,
+        frame_tokens=t,
+        sink_frames=s,
+        window_frames=w,
+        chunk_frames=c,
+        alpha=0.8,
+        dtype=dtype,
+        sink_dtype=torch.float64 if dtype == torch.float64 else torch.float32,
+        rope=wan_rope_tables(d, 1, t) if rope else None,
+        backend="kernel",
+    )
     for _ in range(0, frames, c):
         x = torch.randn(2, c * t, 2, d, dtype=dtype)
         cache.layer(0).append(x, x.flip(1))
@@ -120,8 +141,20 @@ def _filled_cache(d=8, t=3, s=2, w=3, c=2, frames=9, dtype=torch.float64, rope=T
 
 def _op_args(cache, q, k, v):
     lc = cache.layer(0)
-    return (q, k, v, lc.k, lc.v, lc.state, cache.frame_tokens, cache.sink_frames,
-            cache.window_frames, 0.3, cache.rope_freqs, cache.rope_spatial)
+    return (
+        q,
+        k,
+        v,
+        lc.k,
+        lc.v,
+        lc.state,
+        cache.frame_tokens,
+        cache.sink_frames,
+        cache.window_frames,
+        0.3,
+        cache.rope_freqs,
+        cache.rope_spatial,
+    )
 
 
 @pytest.mark.skipif(not reward_forcing.HAS_CPP, reason="C++ extension not built")
@@ -130,8 +163,8 @@ def test_attention_gradcheck_float64():
     q, k, v = (torch.randn(2, 6, 2, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
     args = _op_args(cache, q, k, v)
     assert torch.autograd.gradcheck(
-        lambda q, k, v: torch.ops.reward_forcing.sink_window_attention(q, k, v, *args[3:]),
-        (q, k, v))
+        lambda q, k, v: torch.ops.reward_forcing.sink_window_attention(q, k, v, *args[3:]), (q, k, v)
+    )
 
 
 @pytest.mark.skipif(not reward_forcing.HAS_CPP, reason="C++ extension not built")
@@ -139,8 +172,9 @@ def test_backward_survives_later_appends():
     """Backward uses the context as it was at forward time, not the mutated buffer."""
     cache = _filled_cache(frames=10)
     q, k, v = (torch.randn(2, 6, 2, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    kw = dict(frame_tokens=3, sink_frames=2, window_frames=3, rope_freqs=cache.rope_freqs,
-              rope_spatial=cache.rope_spatial)
+    kw = dict(
+        frame_tokens=3, sink_frames=2, window_frames=3, rope_freqs=cache.rope_freqs, rope_spatial=cache.rope_spatial
+    )
     lc = cache.layer(0)
     want_out = reference.sink_window_attention(q, k, v, lc.k, lc.v, lc.state, scale=0.3, **kw)
     want = torch.autograd.grad(want_out.square().sum(), (q, k, v))
@@ -158,13 +192,13 @@ def test_backward_survives_later_appends():
 def test_opcheck(frames):
     cache = _filled_cache(d=8, frames=frames, dtype=torch.float32)
     q, k, v = (torch.randn(2, 6, 2, 8, requires_grad=True) for _ in range(3))
-    torch.library.opcheck(torch.ops.reward_forcing.sink_window_attention.default,
-                          _op_args(cache, q, k, v))
+    torch.library.opcheck(torch.ops.reward_forcing.sink_window_attention.default, _op_args(cache, q, k, v))
     lc = cache.layer(0)
     x = torch.randn(2, 6, 2, 8)
-    torch.library.opcheck(torch.ops.reward_forcing.ring_append.default,
-                          (lc.k, lc.v, lc.sink_k, lc.sink_v, lc.state, x, x, 3, 2, 3, 0.8,
-                           cache.rope_freqs, cache.rope_spatial))
+    torch.library.opcheck(
+        torch.ops.reward_forcing.ring_append.default,
+        (lc.k, lc.v, lc.sink_k, lc.sink_v, lc.state, x, x, 3, 2, 3, 0.8, cache.rope_freqs, cache.rope_spatial),
+    )
 
 
 @pytest.mark.skipif(not reward_forcing.HAS_CPP, reason="C++ extension not built")
@@ -189,8 +223,7 @@ def test_stage_chunk_matches_reference(frames, dtype):
     ring_rows = [slot * 3 + t for f in range(n - 2, n) if f >= 2 for slot in [2 + (f - 2) % 5] for t in range(3)]
     if ring_rows:
         torch.testing.assert_close(lc.k[:, ring_rows], staged[:, ring_rows], rtol=0, atol=0)
-    torch.library.opcheck(torch.ops.reward_forcing.stage_chunk.default,
-                          (q, k, v, lc.k, lc.v, *args))
+    torch.library.opcheck(torch.ops.reward_forcing.stage_chunk.default, (q, k, v, lc.k, lc.v, *args))
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -201,24 +234,30 @@ def _kw(**over):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("make,kw,exc,match", [
-    (lambda: _qkv(1, 8, 1, 4)[:2] + [torch.randn(8, 1, 4)], {}, ValueError, "v must be 4-D"),
-    (lambda: _qkv(1, 8, 1, 4)[:2] + [torch.randn(1, 8, 2, 4, dtype=torch.float64)], {},
-     ValueError, "one shape"),
-    (lambda: _qkv(1, 6, 1, 4), {}, ValueError, "multiple of chunk_frames"),
-    (lambda: _qkv(1, 0, 1, 4), {}, ValueError, "multiple of chunk_frames"),
-    (lambda: _qkv(1, 8, 1, 4)[:2] + [torch.randn(1, 8, 1, 4)], {}, TypeError, "dtypes differ"),
-    (lambda: _qkv(1, 8, 1, 4)[:2] + [torch.randn(1, 8, 1, 4, dtype=torch.float64, device="meta")],
-     {}, ValueError, "one device"),
-    (lambda: [torch.ones(1, 8, 1, 4, dtype=torch.int64)] * 3, {}, TypeError, "float16"),
-    (lambda: _qkv(1, 8, 1, 4), {"sink_frames": -1}, ValueError, "sink_frames"),
-    (lambda: _qkv(1, 8, 1, 4), {"window_frames": -2}, ValueError, "window_frames"),
-    (lambda: _qkv(1, 8, 1, 4), {"frame_tokens": 0}, ValueError, "frame_tokens"),
-    (lambda: _qkv(1, 8, 1, 4), {"chunk_frames": 0}, ValueError, "chunk_frames"),
-    (lambda: _qkv(1, 8, 1, 4), {"alpha": 1.5}, ValueError, "alpha"),
-    (lambda: _qkv(1, 8, 1, 4), {"alpha": -0.1}, ValueError, "alpha"),
-    (lambda: _qkv(1, 8, 1, 4), {"chunk_frames": 2.0}, TypeError, "chunk_frames must be an int"),
-])
+@pytest.mark.parametrize(
+    "make,kw,exc,match",
+    [
+        (lambda: _qkv(1, 8, 1, 4)[:2] + [torch.randn(8, 1, 4)], {}, ValueError, "v must be 4-D"),
+        (lambda: _qkv(1, 8, 1, 4)[:2] + [torch.randn(1, 8, 2, 4, dtype=torch.float64)], {}, ValueError, "one shape"),
+        (lambda: _qkv(1, 6, 1, 4), {}, ValueError, "multiple of chunk_frames"),
+        (lambda: _qkv(1, 0, 1, 4), {}, ValueError, "multiple of chunk_frames"),
+        (lambda: _qkv(1, 8, 1, 4)[:2] + [torch.randn(1, 8, 1, 4)], {}, TypeError, "dtypes differ"),
+        (
+            lambda: _qkv(1, 8, 1, 4)[:2] + [torch.randn(1, 8, 1, 4, dtype=torch.float64, device="meta")],
+            {},
+            ValueError,
+            "one device",
+        ),
+        (lambda: [torch.ones(1, 8, 1, 4, dtype=torch.int64)] * 3, {}, TypeError, "float16"),
+        (lambda: _qkv(1, 8, 1, 4), {"sink_frames": -1}, ValueError, "sink_frames"),
+        (lambda: _qkv(1, 8, 1, 4), {"window_frames": -2}, ValueError, "window_frames"),
+        (lambda: _qkv(1, 8, 1, 4), {"frame_tokens": 0}, ValueError, "frame_tokens"),
+        (lambda: _qkv(1, 8, 1, 4), {"chunk_frames": 0}, ValueError, "chunk_frames"),
+        (lambda: _qkv(1, 8, 1, 4), {"alpha": 1.5}, ValueError, "alpha"),
+        (lambda: _qkv(1, 8, 1, 4), {"alpha": -0.1}, ValueError, "alpha"),
+        (lambda: _qkv(1, 8, 1, 4), {"chunk_frames": 2.0}, TypeError, "chunk_frames must be an int"),
+    ],
+)
 def test_bad_input_names_the_problem(backend, make, kw, exc, match):
     q, k, v = make()
     with pytest.raises(exc, match=match):
@@ -241,8 +280,9 @@ def test_op_level_bad_input(backend):
     with pytest.raises(ValueError, match="ring holds"):  # a chunk larger than the free ring slots
         ops.sink_window_attention(*qkv, lc.k, lc.v, lc.state, **kw)
     with pytest.raises(ValueError, match="rope tables must be"):
-        ops.sink_window_attention(q, q, q, lc.k, lc.v, lc.state, rope_freqs=cache.rope_freqs[:2],
-                                  rope_spatial=cache.rope_spatial, **kw)
+        ops.sink_window_attention(
+            q, q, q, lc.k, lc.v, lc.state, rope_freqs=cache.rope_freqs[:2], rope_spatial=cache.rope_spatial, **kw
+        )
     with pytest.raises(ValueError, match="given together"):
         ops.sink_window_attention(q, q, q, lc.k, lc.v, lc.state, rope_freqs=cache.rope_freqs, **kw)
     with pytest.raises(TypeError, match="cache dtype"):
@@ -264,8 +304,8 @@ def test_cpp_checks_raise_python_errors():
     with pytest.raises(ValueError, match="frame_tokens"):
         torch.ops.reward_forcing.sink_window_attention(q, q, q, lc.k, lc.v, lc.state, 4, 2, 3, 1.0, None, None)
     with pytest.raises(TypeError, match="dtypes differ"):
-        torch.ops.reward_forcing.sink_window_attention(q.float(), q.float(), q.float(), lc.k, lc.v,
-                                                       lc.state, 3, 2, 3, 1.0, None, None)
+        torch.ops.reward_forcing.sink_window_attention(
+            q.float(), q.float(), q.float(), lc.k, lc.v, lc.state, 3, 2, 3, 1.0, None, None
+        )
     with pytest.raises(ValueError, match="alpha"):
-        torch.ops.reward_forcing.ring_append(lc.k, lc.v, lc.sink_k, lc.sink_v, lc.state, q, q, 3,
-                                             2, 3, 1.5, None, None)
+        torch.ops.reward_forcing.ring_append(lc.k, lc.v, lc.sink_k, lc.sink_v, lc.state, q, q, 3, 2, 3, 1.5, None, None)

@@ -3,6 +3,7 @@ pointer math (each case in its own subprocess, so a crash fails the test instead
 pytest), and a seeded hypothesis run (tests/op_fuzz.py) throws random shapes, counters, sizes,
 dtypes, strides and RoPE tables at every op through ``torch.ops`` directly: each call raises or
 matches the reference, never crashes."""
+
 import subprocess
 import sys
 import textwrap
@@ -33,23 +34,34 @@ def ring(state, S=3, T=4, W=3, rope=(None, None)):
 CASES = [
     ("negative counter, ring_append", "ring(torch.tensor([-1]))", "state"),
     ("overflowing counter, ring_append", "ring(torch.tensor([2**63 - 2]))", "state"),
-    ("negative counter, attention",
-     "ops.sink_window_attention(q, k, v, L.k, L.v, torch.tensor([-7]), 4, 3, 3, 0.3, None, None)",
-     "state"),
-    ("negative counter, stage_chunk",
-     "ops.stage_chunk(q, k, v, L.k, L.v, torch.tensor([-7]), 4, 3, 3, None, None)", "state"),
-    ("S*T overflow", "ops.ring_append(L.k, L.v, L.sink_k[:, :0], L.sink_v[:, :0], L.state, k, v, "
-                     "4, 2**62, 2**63 - 1, 0.9, None, None)", "sink_frames"),
-    ("meta RoPE tables", "ring(L.state, rope=(torch.zeros(4, dtype=torch.float64, device='meta'), "
-                         "torch.zeros(4, 4, dtype=torch.float64, device='meta')))", "meta device"),
-    ("counter through the Python op, host mirror",
-     "c._frames[0] = -2\nL.append(k, v)", "state"),
+    (
+        "negative counter, attention",
+        "ops.sink_window_attention(q, k, v, L.k, L.v, torch.tensor([-7]), 4, 3, 3, 0.3, None, None)",
+        "state",
+    ),
+    (
+        "negative counter, stage_chunk",
+        "ops.stage_chunk(q, k, v, L.k, L.v, torch.tensor([-7]), 4, 3, 3, None, None)",
+        "state",
+    ),
+    (
+        "S*T overflow",
+        "ops.ring_append(L.k, L.v, L.sink_k[:, :0], L.sink_v[:, :0], L.state, k, v, "
+        "4, 2**62, 2**63 - 1, 0.9, None, None)",
+        "sink_frames",
+    ),
+    (
+        "meta RoPE tables",
+        "ring(L.state, rope=(torch.zeros(4, dtype=torch.float64, device='meta'), "
+        "torch.zeros(4, 4, dtype=torch.float64, device='meta')))",
+        "meta device",
+    ),
+    ("counter through the Python op, host mirror", "c._frames[0] = -2\nL.append(k, v)", "state"),
 ]
 
 
 def run_python(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize("name, code, words", CASES, ids=[c[0] for c in CASES])
@@ -89,7 +101,8 @@ for counters, mirror in (([-12, -12], [-12, -12]), ([3, 3], [9, 9]), ([2**62, 2*
 def test_property_fuzz_seeded():
     """The short, seeded hypothesis run (CI); longer runs and the ASAN build: see op_fuzz.py."""
     script = Path(__file__).with_name("op_fuzz.py")
-    result = subprocess.run([sys.executable, str(script), "--examples", "150", "--seed", "0"],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(script), "--examples", "150", "--seed", "0"], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, f"rc {result.returncode}: {result.stdout[-3000:]} {result.stderr[-3000:]}"
     assert "no crash" in result.stdout

@@ -1,4 +1,5 @@
 """The README's Python examples run as written (on the CPU, in seconds)."""
+
 import re
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """The repository stands on its own: nothing it tracks points outside it, and the committed
 training state follows the rules of training/README.md (float16 weights, size caps)."""
+
 import json
 import re
 import struct
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MiB = 2 ** 20
+MiB = 2**20
 
 
 def tracked_files() -> list[Path]:
@@ -24,12 +25,14 @@ def test_no_reference_to_files_outside_the_repository():
     outside = re.compile(r"\.\./shared|/work/shared|DESIGN\.md|DESIGN §")
     hits = []
     for path in tracked_files():
-        if path.suffix in (".png", ".safetensors", ".pt", ".jsonl") or not path.is_file() \
-                or path == Path(__file__).resolve():
+        if (
+            path.suffix in (".png", ".safetensors", ".pt", ".jsonl")
+            or not path.is_file()
+            or path == Path(__file__).resolve()
+        ):
             continue
         text = path.read_text(errors="replace")
-        hits += [f"{path.relative_to(ROOT)}:{n}" for n, line in enumerate(text.splitlines(), 1)
-                 if outside.search(line)]
+        hits += [f"{path.relative_to(ROOT)}:{n}" for n, line in enumerate(text.splitlines(), 1) if outside.search(line)]
     assert not hits, "references to files outside the repository: " + ", ".join(hits)
 
 

@@ -1,5 +1,6 @@
 """The few-step schedule: Wan's shift-5 warp of t = 1000, 750, 500, 250 (the same warp as
 diffusers' flow-matching scheduler), x0 prediction and re-noising."""
+
 import pytest
 import torch
 
@@ -30,8 +31,17 @@ def test_predict_x0_inverts_add_noise():
         torch.testing.assert_close(FewStepFlowSchedule.predict_x0(x_t, eps - x0, sigma), x0)
 
 
-@pytest.mark.parametrize("kwargs", [dict(steps=()), dict(steps=(1000, 1000)), dict(steps=(500, 750)),
-                                    dict(steps=(1200,)), dict(steps=(0,)), dict(shift=0)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(steps=()),
+        dict(steps=(1000, 1000)),
+        dict(steps=(500, 750)),
+        dict(steps=(1200,)),
+        dict(steps=(0,)),
+        dict(shift=0),
+    ],
+)
 def test_invalid_schedules(kwargs):
     with pytest.raises(ValueError):
         FewStepFlowSchedule(**kwargs)

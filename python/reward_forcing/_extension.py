@@ -1,5 +1,6 @@
 """Loads the compiled extension ``reward_forcing._C`` after checking that it was built for the torch
 that is running: a torch extension only loads into the torch it was compiled against."""
+
 from __future__ import annotations
 
 import importlib

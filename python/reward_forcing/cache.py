@@ -6,6 +6,7 @@ without host synchronisation and CUDA graphs can replay them; a host mirror of t
 (:attr:`StreamingKVCache.frames_appended`) only picks shapes for the SDPA path. The cache owns both:
 other modules read them and move them only through its methods.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,6 +42,7 @@ class CacheConfig:
     running average: a bf16 sink at alpha = 0.999 rounds most updates away (docs/design.md §2 "Sink
     precision"); ``torch.bfloat16`` reproduces the published behaviour. ``backend`` as for
     :func:`reward_forcing.ops.sink_window_attention`."""
+
     sink_frames: int = 3
     window_frames: int = 3
     chunk_frames: int = 3
@@ -60,8 +62,7 @@ class CacheConfig:
                 raise TypeError(f"{name} must be a floating point torch dtype, got {value}")
 
     @classmethod
-    def of(cls, config: CacheConfig | None = None, *, half_life: float | None = None,
-           **fields) -> CacheConfig:
+    def of(cls, config: CacheConfig | None = None, *, half_life: float | None = None, **fields) -> CacheConfig:
         """``config`` (default: the published S = W = C = 3, alpha 0.999) with the given fields
         replaced; ``None`` values leave a field as it is; ``half_life`` (sink-slot updates) sets
         ``alpha``."""
@@ -86,27 +87,49 @@ class LayerCache:
 
     def _kw(self):
         c = self.cache
-        return dict(frame_tokens=c.frame_tokens, sink_frames=c.sink_frames,
-                    window_frames=c.window_frames, rope_freqs=c.rope_freqs,
-                    rope_spatial=c.rope_spatial)
+        return dict(
+            frame_tokens=c.frame_tokens,
+            sink_frames=c.sink_frames,
+            window_frames=c.window_frames,
+            rope_freqs=c.rope_freqs,
+            rope_spatial=c.rope_spatial,
+        )
 
     def attend(self, q, k, v, scale=None, backend=None, *, append: bool = False):
         """Attention of a chunk (un-rotated ``q, k, v [B, c*T, H, D]``) over sink + window + itself,
         with the cache as it stands; ``append=True`` (the clean t = 0 pass) then appends the
         chunk's K/V (detached: the cache is never part of a graph)."""
         out = ops.sink_window_attention(
-            q, k, v, self.k, self.v, self.state, scale=scale,
+            q,
+            k,
+            v,
+            self.k,
+            self.v,
+            self.state,
+            scale=scale,
             backend=backend or self.cache.backend,
-            frames_appended=self.cache._frames[self.index], **self._kw())
+            frames_appended=self.cache._frames[self.index],
+            **self._kw(),
+        )
         if append:
             self.append(k.detach(), v.detach(), backend=backend)
         return out
 
     def append(self, k, v, backend=None):
         """Appends a chunk's clean K/V (after its t = 0 pass): eviction + EMA-Sink update."""
-        ops.ring_append(self.k, self.v, self.sink_k, self.sink_v, self.state, k, v,
-                        alpha=self.cache.alpha, backend=backend or self.cache.backend,
-                        frames_appended=self.cache._frames[self.index], **self._kw())
+        ops.ring_append(
+            self.k,
+            self.v,
+            self.sink_k,
+            self.sink_v,
+            self.state,
+            k,
+            v,
+            alpha=self.cache.alpha,
+            backend=backend or self.cache.backend,
+            frames_appended=self.cache._frames[self.index],
+            **self._kw(),
+        )
         self.cache.advance(k.shape[1] // self.cache.frame_tokens, layer=self.index)
 
 
@@ -116,11 +139,25 @@ class StreamingKVCache:
     applied on top of it, see :meth:`CacheConfig.of`). ``rope`` is the pair of tables of
     :func:`reward_forcing.rope.wan_rope_tables` (``None``: no rotation)."""
 
-    def __init__(self, num_layers: int, batch_size: int, num_heads: int, head_dim: int, *,
-                 frame_tokens: int, config: CacheConfig | None = None, device=None,
-                 rope: tuple[torch.Tensor, torch.Tensor] | None = None, **geometry):
-        for name, value in (("num_layers", num_layers), ("batch_size", batch_size),
-                            ("num_heads", num_heads), ("head_dim", head_dim)):
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        num_heads: int,
+        head_dim: int,
+        *,
+        frame_tokens: int,
+        config: CacheConfig | None = None,
+        device=None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **geometry,
+    ):
+        for name, value in (
+            ("num_layers", num_layers),
+            ("batch_size", batch_size),
+            ("num_heads", num_heads),
+            ("head_dim", head_dim),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         config = CacheConfig.of(config, **geometry)
@@ -227,12 +264,14 @@ class StreamingKVCache:
         for name, dst in self._tensors().items():
             src = state[name]
             if src.shape != dst.shape or src.dtype != dst.dtype:
-                raise ValueError(f"cache.{name}: saved {tuple(src.shape)} {src.dtype}, "
-                                 f"expected {tuple(dst.shape)} {dst.dtype}")
+                raise ValueError(
+                    f"cache.{name}: saved {tuple(src.shape)} {src.dtype}, expected {tuple(dst.shape)} {dst.dtype}"
+                )
         appended, counters = state["frames_appended"], state["state"].reshape(-1).tolist()
         if not isinstance(appended, (list, tuple)) or list(appended) != counters:
-            raise ValueError(f"cache.frames_appended {appended!r} does not match cache.state "
-                             f"{counters}: a corrupted stream state")
+            raise ValueError(
+                f"cache.frames_appended {appended!r} does not match cache.state {counters}: a corrupted stream state"
+            )
         for n in counters:
             ops.check_counter(n, self.chunk_frames, "cache.state")
 

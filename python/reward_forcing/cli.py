@@ -23,6 +23,7 @@ Bad arguments print one line on stderr and exit with status 2.
 (:mod:`reward_forcing.eval`; with a world prompt, the ground-truth scores too) and writes a
 markdown + JSON + PNG report to DIR.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,76 +59,129 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog=PROG, description="Real-time streaming text-to-video (Reward Forcing).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    g = sub.add_parser("generate", help="generate a video into an mp4 file",
-                       description="Stream a video chunk by chunk into an H.264 mp4 file.",
-                       epilog="--prompts FILE: one 'SECONDS<TAB>prompt' line per switch; "
-                              "'#' comments and blank lines are ignored.")
+    g = sub.add_parser(
+        "generate",
+        help="generate a video into an mp4 file",
+        description="Stream a video chunk by chunk into an H.264 mp4 file.",
+        epilog="--prompts FILE: one 'SECONDS<TAB>prompt' line per switch; '#' comments and blank lines are ignored.",
+    )
     g.add_argument("--prompt", help="the text prompt (optional when --prompts has a line at 0)")
     g.add_argument("--seconds", type=_positive_float, default=5.0, help="video length (default 5)")
     g.add_argument("--out", required=True, type=Path, help="output .mp4 path")
     g.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     g.add_argument("--prompts", type=Path, help="timed prompt switches (see below)")
-    g.add_argument("--checkpoint", type=Path, help="transformer weights (Wan safetensors, "
-                   "Self/Reward Forcing .pt, or a diffusers folder)")
-    g.add_argument("--text-encoder", type=Path, help="UMT5 encoder: a transformers or diffusers "
-                   "folder, Wan's models_t5_umt5-xxl-enc-bf16.pth or its release folder")
-    g.add_argument("--vae", type=Path, help="Wan VAE: a diffusers folder, Wan2.1_VAE.pth or Wan's "
-                   "release folder; or a TAEHV taew2_1 .pth/.safetensors file (light decoder)")
-    g.add_argument("--random-model", action="store_true",
-                   help="use a tiny RANDOM model instead of the embedded default (tests, timing)")
-    g.add_argument("--height", type=int, help="pixels (default 480 for Wan checkpoints, 64 for "
-                   "the embedded and the random model)")
-    g.add_argument("--width", type=int, help="pixels (default 832 for Wan checkpoints, 64 for the "
-                   "embedded model, 112 for the random one)")
-    g.add_argument("--sink-frames", type=int, help="EMA-Sink frames (0: plain window; default 3, "
-                   "the embedded model's own setting for it)")
-    g.add_argument("--window-frames", type=int, help="sliding-window frames (default 3 or the "
-                   "embedded model's)")
-    g.add_argument("--chunk-frames", type=int, help="latent frames per chunk (default 3 or the "
-                   "embedded model's)")
+    g.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="transformer weights (Wan safetensors, Self/Reward Forcing .pt, or a diffusers folder)",
+    )
+    g.add_argument(
+        "--text-encoder",
+        type=Path,
+        help="UMT5 encoder: a transformers or diffusers "
+        "folder, Wan's models_t5_umt5-xxl-enc-bf16.pth or its release folder",
+    )
+    g.add_argument(
+        "--vae",
+        type=Path,
+        help="Wan VAE: a diffusers folder, Wan2.1_VAE.pth or Wan's "
+        "release folder; or a TAEHV taew2_1 .pth/.safetensors file (light decoder)",
+    )
+    g.add_argument(
+        "--random-model",
+        action="store_true",
+        help="use a tiny RANDOM model instead of the embedded default (tests, timing)",
+    )
+    g.add_argument(
+        "--height", type=int, help="pixels (default 480 for Wan checkpoints, 64 for the embedded and the random model)"
+    )
+    g.add_argument(
+        "--width",
+        type=int,
+        help="pixels (default 832 for Wan checkpoints, 64 for the embedded model, 112 for the random one)",
+    )
+    g.add_argument(
+        "--sink-frames",
+        type=int,
+        help="EMA-Sink frames (0: plain window; default 3, the embedded model's own setting for it)",
+    )
+    g.add_argument("--window-frames", type=int, help="sliding-window frames (default 3 or the embedded model's)")
+    g.add_argument("--chunk-frames", type=int, help="latent frames per chunk (default 3 or the embedded model's)")
     g.add_argument("--alpha", type=float, help="EMA-Sink factor (1: frozen sink; default 0.999)")
     g.add_argument("--sink-dtype", choices=_DTYPES, default="float32", help="EMA-Sink precision")
-    g.add_argument("--recache", action="store_true",
-                   help="re-encode the cache under the new prompt at each switch")
+    g.add_argument("--recache", action="store_true", help="re-encode the cache under the new prompt at each switch")
     g.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     g.add_argument("--fps", type=_positive_float, help="frame rate (default 16)")
-    g.add_argument("--accelerate", choices=ACCELERATE_MODES,
-                   default="none", help="transformer acceleration: CUDA graphs replayed per denoising "
-                   "step (GPU; eager on a CPU), torch.compile of the blocks, or both (default none)")
-    g.add_argument("--no-overlap", action="store_true",
-                   help="decode each chunk after it is denoised instead of while the next one is "
-                   "(overlap is on by default on CUDA)")
+    g.add_argument(
+        "--accelerate",
+        choices=ACCELERATE_MODES,
+        default="none",
+        help="transformer acceleration: CUDA graphs replayed per denoising "
+        "step (GPU; eager on a CPU), torch.compile of the blocks, or both (default none)",
+    )
+    g.add_argument(
+        "--no-overlap",
+        action="store_true",
+        help="decode each chunk after it is denoised instead of while the next one is "
+        "(overlap is on by default on CUDA)",
+    )
 
-    s = sub.add_parser("serve", help="browser demo: watch and steer a stream live",
-                       description="Serve the streaming demo page (FastAPI + uvicorn); sink, "
-                                   "window and alpha are chosen per stream in the page.")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: "
-                   "this machine only)")
+    s = sub.add_parser(
+        "serve",
+        help="browser demo: watch and steer a stream live",
+        description="Serve the streaming demo page (FastAPI + uvicorn); sink, "
+        "window and alpha are chosen per stream in the page.",
+    )
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     s.add_argument("--max-streams", type=int, default=2, help="concurrent streams (default 2)")
-    s.add_argument("--recordings-dir", type=Path, help="where recordings go (default: a new "
-                   "temporary folder)")
-    s.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
-                   help="a host name clients use in the URL besides loopback and --host "
-                        "(requests naming another host are refused), repeatable")
-    for name in ("--checkpoint", "--text-encoder", "--vae", "--random-model", "--height", "--width",
-                 "--chunk-frames", "--sink-dtype", "--recache", "--device", "--fps"):
+    s.add_argument("--recordings-dir", type=Path, help="where recordings go (default: a new temporary folder)")
+    s.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name clients use in the URL besides loopback and --host "
+        "(requests naming another host are refused), repeatable",
+    )
+    for name in (
+        "--checkpoint",
+        "--text-encoder",
+        "--vae",
+        "--random-model",
+        "--height",
+        "--width",
+        "--chunk-frames",
+        "--sink-dtype",
+        "--recache",
+        "--device",
+        "--fps",
+    ):
         action = next(a for a in g._actions if name in a.option_strings)
         s._add_action(action)  # share the option (help, type, default) with generate
     s.set_defaults(sink_frames=None, window_frames=None, alpha=None)
 
-    t = sub.add_parser("train", help="train: (teacher,) ODE init, then Re-DMD (reward_forcing.train)",
-                       description="Run a training stage from a YAML config of TrainConfig fields "
-                                   "(same as python -m reward_forcing.train).")
+    t = sub.add_parser(
+        "train",
+        help="train: (teacher,) ODE init, then Re-DMD (reward_forcing.train)",
+        description="Run a training stage from a YAML config of TrainConfig fields "
+        "(same as python -m reward_forcing.train).",
+    )
     train_run.add_arguments(t)
 
-    e = sub.add_parser("eval", help="evaluate mp4 videos: motion, copying, drift, flicker report",
-                       description="Score videos (docs/design.md §8: dynamic degree, frame copying, drift, "
-                                   "flicker; with --prompt, the world's ground-truth scores) and "
-                                   "write report.md, results.json and PNG plots to --out.")
+    e = sub.add_parser(
+        "eval",
+        help="evaluate mp4 videos: motion, copying, drift, flicker report",
+        description="Score videos (docs/design.md §8: dynamic degree, frame copying, drift, "
+        "flicker; with --prompt, the world's ground-truth scores) and "
+        "write report.md, results.json and PNG plots to --out.",
+    )
     e.add_argument("videos", nargs="+", type=Path, metavar="VIDEO", help="mp4 (or any video PyAV reads)")
-    e.add_argument("--prompt", help="the world prompt the videos were made from (adds found, colour, "
-                   "direction, keeps-moving and adherence scores)")
+    e.add_argument(
+        "--prompt",
+        help="the world prompt the videos were made from (adds found, colour, "
+        "direction, keeps-moving and adherence scores)",
+    )
     e.add_argument("--out", required=True, type=Path, help="report folder (created if needed)")
     e.add_argument("--title", default="Evaluation", help="report title")
     return parser
@@ -149,8 +203,7 @@ def _read_prompts(path: Path) -> list[tuple[float, str]]:
         except ValueError:
             seconds = math.nan
         if len(parts) < 2 or not (math.isfinite(seconds) and seconds >= 0):
-            raise ValueError(f"{path}:{number}: expected 'SECONDS<TAB>prompt' with SECONDS >= 0, "
-                             f"got {line!r}")
+            raise ValueError(f"{path}:{number}: expected 'SECONDS<TAB>prompt' with SECONDS >= 0, got {line!r}")
         switches.append((seconds, parts[1]))
     if not switches:
         raise ValueError(f"--prompts file {path} has no switches")
@@ -175,26 +228,36 @@ def _pipeline(args):
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as e:
         raise ValueError(f"--device {args.device}: {e}") from None
-    kwargs = dict(sink_dtype=getattr(torch, args.sink_dtype), recache=args.recache,
-                  offload_text_encoder=device.type != "cpu",
-                  accelerate=getattr(args, "accelerate", "none"),  # serve has no --accelerate
-                  overlap=False if getattr(args, "no_overlap", False) else None)
-    optional = dict(sink_frames=args.sink_frames, window_frames=args.window_frames,
-                    chunk_frames=args.chunk_frames, alpha=args.alpha, fps=args.fps,
-                    height=args.height, width=args.width)
+    kwargs = dict(
+        sink_dtype=getattr(torch, args.sink_dtype),
+        recache=args.recache,
+        offload_text_encoder=device.type != "cpu",
+        accelerate=getattr(args, "accelerate", "none"),  # serve has no --accelerate
+        overlap=False if getattr(args, "no_overlap", False) else None,
+    )
+    optional = dict(
+        sink_frames=args.sink_frames,
+        window_frames=args.window_frames,
+        chunk_frames=args.chunk_frames,
+        alpha=args.alpha,
+        fps=args.fps,
+        height=args.height,
+        width=args.width,
+    )
     kwargs.update({k: v for k, v in optional.items() if v is not None})
     if given:
         if args.random_model:
             raise ValueError("--random-model and --checkpoint exclude each other")
-        return StreamingPipeline.from_pretrained(args.checkpoint, args.text_encoder, args.vae,
-                                                 device=device, **kwargs)
+        return StreamingPipeline.from_pretrained(args.checkpoint, args.text_encoder, args.vae, device=device, **kwargs)
     if not args.random_model:
         if default_model.available():
             return StreamingPipeline.default(device=device, **kwargs)
-        print(f"{PROG}: warning: no embedded default model in this install yet ({default_model.WEIGHTS}"
-              " is written by scripts/export_world_student.py)", file=sys.stderr)
-    print(f"{PROG}: warning: using a tiny RANDOM model; the video will not follow the prompt",
-          file=sys.stderr)
+        print(
+            f"{PROG}: warning: no embedded default model in this install yet ({default_model.WEIGHTS}"
+            " is written by scripts/export_world_student.py)",
+            file=sys.stderr,
+        )
+    print(f"{PROG}: warning: using a tiny RANDOM model; the video will not follow the prompt", file=sys.stderr)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return StreamingPipeline.tiny_random(device=device, **kwargs)
@@ -218,13 +281,18 @@ def _serve(args) -> int:
         print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"{PROG}: warning: binding {args.host}: other machines can reach the demo",
-              file=sys.stderr)
-    note = (None if pipe.model.config != WAN_TINY
-            else "tiny RANDOM model: the video will not follow the prompt")
+        print(f"{PROG}: warning: binding {args.host}: other machines can reach the demo", file=sys.stderr)
+    note = None if pipe.model.config != WAN_TINY else "tiny RANDOM model: the video will not follow the prompt"
     try:
-        serve(pipe, host=args.host, port=args.port, max_streams=args.max_streams,
-              recordings_dir=args.recordings_dir, note=note, extra_hosts=args.allowed_host)
+        serve(
+            pipe,
+            host=args.host,
+            port=args.port,
+            max_streams=args.max_streams,
+            recordings_dir=args.recordings_dir,
+            note=note,
+            extra_hosts=args.allowed_host,
+        )
     except OSError as e:  # e.g. the port is taken
         print(f"{PROG}: error: cannot serve on {args.host}:{args.port}: {e}", file=sys.stderr)
         return 2
@@ -257,8 +325,10 @@ def _eval(args) -> int:
     for name, r in results.items():
         s = r["summary"]
         extra = f", adherence {s['adherence']:.3f}" if "adherence" in s else ""
-        print(f"{name}: {r['frames']} frames, dynamic degree {s['dynamic_degree']:.0f}, "
-              f"frame copying {s['frame_copying']:.3f}, drift {s['drift']:.3f}{extra}")
+        print(
+            f"{name}: {r['frames']} frames, dynamic degree {s['dynamic_degree']:.0f}, "
+            f"frame copying {s['frame_copying']:.3f}, drift {s['drift']:.3f}{extra}"
+        )
     print(f"{PROG}: wrote {paths['markdown']}, {paths['json'].name} and plots", file=sys.stderr)
     return 0
 
@@ -289,10 +359,8 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     try:
-        with exit_on_signals(), tqdm(total=pipe.end_frame, unit="frame", desc="generating",
-                                     dynamic_ncols=True) as bar:
-            frames = write_mp4(args.out, chunks, fps=pipe.fps, width=pipe.width, height=pipe.height,
-                               progress=bar)
+        with exit_on_signals(), tqdm(total=pipe.end_frame, unit="frame", desc="generating", dynamic_ncols=True) as bar:
+            frames = write_mp4(args.out, chunks, fps=pipe.fps, width=pipe.width, height=pipe.height, progress=bar)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; {args.out} not written", file=sys.stderr)
         return 130
@@ -302,8 +370,11 @@ def main(argv=None) -> int:
     except (OSError, av.FFmpegError) as e:  # e.g. the disk is full: the .part is removed
         print(f"{PROG}: error: cannot write {args.out}: {_one_line(e)}", file=sys.stderr)
         return 2
-    print(f"{PROG}: wrote {frames} frames ({frames / pipe.fps:.2f} s at {pipe.fps:g} fps, "
-          f"{pipe.width}x{pipe.height}) to {args.out}", file=sys.stderr)
+    print(
+        f"{PROG}: wrote {frames} frames ({frames / pipe.fps:.2f} s at {pipe.fps:g} fps, "
+        f"{pipe.width}x{pipe.height}) to {args.out}",
+        file=sys.stderr,
+    )
     return 0
 
 

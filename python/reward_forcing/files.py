@@ -8,6 +8,7 @@ loss) are swept by the next write of the same target. Only regular files are rep
 existing device, FIFO, socket or folder at the target is refused (a symlink to a regular file is
 followed, and the link kept).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -60,7 +61,7 @@ def sweep_stale_parts(target: Path) -> list[Path]:
     """Removes ``.NAME.PID.part`` files of ``target`` whose process is gone; returns them."""
     removed = []
     for part in target.parent.glob(f".{glob.escape(target.name)}.*.part"):
-        pid = part.name[len(target.name) + 2:-len(".part")]
+        pid = part.name[len(target.name) + 2 : -len(".part")]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             with contextlib.suppress(OSError):
                 part.unlink()

@@ -1,6 +1,7 @@
 """The streaming contract as one function over a whole stream (docs/design.md §2), for tests,
 benchmarks and ``python -m reward_forcing``: it runs the cache of :mod:`reward_forcing.cache` chunk by
 chunk, so it sits above the cache (ops -> cache -> functional)."""
+
 from __future__ import annotations
 
 import torch
@@ -10,8 +11,20 @@ from ._extension import HAS_CPP, HAS_CUDA_KERNELS
 from .cache import StreamingKVCache
 
 
-def streaming_attention(q, k, v, *, frame_tokens, chunk_frames, sink_frames, window_frames,
-                        alpha=0.999, scale=None, backend="auto", rope=None):
+def streaming_attention(
+    q,
+    k,
+    v,
+    *,
+    frame_tokens,
+    chunk_frames,
+    sink_frames,
+    window_frames,
+    alpha=0.999,
+    scale=None,
+    backend="auto",
+    rope=None,
+):
     """docs/design.md §2's streaming attention over a whole stream (rope-free unless ``rope`` is given).
 
     ``q, k, v``: ``[B, N, H, D]`` with ``N`` a multiple of ``chunk_frames * frame_tokens``; the
@@ -26,8 +39,7 @@ def streaming_attention(q, k, v, *, frame_tokens, chunk_frames, sink_frames, win
     for name, x in (("q", q), ("k", k), ("v", v)):
         ops.check_4d(name, x)
     if q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(f"q, k and v must have one shape, got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(f"q, k and v must have one shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if q.dtype != k.dtype or q.dtype != v.dtype:
         raise TypeError(f"q, k and v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     if q.device != k.device or q.device != v.device:
@@ -37,15 +49,34 @@ def streaming_attention(q, k, v, *, frame_tokens, chunk_frames, sink_frames, win
         raise ValueError(f"N={q.shape[1]} is not a positive multiple of chunk_frames*frame_tokens={step}")
     if backend == "naive":
         return reference.streaming_attention_naive(
-            q, k, v, frame_tokens=frame_tokens, chunk_frames=chunk_frames,
-            sink_frames=sink_frames, window_frames=window_frames, alpha=alpha, scale=scale,
-            rope=rope)
+            q,
+            k,
+            v,
+            frame_tokens=frame_tokens,
+            chunk_frames=chunk_frames,
+            sink_frames=sink_frames,
+            window_frames=window_frames,
+            alpha=alpha,
+            scale=scale,
+            rope=rope,
+        )
     b, _, h, d = q.shape
     cache = StreamingKVCache(
-        1, b, h, d, frame_tokens=frame_tokens, sink_frames=sink_frames,
-        window_frames=window_frames, chunk_frames=chunk_frames, alpha=alpha, dtype=q.dtype,
+        1,
+        b,
+        h,
+        d,
+        frame_tokens=frame_tokens,
+        sink_frames=sink_frames,
+        window_frames=window_frames,
+        chunk_frames=chunk_frames,
+        alpha=alpha,
+        dtype=q.dtype,
         sink_dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
-        device=q.device, rope=rope, backend=backend)
+        device=q.device,
+        rope=rope,
+        backend=backend,
+    )
     layer = cache.layer(0)
     out = []
     for start in range(0, q.shape[1], step):
@@ -69,7 +100,7 @@ def self_check() -> None:
         print(f"streaming_attention backend={backend:9s} max|err| vs float64 oracle = {err:.2e}  {status}")
         if err >= 1e-10:
             raise SystemExit(1)
-    print(f"C++ extension: {'built' if HAS_CPP else 'missing'}; CUDA kernels: "
-          f"{'built' if HAS_CUDA_KERNELS else 'not built'}; torch {torch.__version__}")
-
-
+    print(
+        f"C++ extension: {'built' if HAS_CPP else 'missing'}; CUDA kernels: "
+        f"{'built' if HAS_CUDA_KERNELS else 'not built'}; torch {torch.__version__}"
+    )

@@ -20,6 +20,7 @@ reference compiled by ``torch.compile`` (inductor emits one fused kernel per op)
 :meth:`CausalWanModel.set_fused <reward_forcing.models.causal_wan.CausalWanModel.set_fused>`
 switches a model's blocks to these ops (inference; with autograd the references run).
 """
+
 from __future__ import annotations
 
 import functools
@@ -61,6 +62,7 @@ def qk_rmsnorm_reference(q, k, wq, wk, eps: float):
     def norm(x, w):
         xf = x.to(acc)
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * w.to(acc)).to(x.dtype)
+
     return norm(q, wq), norm(k, wk)
 
 
@@ -81,8 +83,9 @@ def _check_frames(name, p, x):
     if p.dim() == 4 and shape[2] == 1:
         shape = shape[:2] + shape[3:]
     if len(shape) != 3 or shape[0] != x.shape[0] or shape[2] != x.shape[2]:
-        raise ValueError(f"{name} must be [B, F, 1, D] or [B, F, D] with B={x.shape[0]}, "
-                         f"D={x.shape[2]}, got {tuple(p.shape)}")
+        raise ValueError(
+            f"{name} must be [B, F, 1, D] or [B, F, D] with B={x.shape[0]}, D={x.shape[2]}, got {tuple(p.shape)}"
+        )
     if shape[1] == 0 or x.shape[1] % shape[1]:
         raise ValueError(f"{name}: {x.shape[1]} tokens are not a multiple of {shape[1]} frames")
     if p.device != x.device:
@@ -102,6 +105,7 @@ def _native(*xs) -> bool:
 def _compiled(reference):
     """On CUDA without our kernels (no autograd): the reference through ``torch.compile`` (made once per op; inside
     an already compiled region the reference is traced as is)."""
+
     @functools.cache
     def compiled():
         return torch.compile(reference, dynamic=False)
@@ -110,6 +114,7 @@ def _compiled(reference):
         if torch.compiler.is_compiling():
             return reference(*args)
         return compiled()(*args)
+
     return run
 
 
@@ -119,8 +124,7 @@ _compiled_qk_rmsnorm = _compiled(qk_rmsnorm_reference)
 
 
 def _cuda(*xs) -> bool:
-    return all(x.is_cuda for x in xs) and not (
-        torch.is_grad_enabled() and any(x.requires_grad for x in xs))
+    return all(x.is_cuda for x in xs) and not (torch.is_grad_enabled() and any(x.requires_grad for x in xs))
 
 
 # ----------------------------------------------------------------------------- ops
@@ -170,6 +174,7 @@ def qk_rmsnorm(q, k, wq, wk, eps: float = 1e-6):
 
 
 if HAS_CPP:
+
     @torch.library.register_fake("reward_forcing::layernorm_modulate")
     def _(x, shift, scale, eps):
         return torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -180,5 +185,7 @@ if HAS_CPP:
 
     @torch.library.register_fake("reward_forcing::qk_rmsnorm")
     def _(q, k, wq, wk, eps):
-        return (torch.empty_like(q, memory_format=torch.contiguous_format),
-                torch.empty_like(k, memory_format=torch.contiguous_format))
+        return (
+            torch.empty_like(q, memory_format=torch.contiguous_format),
+            torch.empty_like(k, memory_format=torch.contiguous_format),
+        )

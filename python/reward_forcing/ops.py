@@ -58,6 +58,7 @@ int frame_tokens, int sink_frames, int window_frames, Tensor? rope_freqs, Tensor
     ``ring_append``; outside the current context, since eviction is eager) and returns the rotated
     ``q`` in q's dtype. Not differentiable (inference path).
 """
+
 from __future__ import annotations
 
 
@@ -83,12 +84,16 @@ def check_4d(name: str, x) -> None:
         raise TypeError(f"{name} must be float16/bfloat16/float32/float64, got {x.dtype}")
 
 
-def check_sizes(frame_tokens: int, sink_frames: int, window_frames: int,
-                chunk_frames: int | None = None, alpha: float | None = None) -> None:
+def check_sizes(
+    frame_tokens: int, sink_frames: int, window_frames: int, chunk_frames: int | None = None, alpha: float | None = None
+) -> None:
     """Raises ValueError naming the first impossible size or alpha."""
-    for name, value, low in (("frame_tokens", frame_tokens, 1), ("sink_frames", sink_frames, 0),
-                             ("window_frames", window_frames, 0),
-                             ("chunk_frames", chunk_frames, 1)):
+    for name, value, low in (
+        ("frame_tokens", frame_tokens, 1),
+        ("sink_frames", sink_frames, 0),
+        ("window_frames", window_frames, 0),
+        ("chunk_frames", chunk_frames, 1),
+    ):
         if value is None:
             continue
         if not isinstance(value, int) or isinstance(value, bool):
@@ -102,12 +107,24 @@ def check_sizes(frame_tokens: int, sink_frames: int, window_frames: int,
 def check_counter(n: int, chunk_frames: int, what: str = "state (the cache's frame counter)") -> None:
     """Raises ValueError unless a chunk of ``chunk_frames`` frames may follow ``n`` frames."""
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_FRAMES - chunk_frames:
-        raise ValueError(f"{what} must be an int in [0, 2^52 - {chunk_frames}] for a "
-                         f"{chunk_frames}-frame chunk, got {n!r}: a corrupted or foreign cache state")
+        raise ValueError(
+            f"{what} must be an int in [0, 2^52 - {chunk_frames}] for a "
+            f"{chunk_frames}-frame chunk, got {n!r}: a corrupted or foreign cache state"
+        )
 
 
-def _check_chunk(chunk: dict, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames,
-                 rope_freqs, rope_spatial, frames_appended=None) -> None:
+def _check_chunk(
+    chunk: dict,
+    k_cache,
+    v_cache,
+    state,
+    frame_tokens,
+    sink_frames,
+    window_frames,
+    rope_freqs,
+    rope_spatial,
+    frames_appended=None,
+) -> None:
     check_sizes(frame_tokens, sink_frames, window_frames)
     check_4d("k_cache", k_cache)
     check_4d("v_cache", v_cache)
@@ -125,18 +142,23 @@ def _check_chunk(chunk: dict, k_cache, v_cache, state, frame_tokens, sink_frames
         if x.dtype != k_cache.dtype:
             raise TypeError(f"{name} dtype {x.dtype} does not match the cache dtype {k_cache.dtype}")
         if x.device != k_cache.device or state.device != k_cache.device:
-            raise ValueError(f"{name}, state and the cache must be on one device, got {x.device}, "
-                             f"{state.device} and {k_cache.device}")
+            raise ValueError(
+                f"{name}, state and the cache must be on one device, got {x.device}, "
+                f"{state.device} and {k_cache.device}"
+            )
         if (x.shape[0], x.shape[2], x.shape[3]) != (k_cache.shape[0], k_cache.shape[2], k_cache.shape[3]):
-            raise ValueError(f"{name} shape {tuple(x.shape)} does not match the cache "
-                             f"{tuple(k_cache.shape)} in batch, heads or head dim")
+            raise ValueError(
+                f"{name} shape {tuple(x.shape)} does not match the cache "
+                f"{tuple(k_cache.shape)} in batch, heads or head dim"
+            )
         if x.shape[1] == 0 or x.shape[1] % frame_tokens:
-            raise ValueError(f"{name} has {x.shape[1]} tokens: not a positive multiple of "
-                             f"frame_tokens={frame_tokens}")
+            raise ValueError(f"{name} has {x.shape[1]} tokens: not a positive multiple of frame_tokens={frame_tokens}")
         c = x.shape[1] // frame_tokens
         if ring < window_frames + c:
-            raise ValueError(f"the cache ring holds {ring} frames, fewer than window_frames "
-                             f"({window_frames}) + the chunk's {c} frames")
+            raise ValueError(
+                f"the cache ring holds {ring} frames, fewer than window_frames "
+                f"({window_frames}) + the chunk's {c} frames"
+            )
     if frames_appended is not None:  # the host mirror: no device synchronisation
         check_counter(frames_appended, c)
     elif state.device.type == "cpu":
@@ -146,15 +168,16 @@ def _check_chunk(chunk: dict, k_cache, v_cache, state, frame_tokens, sink_frames
     if rope_freqs is not None:
         d = k_cache.shape[3]
         if rope_freqs.shape != (d // 2,) or rope_spatial.shape != (frame_tokens, d // 2):
-            raise ValueError(f"rope tables must be [D/2] and [T, D/2] = [{d // 2}] and "
-                             f"[{frame_tokens}, {d // 2}], got {tuple(rope_freqs.shape)} and "
-                             f"{tuple(rope_spatial.shape)}")
+            raise ValueError(
+                f"rope tables must be [D/2] and [T, D/2] = [{d // 2}] and "
+                f"[{frame_tokens}, {d // 2}], got {tuple(rope_freqs.shape)} and "
+                f"{tuple(rope_spatial.shape)}"
+            )
         if rope_freqs.dtype != torch.float64 or rope_spatial.dtype != torch.float64:
             raise TypeError("rope tables must be float64")
         for table in (rope_freqs, rope_spatial):
             if table.device not in (k_cache.device, torch.device("cpu")):
-                raise ValueError(f"rope tables must be on the cache's device or the CPU, got "
-                                 f"{table.device}")
+                raise ValueError(f"rope tables must be on the cache's device or the CPU, got {table.device}")
 
 
 def _resolve(backend: str, device: torch.device, op: str) -> str:
@@ -176,19 +199,57 @@ def _resolve(backend: str, device: torch.device, op: str) -> str:
 
 
 # ----------------------------------------------------------------------------- ring_append
-def ring_append(k_cache, v_cache, sink_k, sink_v, state, k, v, *, frame_tokens, sink_frames,
-                window_frames, alpha, rope_freqs=None, rope_spatial=None, backend="auto",
-                frames_appended: int | None = None) -> None:
+def ring_append(
+    k_cache,
+    v_cache,
+    sink_k,
+    sink_v,
+    state,
+    k,
+    v,
+    *,
+    frame_tokens,
+    sink_frames,
+    window_frames,
+    alpha,
+    rope_freqs=None,
+    rope_spatial=None,
+    backend="auto",
+    frames_appended: int | None = None,
+) -> None:
     """Appends a chunk to the cache in place (schema and semantics in the module docstring).
     ``frames_appended``: the caller's host mirror of ``state`` (checked instead of ``state``)."""
-    _check_chunk({"k": k, "v": v}, k_cache, v_cache, state, frame_tokens, sink_frames,
-                 window_frames, rope_freqs, rope_spatial, frames_appended)
+    _check_chunk(
+        {"k": k, "v": v},
+        k_cache,
+        v_cache,
+        state,
+        frame_tokens,
+        sink_frames,
+        window_frames,
+        rope_freqs,
+        rope_spatial,
+        frames_appended,
+    )
     check_sizes(frame_tokens, sink_frames, window_frames, alpha=alpha)
     want = (k_cache.shape[0], sink_frames * frame_tokens, k_cache.shape[2], k_cache.shape[3])
     if tuple(sink_k.shape) != want or tuple(sink_v.shape) != want:
         raise ValueError(f"sink_k/sink_v must be {want}, got {tuple(sink_k.shape)}/{tuple(sink_v.shape)}")
-    args = (k_cache, v_cache, sink_k, sink_v, state, k, v, frame_tokens, sink_frames,
-            window_frames, float(alpha), rope_freqs, rope_spatial)
+    args = (
+        k_cache,
+        v_cache,
+        sink_k,
+        sink_v,
+        state,
+        k,
+        v,
+        frame_tokens,
+        sink_frames,
+        window_frames,
+        float(alpha),
+        rope_freqs,
+        rope_spatial,
+    )
     if _resolve(backend, k_cache.device, "ring_append") == "reference":
         reference.ring_append(*args)
     else:
@@ -196,9 +257,23 @@ def ring_append(k_cache, v_cache, sink_k, sink_v, state, k, v, *, frame_tokens, 
 
 
 # ----------------------------------------------------------------------------- attention
-def sink_window_attention(q, k, v, k_cache, v_cache, state, *, frame_tokens, sink_frames,
-                          window_frames, scale=None, rope_freqs=None, rope_spatial=None,
-                          backend="auto", frames_appended: int | None = None):
+def sink_window_attention(
+    q,
+    k,
+    v,
+    k_cache,
+    v_cache,
+    state,
+    *,
+    frame_tokens,
+    sink_frames,
+    window_frames,
+    scale=None,
+    rope_freqs=None,
+    rope_spatial=None,
+    backend="auto",
+    frames_appended: int | None = None,
+):
     """A chunk's attention over sink + window + itself (schema in the module docstring).
 
     ``backend``: ``"kernel"`` (our C++/CUDA op), ``"sdpa"`` (PyTorch SDPA on the same storage),
@@ -208,14 +283,22 @@ def sink_window_attention(q, k, v, k_cache, v_cache, state, *, frame_tokens, sin
     ``frames_appended`` is the host's copy of ``state`` (the cache passes it); the SDPA path uses it
     to choose between one dense call over the whole buffer (steady state) and a gathered context.
     """
-    _check_chunk({"q": q, "k": k, "v": v}, k_cache, v_cache, state, frame_tokens, sink_frames,
-                 window_frames, rope_freqs, rope_spatial, frames_appended)
+    _check_chunk(
+        {"q": q, "k": k, "v": v},
+        k_cache,
+        v_cache,
+        state,
+        frame_tokens,
+        sink_frames,
+        window_frames,
+        rope_freqs,
+        rope_spatial,
+        frames_appended,
+    )
     if q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(f"q, k and v must have one shape, got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(f"q, k and v must have one shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    args = (q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames, scale,
-            rope_freqs, rope_spatial)
+    args = (q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames, scale, rope_freqs, rope_spatial)
     chosen = _resolve(backend, q.device, "sink_window_attention")
     if chosen == "reference":
         return reference.sink_window_attention(*args)
@@ -226,8 +309,20 @@ def sink_window_attention(q, k, v, k_cache, v_cache, state, *, frame_tokens, sin
     return torch.ops.reward_forcing.sink_window_attention(*args)
 
 
-def _dense_operands(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames,
-                    rope_freqs, rope_spatial, frames_appended=None):
+def _dense_operands(
+    q,
+    k,
+    v,
+    k_cache,
+    v_cache,
+    state,
+    frame_tokens,
+    sink_frames,
+    window_frames,
+    rope_freqs,
+    rope_spatial,
+    frames_appended=None,
+):
     """Rotated queries and the keys/values ``[B, tokens, H, D]`` one dense attention call needs
     (the SDPA and flash-attn paths). In the steady state (window full, chunk filling the free
     ring slots, no grad) ``stage_chunk`` rotates q/k and puts the chunk's K/V into its free ring
@@ -256,13 +351,38 @@ def _dense_operands(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames,
     return qr, keys, values
 
 
-def _attention_sdpa(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames,
-                    scale, rope_freqs, rope_spatial, *, frames_appended=None):
+def _attention_sdpa(
+    q,
+    k,
+    v,
+    k_cache,
+    v_cache,
+    state,
+    frame_tokens,
+    sink_frames,
+    window_frames,
+    scale,
+    rope_freqs,
+    rope_spatial,
+    *,
+    frames_appended=None,
+):
     """SDPA on the storage of docs/design.md §3 (operands: :func:`_dense_operands`)."""
-    qr, keys, values = _dense_operands(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames,
-                                       window_frames, rope_freqs, rope_spatial, frames_appended)
-    out = F.scaled_dot_product_attention(qr.transpose(1, 2), keys.transpose(1, 2),
-                                         values.transpose(1, 2), scale=scale)
+    qr, keys, values = _dense_operands(
+        q,
+        k,
+        v,
+        k_cache,
+        v_cache,
+        state,
+        frame_tokens,
+        sink_frames,
+        window_frames,
+        rope_freqs,
+        rope_spatial,
+        frames_appended,
+    )
+    out = F.scaled_dot_product_attention(qr.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), scale=scale)
     return out.transpose(1, 2)
 
 
@@ -282,12 +402,25 @@ def flash_attn_func():
             return importlib.import_module(name).flash_attn_func
         except (ImportError, AttributeError) as e:
             errors.append(f"{name}: {e}")
-    raise ImportError("backend='flash' needs flash-attn (pip install \"reward_forcing[flash]\"): "
-                      + "; ".join(errors))
+    raise ImportError("backend='flash' needs flash-attn (pip install \"reward_forcing[flash]\"): " + "; ".join(errors))
 
 
-def _attention_flash(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames,
-                     scale, rope_freqs, rope_spatial, *, frames_appended=None):
+def _attention_flash(
+    q,
+    k,
+    v,
+    k_cache,
+    v_cache,
+    state,
+    frame_tokens,
+    sink_frames,
+    window_frames,
+    scale,
+    rope_freqs,
+    rope_spatial,
+    *,
+    frames_appended=None,
+):
     """flash-attn on the dense operands of the SDPA path. Its KV-cache entry point
     (``flash_attn_with_kvcache``) rotates keys at their slot index and cannot express 3-D RoPE
     on a ring with EMA eviction, so the cache's own staging rotates and flash-attn sees one
@@ -297,8 +430,20 @@ def _attention_flash(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames
     if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
         raise RuntimeError("backend='flash' is inference only (no autograd); use 'kernel' or 'sdpa'")
     func = flash_attn_func()
-    qr, keys, values = _dense_operands(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames,
-                                       window_frames, rope_freqs, rope_spatial, frames_appended)
+    qr, keys, values = _dense_operands(
+        q,
+        k,
+        v,
+        k_cache,
+        v_cache,
+        state,
+        frame_tokens,
+        sink_frames,
+        window_frames,
+        rope_freqs,
+        rope_spatial,
+        frames_appended,
+    )
     out = func(qr.contiguous(), keys, values, softmax_scale=scale, causal=False)
     return out[0] if isinstance(out, tuple) else out  # FA4 (and some FA3) return (out, lse)
 
@@ -308,26 +453,40 @@ def _no_meta_mix(cache, *tensors) -> None:
     """The fake (meta) kernels also receive real calls in which some tensor lives on the meta
     device (the dispatcher picks the meta kernel): refuse them instead of doing nothing."""
     if cache.device.type != "meta" and any(t is not None and t.device.type == "meta" for t in tensors):
-        raise ValueError("a tensor on the meta device (no data) was passed with a cache on "
-                         f"{cache.device}; rope tables and chunks must be on the cache's device")
+        raise ValueError(
+            "a tensor on the meta device (no data) was passed with a cache on "
+            f"{cache.device}; rope tables and chunks must be on the cache's device"
+        )
 
 
 if HAS_CPP:
+
     @torch.library.register_fake("reward_forcing::sink_window_attention")
-    def _(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames, scale,
-          rope_freqs, rope_spatial):
+    def _(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames, scale, rope_freqs, rope_spatial):
         _no_meta_mix(k_cache, q, k, v, v_cache, state, rope_freqs, rope_spatial)
         return torch.empty_like(q, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("reward_forcing::stage_chunk")
-    def _(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames, rope_freqs,
-          rope_spatial):
+    def _(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames, rope_freqs, rope_spatial):
         _no_meta_mix(k_cache, q, k, v, v_cache, state, rope_freqs, rope_spatial)
         return torch.empty_like(q, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("reward_forcing::ring_append")
-    def _(k_cache, v_cache, sink_k, sink_v, state, k, v, frame_tokens, sink_frames,
-          window_frames, alpha, rope_freqs, rope_spatial):
+    def _(
+        k_cache,
+        v_cache,
+        sink_k,
+        sink_v,
+        state,
+        k,
+        v,
+        frame_tokens,
+        sink_frames,
+        window_frames,
+        alpha,
+        rope_freqs,
+        rope_spatial,
+    ):
         _no_meta_mix(k_cache, v_cache, sink_k, sink_v, state, k, v, rope_freqs, rope_spatial)
         return None
 
@@ -346,12 +505,25 @@ if HAS_CPP:
             grads = torch.autograd.grad(out, (qg, kg, vg), grad_out)
         return (*grads, None, None, None, None, None, None, None, None, None)
 
-    torch.library.register_autograd("reward_forcing::sink_window_attention",
-                                    _attention_backward, setup_context=_attention_setup_context)
+    torch.library.register_autograd(
+        "reward_forcing::sink_window_attention", _attention_backward, setup_context=_attention_setup_context
+    )
 
 
-def attention_on_buffer(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames,
-                        window_frames, scale, rope_freqs=None, rope_spatial=None):
+def attention_on_buffer(
+    q,
+    k,
+    v,
+    k_cache,
+    v_cache,
+    state,
+    frame_tokens,
+    sink_frames,
+    window_frames,
+    scale,
+    rope_freqs=None,
+    rope_spatial=None,
+):
     """Differentiable math form of the op: the whole buffer with a device-computed mask of the
     visible tokens (no host synchronisation); used for the op's backward."""
     t = frame_tokens

@@ -5,6 +5,7 @@
 * :func:`streaming_attention_naive` implements the contract of docs/design.md §2 directly, on a list of
   frames, with no ring buffer and no RoPE: the independent oracle the storage ops are tested against.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,7 +18,7 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
 
 
 def _frame(x: torch.Tensor, slot: int, t: int) -> torch.Tensor:
-    return x[:, slot * t:(slot + 1) * t]
+    return x[:, slot * t : (slot + 1) * t]
 
 
 def _rotate(x, rope, positions, acc, inverse=False):
@@ -31,8 +32,21 @@ def _rope(rope_freqs, rope_spatial):
     return None if rope_freqs is None else (rope_freqs, rope_spatial)
 
 
-def ring_append(k_cache, v_cache, sink_k, sink_v, state, k, v, frame_tokens, sink_frames,
-                window_frames, alpha, rope_freqs=None, rope_spatial=None) -> None:
+def ring_append(
+    k_cache,
+    v_cache,
+    sink_k,
+    sink_v,
+    state,
+    k,
+    v,
+    frame_tokens,
+    sink_frames,
+    window_frames,
+    alpha,
+    rope_freqs=None,
+    rope_spatial=None,
+) -> None:
     t, s, w = frame_tokens, sink_frames, window_frames
     r = k_cache.shape[1] // t - s
     acc = _acc(k_cache.dtype)
@@ -67,8 +81,9 @@ def ring_append(k_cache, v_cache, sink_k, sink_v, state, k, v, frame_tokens, sin
     state.add_(n1 - n)
 
 
-def stage_chunk(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames,
-                rope_freqs=None, rope_spatial=None):
+def stage_chunk(
+    q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames, window_frames, rope_freqs=None, rope_spatial=None
+):
     t, s = frame_tokens, sink_frames
     r = k_cache.shape[1] // t - s
     acc = _acc(q.dtype)
@@ -106,7 +121,8 @@ def context_mask(state, frame_tokens, sink_frames, window_frames, ring_frames):
     f = n - window_frames + torch.arange(window_frames, device=dev)  # the window's frames
     slot = torch.remainder(f - sink_frames, ring_frames)
     ring = torch.zeros(ring_frames, dtype=torch.int64, device=dev).scatter_reduce(
-        0, slot, (f >= sink_frames).long(), "amax")
+        0, slot, (f >= sink_frames).long(), "amax"
+    )
     return torch.cat([sink, ring.bool()]).repeat_interleave(frame_tokens)
 
 
@@ -119,8 +135,20 @@ def attention(q, k, v, scale, key_mask=None):
     return torch.einsum("bhlm,bmhd->blhd", s.softmax(-1), v)
 
 
-def sink_window_attention(q, k, v, k_cache, v_cache, state, frame_tokens, sink_frames,
-                          window_frames, scale, rope_freqs=None, rope_spatial=None):
+def sink_window_attention(
+    q,
+    k,
+    v,
+    k_cache,
+    v_cache,
+    state,
+    frame_tokens,
+    sink_frames,
+    window_frames,
+    scale,
+    rope_freqs=None,
+    rope_spatial=None,
+):
     acc = _acc(q.dtype)
     n = int(state.item())
     c = q.shape[1] // frame_tokens
@@ -133,8 +161,9 @@ def sink_window_attention(q, k, v, k_cache, v_cache, state, frame_tokens, sink_f
     return attention(qr, keys, values, scale).to(q.dtype)
 
 
-def streaming_attention_naive(q, k, v, *, frame_tokens, chunk_frames, sink_frames, window_frames,
-                              alpha=0.999, scale=None, rope=None):
+def streaming_attention_naive(
+    q, k, v, *, frame_tokens, chunk_frames, sink_frames, window_frames, alpha=0.999, scale=None, rope=None
+):
     """docs/design.md §2 on a list of frames, computed in float64 (returned in q's dtype). With
     ``rope=(freqs, spatial)`` keys and queries are rotated at read time at the relative time
     indices of §2 (sink 0.., window oldest first, then the chunk), as the public code does."""
@@ -154,7 +183,7 @@ def streaming_attention_naive(q, k, v, *, frame_tokens, chunk_frames, sink_frame
         if rope is not None:
             pos = torch.arange(len(ctx) + c)
             keys = _rotate(keys, rope, pos, torch.float64)
-            qc = _rotate(qc, rope, pos[len(ctx):], torch.float64)
+            qc = _rotate(qc, rope, pos[len(ctx) :], torch.float64)
         out.append(attention(qc, keys, values, scale))
         for i in range(c):
             fs = slice(start + i * t, start + (i + 1) * t)
@@ -166,7 +195,6 @@ def streaming_attention_naive(q, k, v, *, frame_tokens, chunk_frames, sink_frame
                 ke, ve = window.pop(0)
                 if sink_frames:
                     j = evicted % sink_frames
-                    sink[j] = (alpha * sink[j][0] + (1 - alpha) * ke,
-                               alpha * sink[j][1] + (1 - alpha) * ve)
+                    sink[j] = (alpha * sink[j][0] + (1 - alpha) * ke, alpha * sink[j][1] + (1 - alpha) * ve)
                 evicted += 1
     return torch.cat(out, 1).to(q.dtype)

@@ -4,6 +4,7 @@ The angle of channel pair ``i`` of a token at spatial index ``t`` of a frame at 
 ``pos * freqs[i] + spatial[t, i]``; pairs are *adjacent* channels (2i, 2i+1). Head dim 128 splits into
 44 time, 42 height and 42 width channels, each axis with its own ``theta^(-2i/d_axis)`` table.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,11 +27,12 @@ def wan_rope_tables(head_dim: int, height: int, width: int, theta: float = 10000
     half = head_dim // 2
     freqs = torch.zeros(half, dtype=torch.float64)
     freqs[: d_t // 2] = f_t
-    hh, ww = torch.meshgrid(torch.arange(height, dtype=torch.float64),
-                            torch.arange(width, dtype=torch.float64), indexing="ij")
+    hh, ww = torch.meshgrid(
+        torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij"
+    )
     spatial = torch.zeros(height * width, half, dtype=torch.float64)
-    spatial[:, d_t // 2: d_t // 2 + d_hw // 2] = hh.reshape(-1, 1) * f_h
-    spatial[:, d_t // 2 + d_hw // 2:] = ww.reshape(-1, 1) * f_w
+    spatial[:, d_t // 2 : d_t // 2 + d_hw // 2] = hh.reshape(-1, 1) * f_h
+    spatial[:, d_t // 2 + d_hw // 2 :] = ww.reshape(-1, 1) * f_w
     return freqs, spatial
 
 

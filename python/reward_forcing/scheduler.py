@@ -13,6 +13,7 @@ give it; a small dataclass does.
 ``sigma`` arguments are a number, or a tensor ``[B]`` (one per sample) or ``[B, F]`` (one per
 latent frame of ``[B, C, F, H, W]``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,8 +51,9 @@ def broadcast_sigma(sigma, like: torch.Tensor):
         return sigma.reshape(-1, *([1] * (like.dim() - 1)))
     if sigma.dim() == 2 and like.dim() == 5:
         return sigma[:, None, :, None, None]
-    raise ValueError(f"sigma must be a number, [B] or [B, F] for [B, C, F, H, W]; got "
-                     f"{tuple(sigma.shape)} for {tuple(like.shape)}")
+    raise ValueError(
+        f"sigma must be a number, [B] or [B, F] for [B, C, F, H, W]; got {tuple(sigma.shape)} for {tuple(like.shape)}"
+    )
 
 
 def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma) -> torch.Tensor:
@@ -75,6 +77,7 @@ class FewStepFlowSchedule:
     """``steps`` are timesteps in ``[0, num_train_timesteps]`` before the shift; the published
     Reward Forcing / Self Forcing generator uses ``(1000, 750, 500, 250)`` with shift 5, i.e.
     ``sigmas ~ (1.0, 0.9375, 0.8333, 0.625)`` and model timesteps ``1000 * sigmas``."""
+
     steps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0)
     shift: float = 5.0
     num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
@@ -108,15 +111,22 @@ class FewStepFlowSchedule:
         n, total = num_steps, self.num_train_timesteps
         marks = [round((1 - sigma_of(s, total)) * n) for s in self.steps]
         if any(abs(m / n - (1 - sigma_of(s, total))) > 1e-9 for m, s in zip(marks, self.steps)):
-            raise ValueError(f"the student's steps {self.steps} are not on a {n}-step grid "
-                             "(ode_steps must put each of them on a grid point)")
+            raise ValueError(
+                f"the student's steps {self.steps} are not on a {n}-step grid "
+                "(ode_steps must put each of them on a grid point)"
+            )
         return marks
 
     predict_x0 = staticmethod(predict_x0)
     add_noise = staticmethod(add_noise)
 
-    def denoise(self, x: torch.Tensor, velocity: Callable[[torch.Tensor, float], torch.Tensor],
-                noise: Callable[[torch.Tensor], torch.Tensor], stop: int | None = None) -> torch.Tensor:
+    def denoise(
+        self,
+        x: torch.Tensor,
+        velocity: Callable[[torch.Tensor, float], torch.Tensor],
+        noise: Callable[[torch.Tensor], torch.Tensor],
+        stop: int | None = None,
+    ) -> torch.Tensor:
         """The few-step loop, the one the pipeline, the self-forcing rollout and the benchmarks
         run. ``x`` is the first step's input; step ``i`` predicts ``x0_hat`` from
         ``velocity(x, timesteps[i])`` and the next input re-noises it with ``noise(x0_hat)`` (a
@@ -138,9 +148,15 @@ class FewStepFlowSchedule:
 
 
 @torch.no_grad()
-def teacher_trajectory(teacher: Callable, cond, uncond, noise: torch.Tensor,
-                       schedule: FewStepFlowSchedule, guidance_scale: float = 3.0,
-                       num_steps: int = 48) -> torch.Tensor:
+def teacher_trajectory(
+    teacher: Callable,
+    cond,
+    uncond,
+    noise: torch.Tensor,
+    schedule: FewStepFlowSchedule,
+    guidance_scale: float = 3.0,
+    num_steps: int = 48,
+) -> torch.Tensor:
     """The teacher's multi-step sampler: Euler on the flow ODE ``dx/dsigma = v`` with CFG over
     ``num_steps`` steps, uniform in the un-shifted time and warped by the schedule's shift;
     ``teacher(x, t, prompt) -> v``. Returns its states at the student's timesteps and the clean

@@ -3,6 +3,7 @@
 PyAV is imported when a file is read or written, so that importing this module (and the CLI)
 stays cheap.
 """
+
 from __future__ import annotations
 
 from fractions import Fraction
@@ -81,8 +82,7 @@ class VideoFrames:
                 raise ValueError(f"{self.path}: not a readable video ({e})") from None
 
 
-def write_mp4(path, chunks: Iterable[np.ndarray], *, fps: float, width: int, height: int,
-              progress=None) -> int:
+def write_mp4(path, chunks: Iterable[np.ndarray], *, fps: float, width: int, height: int, progress=None) -> int:
     """Encodes ``uint8 [F, H, W, 3]`` chunks into ``path`` (H.264, yuv420p) atomically
     (:func:`reward_forcing.files.atomic_output`: a ``.part`` file beside it, renamed over it once
     complete, removed on any error, Ctrl-C, SIGTERM or SIGHUP). Returns the frames written."""

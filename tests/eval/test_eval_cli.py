@@ -1,5 +1,6 @@
 """``reward-forcing eval``: decodes mp4s, scores them (with a world prompt, against its ground
 truth) and writes the markdown + JSON + PNG report; bad paths or videos give one line, status 2."""
+
 import json
 
 import numpy as np
@@ -58,10 +59,12 @@ def test_eval_bad_inputs_exit_2(tmp_path, videos, capsys):
     not_video.write_text("not a video")
     a_file = tmp_path / "file"
     a_file.write_text("")
-    cases = [([str(tmp_path / "missing.mp4")], "does not exist"),
-             ([str(not_video)], "not a readable video"),
-             ([str(moving), "--prompt", "a cat playing piano"], "not a world prompt"),
-             ([str(moving), "--out", str(a_file)], "not a folder")]
+    cases = [
+        ([str(tmp_path / "missing.mp4")], "does not exist"),
+        ([str(not_video)], "not a readable video"),
+        ([str(moving), "--prompt", "a cat playing piano"], "not a world prompt"),
+        ([str(moving), "--out", str(a_file)], "not a folder"),
+    ]
     for args, message in cases:
         if "--out" not in args:
             args = [*args, "--out", str(tmp_path / "out")]

@@ -1,5 +1,6 @@
 """``reward-forcing eval`` holds a few frames, not the clip: peak RSS stays bounded however long
 or large (within limits) the video is; a streamed evaluation equals the in-memory one."""
+
 import subprocess
 import sys
 
@@ -21,9 +22,11 @@ def black_clip(path, frames, height, width):
 
 def peak_rss_of_eval(tmp_path, video) -> float:
     """Peak RSS (GiB) of ``reward-forcing eval VIDEO`` in a fresh process."""
-    code = ("import resource, sys\nfrom reward_forcing.cli import main\n"
-            f"rc = main(['eval', {str(video)!r}, '--out', {str(tmp_path / 'report')!r}])\n"
-            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(rc)\n")
+    code = (
+        "import resource, sys\nfrom reward_forcing.cli import main\n"
+        f"rc = main(['eval', {str(video)!r}, '--out', {str(tmp_path / 'report')!r}])\n"
+        "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(rc)\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-2000:]
     return int(result.stdout.split("PEAK")[-1]) / 2**20

@@ -1,15 +1,19 @@
 """The metrics measured on world videos whose truth is known."""
+
 import numpy as np
 import pytest
 import torch
 
-from reward_forcing.eval import (as_video, drift, dynamic_degree, evaluate_video, flicker,
-                                 frame_copying)
+from reward_forcing.eval import as_video, drift, dynamic_degree, evaluate_video, flicker, frame_copying
 from reward_forcing.world import ObjectSpec, Scene, render, sample_scene, speed_px
 
 # one circle moving right from x = 16 to x = 52 px in 21 frames: no bounce, never back at its start
-_LINE = Scene((ObjectSpec("circle", "red", "small", "right", "slow"),), "black", ((0.25, 0.5),),
-              "a small red circle moving right slowly on a black background")
+_LINE = Scene(
+    (ObjectSpec("circle", "red", "small", "right", "slow"),),
+    "black",
+    ((0.25, 0.5),),
+    "a small red circle moving right slowly on a black background",
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +39,7 @@ def test_static_video_is_not_dynamic_and_a_full_copy(moving):
 
 
 def test_moving_video_is_dynamic_and_flow_measures_its_speed():
-    scene = Scene((ObjectSpec("square", "yellow", "large", "down-left", "medium"),), "gray",
-                  ((0.5, 0.5),), "")
+    scene = Scene((ObjectSpec("square", "yellow", "large", "down-left", "medium"),), "gray", ((0.5, 0.5),), "")
     video, truth = render(scene, 32)
     dyn = dynamic_degree(video)
     assert dyn["dynamic"] and dyn["moving_fraction"] == 1.0
@@ -68,7 +71,8 @@ def test_frame_copying_separates_moving_frozen_and_copied_videos():
     copied[10:] = video[0]  # the second half copies the start, as a sink-bound model would
     assert frame_copying(copied)["late_mean"] == pytest.approx(1.0)
     noisy = copied.astype(np.int16) + np.random.default_rng(0).integers(-1, 2, copied.shape) * (
-        np.random.default_rng(1).random(copied.shape) < 0.05)  # sparse ±1 codec-like noise
+        np.random.default_rng(1).random(copied.shape) < 0.05
+    )  # sparse ±1 codec-like noise
     assert frame_copying(np.clip(noisy, 0, 255).astype(np.uint8))["late_mean"] > 0.9
 
     frozen = video.copy()

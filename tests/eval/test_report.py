@@ -18,8 +18,7 @@ def results():
         video[16:] = video[:1]
         frozen.append(evaluate_video(video, scene.prompt))
     one = sample_scene(rng)
-    return {"moving": moving, "copies its start": frozen,
-            "one video, no prompt": evaluate_video(render(one, 20)[0])}
+    return {"moving": moving, "copies its start": frozen, "one video, no prompt": evaluate_video(render(one, 20)[0])}
 
 
 def test_write_report(tmp_path, results):

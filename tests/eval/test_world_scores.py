@@ -1,13 +1,13 @@
 """Ground-truth scores on rendered world videos: right for the scene's own prompt, wrong where the
 video or the prompt is altered in one known way."""
+
 import dataclasses
 
 import numpy as np
 import pytest
 
 from reward_forcing.eval import world_scores
-from reward_forcing.world import (BACKGROUNDS, COLOURS, LEAD_SECONDS, PromptSpec, render,
-                                  sample_scene)
+from reward_forcing.world import BACKGROUNDS, COLOURS, LEAD_SECONDS, PromptSpec, render, sample_scene
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +45,23 @@ def test_shape_score_tells_the_three_shapes_apart():
     for shape in ("circle", "square", "triangle"):
         for size in ("small", "large"):
             prompt = f"a {size} red {shape} moving to the right on a black background"
-            video = render(sample_scene(0, n_objects=1).__class__(
-                (dataclasses.replace(sample_scene(0, n_objects=1).objects[0], shape=shape, colour="red",
-                                     size=size, direction="right"),), "black", ((0.4, 0.5),), prompt), 16)[0]
+            video = render(
+                sample_scene(0, n_objects=1).__class__(
+                    (
+                        dataclasses.replace(
+                            sample_scene(0, n_objects=1).objects[0],
+                            shape=shape,
+                            colour="red",
+                            size=size,
+                            direction="right",
+                        ),
+                    ),
+                    "black",
+                    ((0.4, 0.5),),
+                    prompt,
+                ),
+                16,
+            )[0]
             assert world_scores(video, prompt)["shape_right"] == 1.0, prompt
             for other in {"circle", "square", "triangle"} - {shape}:
                 wrong = prompt.replace(shape, other)

@@ -1,5 +1,6 @@
 """CausalWanModel: equals diffusers' Wan on full attention; streaming through the cache is exactly
 block-causal attention; the published S = W = C = 3 stream runs; prompt K/V reuse is exact."""
+
 import dataclasses
 
 import pytest
@@ -48,18 +49,29 @@ def test_configs_match_published_shapes():
         dataclasses.replace(WAN_TINY, num_heads=3)
 
 
-@pytest.mark.parametrize("config", [WAN_TINY, dataclasses.replace(WAN_TINY, cross_attn_norm=False)],
-                         ids=["cross_attn_norm", "no_cross_attn_norm"])
+@pytest.mark.parametrize(
+    "config",
+    [WAN_TINY, dataclasses.replace(WAN_TINY, cross_attn_norm=False)],
+    ids=["cross_attn_norm", "no_cross_attn_norm"],
+)
 def test_full_attention_matches_diffusers(config):
     diffusers = pytest.importorskip("diffusers")
     from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 
     ours = tiny_model(config)
     theirs = diffusers.WanTransformer3DModel(
-        patch_size=config.patch_size, num_attention_heads=config.num_heads,
-        attention_head_dim=config.head_dim, in_channels=config.in_dim, out_channels=config.out_dim,
-        text_dim=config.text_dim, freq_dim=config.freq_dim, ffn_dim=config.ffn_dim,
-        num_layers=config.num_layers, cross_attn_norm=config.cross_attn_norm, eps=config.eps).eval()
+        patch_size=config.patch_size,
+        num_attention_heads=config.num_heads,
+        attention_head_dim=config.head_dim,
+        in_channels=config.in_dim,
+        out_channels=config.out_dim,
+        text_dim=config.text_dim,
+        freq_dim=config.freq_dim,
+        ffn_dim=config.ffn_dim,
+        num_layers=config.num_layers,
+        cross_attn_norm=config.cross_attn_norm,
+        eps=config.eps,
+    ).eval()
     # diffusers' own conversion of the original Wan names: checks our names independently of loading.py
     theirs.load_state_dict(convert_wan_transformer_to_diffusers(dict(ours.state_dict())), strict=True)
     x, t, ctx = latents(2, 5, config), torch.tensor([937.5, 250.0]), prompt(2, config)
@@ -78,8 +90,9 @@ def test_streaming_with_unbounded_cache_is_block_causal_attention(backend):
     t = torch.rand(2, frames) * 1000  # one t per frame: each chunk carries its own
     with torch.no_grad():
         want = model(x, t, ctx, chunk_frames=chunk)
-        cache = model.new_cache(2, TOKENS_H, TOKENS_W, sink_frames=0, window_frames=frames,
-                                chunk_frames=chunk, backend=backend)
+        cache = model.new_cache(
+            2, TOKENS_H, TOKENS_W, sink_frames=0, window_frames=frames, chunk_frames=chunk, backend=backend
+        )
         got = stream(model, x, t, model.encode_text(ctx), cache, chunk)
         bidirectional = model(x, t, ctx)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
@@ -97,8 +110,9 @@ def test_one_chunk_on_empty_cache_is_full_attention():
 
 def run_published_stream(model, text, noise, alpha=0.999, sink_frames=3):
     """S = W = C = 3: two denoising steps per chunk (warped t) and the t = 0 cache pass."""
-    cache = model.new_cache(1, TOKENS_H, TOKENS_W, sink_frames=sink_frames, window_frames=3,
-                            chunk_frames=3, alpha=alpha)
+    cache = model.new_cache(
+        1, TOKENS_H, TOKENS_W, sink_frames=sink_frames, window_frames=3, chunk_frames=3, alpha=alpha
+    )
     outs = []
     for x in noise:
         for t in (1000.0, 937.5):
@@ -190,7 +204,7 @@ def test_gradient_flows_through_the_exit_step_only():
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert model.blocks[0].self_attn.q.weight.grad.abs().sum() > 0
     assert not cache.k.requires_grad and cache.frames_appended == [3] * WAN_TINY.num_layers
-    assert torch.equal(cache.k[:, :, :3 * TOKENS_H * TOKENS_W], k_before[:, :, :3 * TOKENS_H * TOKENS_W])
+    assert torch.equal(cache.k[:, :, : 3 * TOKENS_H * TOKENS_W], k_before[:, :, : 3 * TOKENS_H * TOKENS_W])
 
 
 def test_bad_inputs_raise():

@@ -1,5 +1,6 @@
 """The embedded default model: file format (weights + config + streaming settings in one
 safetensors file), strict loading, the default pipeline, and the shipped weights themselves."""
+
 import time
 
 import numpy as np
@@ -13,18 +14,29 @@ from reward_forcing.models.loading import load_causal_wan
 from reward_forcing.models.wan_config import WAN_WORLD
 from reward_forcing.pipelines import StreamingPipeline
 
-SETTINGS = dict(height=64, width=64, fps=16.0, sink_frames=2, window_frames=4, chunk_frames=2,
-                alpha=0.999, steps=[1000.0, 750.0, 500.0, 250.0], shift=3.0)
-shipped = pytest.mark.skipif(not default_model.available(),
-                             reason="the default model's weights are not in this install")
+SETTINGS = dict(
+    height=64,
+    width=64,
+    fps=16.0,
+    sink_frames=2,
+    window_frames=4,
+    chunk_frames=2,
+    alpha=0.999,
+    steps=[1000.0, 750.0, 500.0, 250.0],
+    shift=3.0,
+)
+shipped = pytest.mark.skipif(
+    not default_model.available(), reason="the default model's weights are not in this install"
+)
 
 
 @pytest.fixture(scope="module")
 def random_export(tmp_path_factory):
     torch.manual_seed(0)
     model = CausalWanModel(WAN_WORLD)
-    path = default_model.export(model, SETTINGS, tmp_path_factory.mktemp("w") / "m.safetensors",
-                                provenance={"what": "random"})
+    path = default_model.export(
+        model, SETTINGS, tmp_path_factory.mktemp("w") / "m.safetensors", provenance={"what": "random"}
+    )
     return model, path
 
 

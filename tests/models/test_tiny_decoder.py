@@ -1,6 +1,7 @@
 """The light TAEHV-architecture decoder: checkpoint layout (key names and shapes of taew2_1),
 strict loading from .pth and .safetensors, chunked decode == whole-clip decode, state resume,
 and the pipeline picking it up. Random weights throughout (the real file is not available)."""
+
 import numpy as np
 import pytest
 import torch
@@ -14,15 +15,27 @@ from safetensors.torch import save_file
 
 # Every decoder key of a taew2_1 checkpoint (madebyollin/taehv, taehv.py's decoder layout).
 MEM = [(3, 256), (4, 256), (5, 256), (9, 128), (10, 128), (11, 128), (15, 64), (16, 64), (17, 64)]
-LAYOUT = {"decoder.1.weight": (256, 16, 3, 3), "decoder.1.bias": (256,),
-          "decoder.7.conv.weight": (256, 256, 1, 1), "decoder.8.weight": (128, 256, 3, 3),
-          "decoder.13.conv.weight": (256, 128, 1, 1), "decoder.14.weight": (64, 128, 3, 3),
-          "decoder.19.conv.weight": (128, 64, 1, 1), "decoder.20.weight": (64, 64, 3, 3),
-          "decoder.22.weight": (3, 64, 3, 3), "decoder.22.bias": (3,)}
+LAYOUT = {
+    "decoder.1.weight": (256, 16, 3, 3),
+    "decoder.1.bias": (256,),
+    "decoder.7.conv.weight": (256, 256, 1, 1),
+    "decoder.8.weight": (128, 256, 3, 3),
+    "decoder.13.conv.weight": (256, 128, 1, 1),
+    "decoder.14.weight": (64, 128, 3, 3),
+    "decoder.19.conv.weight": (128, 64, 1, 1),
+    "decoder.20.weight": (64, 64, 3, 3),
+    "decoder.22.weight": (3, 64, 3, 3),
+    "decoder.22.bias": (3,),
+}
 for i, n in MEM:
-    LAYOUT |= {f"decoder.{i}.conv.0.weight": (n, 2 * n, 3, 3), f"decoder.{i}.conv.0.bias": (n,),
-               f"decoder.{i}.conv.2.weight": (n, n, 3, 3), f"decoder.{i}.conv.2.bias": (n,),
-               f"decoder.{i}.conv.4.weight": (n, n, 3, 3), f"decoder.{i}.conv.4.bias": (n,)}
+    LAYOUT |= {
+        f"decoder.{i}.conv.0.weight": (n, 2 * n, 3, 3),
+        f"decoder.{i}.conv.0.bias": (n,),
+        f"decoder.{i}.conv.2.weight": (n, n, 3, 3),
+        f"decoder.{i}.conv.2.bias": (n,),
+        f"decoder.{i}.conv.4.weight": (n, n, 3, 3),
+        f"decoder.{i}.conv.4.bias": (n,),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +143,9 @@ def test_pipeline_streams_with_the_light_decoder():
     from reward_forcing.pipelines.streaming import to_uint8_frames
 
     model = CausalWanModel(WAN_TINY)
-    pipe = StreamingPipeline(model, TinyDecoder().eval(), HashedTextEncoder(WAN_TINY.text_dim, WAN_TINY.text_len),
-                             height=32, width=48)
+    pipe = StreamingPipeline(
+        model, TinyDecoder().eval(), HashedTextEncoder(WAN_TINY.text_dim, WAN_TINY.text_len), height=32, width=48
+    )
     latents = []
     decode = pipe.decoder.decode
     pipe.decoder.decode = lambda x: (latents.append(x), decode(x))[1]

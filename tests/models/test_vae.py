@@ -1,6 +1,7 @@
 """The streaming Wan VAE decoder: chunk-by-chunk decoding with the persistent temporal cache equals
 one whole-clip ``AutoencoderKLWan.decode`` (of the un-normalised latents); save/restore of that
 cache; loading from local folders."""
+
 import pytest
 import torch
 
@@ -66,8 +67,13 @@ def test_load_from_local_folders(vae, tmp_path):
 
 # --- Wan's own VAE checkpoint (Wan2.1_VAE.pth) -------------------------------------------------------
 
-_RESIDUAL = {"norm1.gamma": "residual.0.gamma", "conv1": "residual.2", "norm2.gamma": "residual.3.gamma",
-             "conv2": "residual.6", "conv_shortcut": "shortcut"}
+_RESIDUAL = {
+    "norm1.gamma": "residual.0.gamma",
+    "conv1": "residual.2",
+    "norm2.gamma": "residual.3.gamma",
+    "conv2": "residual.6",
+    "conv_shortcut": "shortcut",
+}
 
 
 def to_wan_layout(state: dict) -> dict:
@@ -79,14 +85,14 @@ def to_wan_layout(state: dict) -> dict:
     def residual(rest):
         for a, b in _RESIDUAL.items():
             if rest == a or rest.startswith(a + "."):
-                return b + rest[len(a):]
+                return b + rest[len(a) :]
         return rest
 
     out = {}
     for key, value in state.items():
         new = {"quant_conv": "conv1", "post_quant_conv": "conv2"}.get(key.split(".")[0])
         if new:
-            out[new + key[key.index("."):]] = value
+            out[new + key[key.index(".") :]] = value
             continue
         part, rest = key.split(".", 1)
         if m := re.fullmatch(r"mid_block\.resnets\.(\d)\.(.+)", rest):
@@ -100,8 +106,9 @@ def to_wan_layout(state: dict) -> dict:
         elif m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.(.+)", rest):
             rest = f"upsamples.{4 * int(m[1]) + 3}.{m[2]}"
         else:
-            rest = {"conv_in": "conv1", "norm_out": "head.0", "conv_out": "head.2"}[rest.split(".")[0]] \
-                + rest[rest.index("."):]
+            rest = {"conv_in": "conv1", "norm_out": "head.0", "conv_out": "head.2"}[rest.split(".")[0]] + rest[
+                rest.index(".") :
+            ]
         out[f"{part}.{rest}"] = value
     return out
 

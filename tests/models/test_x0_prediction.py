@@ -1,5 +1,6 @@
 """x0-prediction configs (the world model): the head's output is the clean latents and the model
 returns the matching velocity, so every caller (pipeline, DMD, ODE init) works unchanged."""
+
 import dataclasses
 
 import pytest
@@ -17,8 +18,11 @@ def test_velocity_recovers_the_heads_x0(t_shape):
     v_model.load_state_dict(x0_model.state_dict())  # same weights: v_model returns the raw head
     x = torch.randn(2, 16, 4, 4, 4, dtype=torch.float64)
     ctx = torch.randn(2, 8, WAN_TINY.text_dim, dtype=torch.float64)
-    sigma = {"number": torch.tensor(0.6), "batch": torch.tensor([0.3, 0.9]),
-             "frames": torch.tensor([[0.2, 0.4, 0.6, 0.8], [0.01, 0.5, 1.0, 0.05]])}[t_shape]
+    sigma = {
+        "number": torch.tensor(0.6),
+        "batch": torch.tensor([0.3, 0.9]),
+        "frames": torch.tensor([[0.2, 0.4, 0.6, 0.8], [0.01, 0.5, 1.0, 0.05]]),
+    }[t_shape]
     v = x0_model(x, sigma * 1000, ctx)
     head = v_model(x, sigma * 1000, ctx)
     s = ((sigma * 1000).double() / 1000).reshape((2, 1, -1, 1, 1) if sigma.dim() else ())

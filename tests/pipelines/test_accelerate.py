@@ -18,6 +18,7 @@ the intermediate bf16 roundings of eager; the same streams on a CPU's inductor: 
 positions more. The GPU tests avoid diffusers (not on the GPU image): a stub latent preview
 decodes.
 """
+
 import dataclasses
 import itertools
 import os
@@ -31,15 +32,17 @@ from reward_forcing.models.causal_wan import CausalWanModel
 from reward_forcing.models.pixel_codec import PixelCodec
 from reward_forcing.models.text_encoder import HashedTextEncoder
 from reward_forcing.models.wan_config import WAN_TINY
-from reward_forcing.pipelines import (CompiledForwardChunk, CUDAGraphForwardChunk,
-                                      StreamingPipeline)
+from reward_forcing.pipelines import CompiledForwardChunk, CUDAGraphForwardChunk, StreamingPipeline
 from reward_forcing.scheduler import FewStepFlowSchedule
 from reward_forcing.video_io import read_video
 
 HAS_GPU = torch.cuda.is_available() and reward_forcing.HAS_CUDA_KERNELS
-requires_gpu = pytest.mark.skipif(not HAS_GPU, reason=(
-    "needs a CUDA GPU" if not torch.cuda.is_available() else
-    "reward_forcing was built without its CUDA kernels"))
+requires_gpu = pytest.mark.skipif(
+    not HAS_GPU,
+    reason=(
+        "needs a CUDA GPU" if not torch.cuda.is_available() else "reward_forcing was built without its CUDA kernels"
+    ),
+)
 
 CACHE_TENSORS = ("k", "v", "sink_k", "sink_v", "state")
 GRAPH_KEYS = {(t, False) for t in FewStepFlowSchedule().timesteps} | {(0.0, True)}
@@ -65,8 +68,9 @@ def run_stream(pipe, chunks, switch_at, interactive_at=None, second=0):
     an interactive switch without re-cache before chunk ``interactive_at``, then a second
     stream of ``second`` chunks. Returns the frames."""
     frames = []
-    stream = pipe.stream("a red ball rolls left", seed=5,
-                         prompts=[(pipe.chunk_start_frame(switch_at) / pipe.fps, "a blue square")])
+    stream = pipe.stream(
+        "a red ball rolls left", seed=5, prompts=[(pipe.chunk_start_frame(switch_at) / pipe.fps, "a blue square")]
+    )
     for i in range(chunks):
         if i == interactive_at:
             pipe.set_prompt("a green triangle jumps", recache=False)
@@ -112,8 +116,7 @@ def fresh_dynamo():
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     threads = 1 if (os.cpu_count() or 1) <= 4 else inductor_config.compile_threads
-    with torch._dynamo.config.patch(error_on_recompile=True), \
-            inductor_config.patch(compile_threads=threads):
+    with torch._dynamo.config.patch(error_on_recompile=True), inductor_config.patch(compile_threads=threads):
         yield torch._dynamo.utils.counters
     torch._dynamo.reset()
 
@@ -171,8 +174,9 @@ def test_compile_matches_eager_with_no_recompiles(fresh_dynamo):
     a, b = Spy(eager), Spy(compiled)
     fa = run_stream(eager, 12, switch_at=4, second=2)
     graphs_after = []
-    stream = compiled.stream("a red ball rolls left", seed=5,
-                             prompts=[(compiled.chunk_start_frame(4) / compiled.fps, "a blue square")])
+    stream = compiled.stream(
+        "a red ball rolls left", seed=5, prompts=[(compiled.chunk_start_frame(4) / compiled.fps, "a blue square")]
+    )
     fb = []
     for _ in range(12):
         fb.append(next(stream))
@@ -277,6 +281,7 @@ def test_graph_bookkeeping_emulated(sink_recache):
 def test_failed_capture_falls_back_to_eager():
     """A capture that raises: the call still returns its (warm-up) result, a warning names the
     error, and the stream goes on eagerly, equal to eager."""
+
     class Failing(EmulatedGraphs):
         def capture(self, fn):
             raise RuntimeError("operation not permitted when stream is capturing")
@@ -308,8 +313,9 @@ class LatentPreview(PixelCodec):
 
 def gpu_pipeline(model, accelerate, size, **kwargs):
     text = HashedTextEncoder(WAN_TINY.text_dim, WAN_TINY.text_len).to("cuda")
-    return StreamingPipeline(model, LatentPreview(), text, height=size[0], width=size[1],
-                             recache=True, accelerate=accelerate, **kwargs)
+    return StreamingPipeline(
+        model, LatentPreview(), text, height=size[0], width=size[1], recache=True, accelerate=accelerate, **kwargs
+    )
 
 
 def gpu_model(dtype):
@@ -338,8 +344,10 @@ def test_cuda_graphs_match_eager(size, dtype, cache_backend):
     assert acc.replays >= 5 * 15 and acc.captures + acc.replays + acc.eager_calls == len(b.calls)
     assert_same_cache(eager, graphs, exact=False)
     assert_frames_close(fa, fb, 2 if dtype == torch.float32 else 64)
-    print(f"graphs vs eager {size} {dtype} {cache_backend}: worst rel err {worst:.2e}, "
-          f"{acc.captures} captures, {acc.replays} replays, {acc.eager_calls} eager calls")
+    print(
+        f"graphs vs eager {size} {dtype} {cache_backend}: worst rel err {worst:.2e}, "
+        f"{acc.captures} captures, {acc.replays} replays, {acc.eager_calls} eager calls"
+    )
 
 
 @pytest.mark.gpu
@@ -352,8 +360,7 @@ def test_compile_matches_eager_cuda(dtype, fresh_dynamo):
     model = gpu_model(dtype)
     pipes = {mode: gpu_pipeline(model, mode, size) for mode in ("none", "compile", "compile+cuda-graphs")}
     spies = {mode: Spy(p) for mode, p in pipes.items()}
-    frames = {mode: run_stream(p, 20, switch_at=6, interactive_at=13, second=5)
-              for mode, p in pipes.items()}
+    frames = {mode: run_stream(p, 20, switch_at=6, interactive_at=13, second=5) for mode, p in pipes.items()}
     tol = 1e-3 if dtype == torch.float32 else 1e-1
     for mode in ("compile", "compile+cuda-graphs"):
         worst = compare_calls(spies["none"], spies[mode], rel_tol=tol)

@@ -1,6 +1,7 @@
 """Overlapped denoise/decode (reward_forcing.pipelines.overlap): order, backpressure, shutdown,
 exceptions, and the pipeline's frames identical with and without overlap (CPU threads; the GPU
 test: a second CUDA stream, bit-identical frames and overlapping event timings)."""
+
 import itertools
 import random
 import threading
@@ -181,6 +182,7 @@ def test_gpu_overlapped_frames_bit_identical_and_timings_overlap():
             end.record()
             spans[name].append((start, end))
             return out
+
         return run
 
     pipe.next_latents = timed("denoise", pipe.next_latents)
@@ -191,7 +193,6 @@ def test_gpu_overlapped_frames_bit_identical_and_timings_overlap():
     base = spans["denoise"][0][0]
     den = [(base.elapsed_time(a), base.elapsed_time(b)) for a, b in spans["denoise"]]
     dec = [(base.elapsed_time(a), base.elapsed_time(b)) for a, b in spans["decode"]]
-    overlaps = [min(dec[k][1], den[k + 1][1]) - max(dec[k][0], den[k + 1][0])
-                for k in range(len(dec) - 1)]
+    overlaps = [min(dec[k][1], den[k + 1][1]) - max(dec[k][0], den[k + 1][0]) for k in range(len(dec) - 1)]
     print("denoise ms", den, "\ndecode ms", dec, "\noverlap ms", overlaps)
     assert max(overlaps) > 0, "no decode overlapped the next chunk's denoising"

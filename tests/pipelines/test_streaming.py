@@ -1,5 +1,6 @@
 """StreamingPipeline: the per-chunk algorithm (schedule, fresh noise, t = 0 cache pass), seeds,
 prompt switching with and without KV re-cache, save/resume, flat memory, text-encoder use."""
+
 import gc
 import io
 import itertools
@@ -63,7 +64,7 @@ def test_each_chunk_runs_the_schedule_then_the_cache_pass():
     shape = pipe.latent_shape
     assert len(spy.calls) == 3 * 5
     for chunk in range(3):
-        calls = spy.calls[5 * chunk: 5 * chunk + 5]
+        calls = spy.calls[5 * chunk : 5 * chunk + 5]
         x = torch.randn(shape, generator=gen)
         for i, (inp, t, update, v) in enumerate(calls[:4]):
             assert (t, update) == (sched.timesteps[i], False)
@@ -151,16 +152,22 @@ def test_save_and_resume_is_bitwise():
 
 
 def _tensor_bytes(state):
-    return sum(_tensor_bytes(v) if isinstance(v, dict) else v.nbytes for v in state.values()
-               if isinstance(v, dict) or torch.is_tensor(v))
+    return sum(
+        _tensor_bytes(v) if isinstance(v, dict) else v.nbytes
+        for v in state.values()
+        if isinstance(v, dict) or torch.is_tensor(v)
+    )
 
 
 def _live_tensor_bytes():
     gc.collect()
     with warnings.catch_warnings():  # isinstance() on torch's deprecated module proxies warns
         warnings.simplefilter("ignore")
-        return sum(t.untyped_storage().nbytes() for t in gc.get_objects()
-                   if isinstance(t, torch.Tensor) and t.device.type == "cpu")
+        return sum(
+            t.untyped_storage().nbytes()
+            for t in gc.get_objects()
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu"
+        )
 
 
 def test_memory_stays_flat_over_hundreds_of_chunks():

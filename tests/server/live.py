@@ -2,6 +2,7 @@
 port in a thread of the test process, raw HTTP requests with any Host header, and a minimal
 raw-socket WebSocket client for the ways of vanishing a library client does not offer
 (half a message, a reset in the middle of a frame)."""
+
 from __future__ import annotations
 
 import base64
@@ -71,8 +72,14 @@ def handshake(port: int, host: str | None = None, origin: str | None = None) -> 
     """Opens a WebSocket by hand: (HTTP status of the handshake, the socket)."""
     sock = socket.create_connection((HOST, port), timeout=10)
     key = base64.b64encode(os.urandom(16)).decode()
-    lines = ["GET /ws HTTP/1.1", f"Host: {host or f'{HOST}:{port}'}", "Upgrade: websocket",
-             "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
+    lines = [
+        "GET /ws HTTP/1.1",
+        f"Host: {host or f'{HOST}:{port}'}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+    ]
     if origin:
         lines.append(f"Origin: {origin}")
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())

@@ -4,6 +4,7 @@ errors and leave the socket usable; over the stream cap a client gets "busy"; a 
 the slot (and its thread); a slow client gets frames dropped with a bounded buffer; concurrent
 streams share weights but not state; a failing stream is reported; recordings download, bad ids
 404; cross-origin handshakes are refused; frames are paced to the video's frame rate."""
+
 import asyncio
 import threading
 import time
@@ -41,10 +42,10 @@ def make_client(factory, tmp_path):
 
     def make(**kwargs):
         kwargs.setdefault("pace", False)
-        client = TestClient(create_app(factory, recordings_dir=tmp_path / "rec", allowed_hosts=HOSTS,
-                                       **kwargs))
+        client = TestClient(create_app(factory, recordings_dir=tmp_path / "rec", allowed_hosts=HOSTS, **kwargs))
         clients.append(client.__enter__())
         return client
+
     yield make
     for client in clients:
         client.__exit__(None, None, None)
@@ -62,6 +63,7 @@ def recv(ws):
     if message.get("bytes") is not None:
         return message["bytes"]
     import json
+
     return json.loads(message["text"])
 
 
@@ -129,8 +131,9 @@ def test_stream_frames_prompt_switch_and_recording(make_client):
     wait_idle(client)
 
 
-@pytest.mark.parametrize("name", ["abc", "../../etc/passwd", "A" * 32, "0" * 31, "0" * 32,
-                                  "0" * 32 + "/..", "%2e%2e%2fsecret"])
+@pytest.mark.parametrize(
+    "name", ["abc", "../../etc/passwd", "A" * 32, "0" * 31, "0" * 32, "0" * 32 + "/..", "%2e%2e%2fsecret"]
+)
 def test_bad_recording_ids_404(make_client, name):
     client = make_client()
     assert client.get(f"/recordings/{name}.mp4").status_code == 404
@@ -211,6 +214,7 @@ def test_cross_origin_handshake_refused(make_client):
 def test_factory_failure_is_reported(tmp_path):
     def broken(**kwargs):
         raise RuntimeError("out of memory")
+
     with TestClient(create_app(broken, recordings_dir=tmp_path, allowed_hosts=HOSTS)) as client:
         with client.websocket_connect("/ws") as ws:
             ws.send_json(start_msg())
@@ -224,9 +228,16 @@ def test_slow_client_drops_frames_with_a_bounded_buffer(factory):
     """Nobody reads for a while: generation goes on, the buffer never holds more than
     queue_size chunks of frames, the rest are dropped and counted; the reader then gets the
     newest."""
+
     async def run():
-        session = StreamSession(factory(sink_frames=3, window_frames=3, alpha=0.999), "slow", 0,
-                                loop=asyncio.get_running_loop(), queue_size=2, pace=False)
+        session = StreamSession(
+            factory(sink_frames=3, window_frames=3, alpha=0.999),
+            "slow",
+            0,
+            loop=asyncio.get_running_loop(),
+            queue_size=2,
+            pace=False,
+        )
         session.start()
         peak = 0
         deadline = time.monotonic() + 20
@@ -251,8 +262,9 @@ def test_slow_client_drops_frames_with_a_bounded_buffer(factory):
 
 def test_session_paces_to_the_frame_rate(factory):
     async def run():
-        session = StreamSession(factory(sink_frames=3, window_frames=3, alpha=0.999), "paced", 0,
-                                loop=asyncio.get_running_loop(), pace=True)
+        session = StreamSession(
+            factory(sink_frames=3, window_frames=3, alpha=0.999), "paced", 0, loop=asyncio.get_running_loop(), pace=True
+        )
         t0 = time.monotonic()
         session.start()
         for _ in range(9):
@@ -267,8 +279,13 @@ def test_session_paces_to_the_frame_rate(factory):
 
 def test_stop_before_any_frame_leaves_no_file(factory, tmp_path):
     async def run():
-        session = StreamSession(factory(sink_frames=0, window_frames=3, alpha=1.0), "x", 0,
-                                loop=asyncio.get_running_loop(), recording=tmp_path / "r.mp4")
+        session = StreamSession(
+            factory(sink_frames=0, window_frames=3, alpha=1.0),
+            "x",
+            0,
+            loop=asyncio.get_running_loop(),
+            recording=tmp_path / "r.mp4",
+        )
         session.stop()
         session.start()
         await session.wait()
@@ -296,6 +313,7 @@ def test_listen_socket_caps_the_send_buffer():
     with sock:
         assert sock.getsockname()[0] == "127.0.0.1"
         import socket
+
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) <= 2 * SEND_BUFFER
 
 
@@ -303,14 +321,16 @@ def test_concurrent_streams_share_weights_not_state(make_client):
     """Two streams at once (shared model, own caches): same seed and prompt, same frames; a
     different seed, different frames."""
     client = make_client(max_streams=3)
-    with client.websocket_connect("/ws") as a, client.websocket_connect("/ws") as b, \
-            client.websocket_connect("/ws") as c:
+    with (
+        client.websocket_connect("/ws") as a,
+        client.websocket_connect("/ws") as b,
+        client.websocket_connect("/ws") as c,
+    ):
         for ws, seed in ((a, 5), (b, 5), (c, 6)):
             ws.send_json(start_msg(seed=seed))
             recv_json(ws, "started")
         assert client.get("/health").json()["active_streams"] == 3
-        first = [[m for m in (recv(ws) for _ in range(30)) if isinstance(m, bytes)][:9]
-                 for ws in (a, b, c)]
+        first = [[m for m in (recv(ws) for _ in range(30)) if isinstance(m, bytes)][:9] for ws in (a, b, c)]
     assert len(first[0]) == 9 and first[0] == first[1] and first[0] != first[2]
     wait_idle(client)
 
@@ -325,11 +345,11 @@ def test_stream_failure_is_reported_and_frees_the_slot(factory, tmp_path):
             if len(calls) > 1:
                 raise RuntimeError("CUDA out of memory")
             return real()
+
         pipe.next_chunk = next_chunk
         return pipe
 
-    with TestClient(create_app(failing, recordings_dir=tmp_path, pace=False,
-                                    allowed_hosts=HOSTS)) as client:
+    with TestClient(create_app(failing, recordings_dir=tmp_path, pace=False, allowed_hosts=HOSTS)) as client:
         with client.websocket_connect("/ws") as ws:
             ws.send_json(start_msg())
             error = recv_json(ws, "error")

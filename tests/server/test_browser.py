@@ -3,6 +3,7 @@ loopback port, driven by headless Chromium through selenium: the page starts a s
 arrive (FPS and first-frame latency shown), a prompt switch takes effect, the screenshot for the
 README is saved to docs/demo-screenshot.png, and stop offers the recorded mp4 for download.
 Skips with a reason when Debian's chromium / chromium-driver or selenium are missing."""
+
 import json
 import os
 import shutil
@@ -22,10 +23,8 @@ SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "demo-screenshot.png
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                       reason=f"no {CHROMIUM} (apt-get install chromium)"),
-    pytest.mark.skipif(not os.path.exists(CHROMEDRIVER),
-                       reason="no chromedriver (apt-get install chromium-driver)"),
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no {CHROMIUM} (apt-get install chromium)"),
+    pytest.mark.skipif(not os.path.exists(CHROMEDRIVER), reason="no chromedriver (apt-get install chromium-driver)"),
 ]
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -47,8 +46,19 @@ def get(url: str):
 def server(tmp_path):
     port = free_port()
     log = open(tmp_path / "server.log", "w+")
-    cmd = [sys.executable, "-m", "reward_forcing.cli", "serve", "--random-model", "--port",
-           str(port), "--max-streams", "1", "--recordings-dir", str(tmp_path / "rec")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "reward_forcing.cli",
+        "serve",
+        "--random-model",
+        "--port",
+        str(port),
+        "--max-streams",
+        "1",
+        "--recordings-dir",
+        str(tmp_path / "rec"),
+    ]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -78,9 +88,18 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     profile = tempfile.mkdtemp(prefix="rf-chromium-")
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-dev-shm-usage", "--window-size=1000,900", f"--user-data-dir={profile}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        "--window-size=1000,900",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(CHROMEDRIVER))
     try:

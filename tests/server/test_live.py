@@ -3,6 +3,7 @@ of ``reward-forcing serve``) with real WebSocket clients: a client that vanishes
 its stream slot back and leaves no partial recording; requests naming a foreign Host (DNS
 rebinding) are refused; absurd messages get an error, not a dead connection; idle sockets do not
 starve the page; SIGTERM/SIGHUP end the server with finished recordings and no ``.part`` file."""
+
 import json
 import signal
 import socket
@@ -20,8 +21,17 @@ av = pytest.importorskip("av")
 
 from websockets.sync.client import connect  # noqa: E402
 
-from live import (HOST, get, handshake, health, live_server, reset, start_message,  # noqa: E402
-                  text_frame, wait_idle)
+from live import (  # noqa: E402
+    HOST,
+    get,
+    handshake,
+    health,
+    live_server,
+    reset,
+    start_message,
+    text_frame,
+    wait_idle,
+)
 from reward_forcing.pipelines import StreamingPipeline  # noqa: E402
 from reward_forcing.server import create_app, sibling_factory  # noqa: E402
 
@@ -66,7 +76,7 @@ def vanish(port: int, how: str) -> None:
     elif how == "half_start_message":
         status, sock = handshake(port)
         frame = text_frame(start_message())
-        sock.sendall(frame[:len(frame) // 2])
+        sock.sendall(frame[: len(frame) // 2])
         reset(sock)
     elif how == "reset_mid_frame":
         status, sock = handshake(port)
@@ -79,8 +89,9 @@ def vanish(port: int, how: str) -> None:
         raise AssertionError(how)
 
 
-@pytest.mark.parametrize("how", ["close_after_start", "close_after_frames", "reset_after_start",
-                                 "half_start_message", "reset_mid_frame"])
+@pytest.mark.parametrize(
+    "how", ["close_after_start", "close_after_frames", "reset_after_start", "half_start_message", "reset_mid_frame"]
+)
 def test_vanished_client_gives_the_slot_back(server, how):
     port, rec = server
     vanish(port, how)
@@ -153,10 +164,25 @@ def test_signal_ends_the_server_with_finished_recordings(tmp_path, signum):
         s.bind((HOST, 0))
         port = s.getsockname()[1]
     rec = tmp_path / "rec"
-    proc = subprocess.Popen([sys.executable, "-m", "reward_forcing.cli", "serve", "--random-model",
-                             "--height", "32", "--width", "48", "--port", str(port),
-                             "--recordings-dir", str(rec)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "reward_forcing.cli",
+            "serve",
+            "--random-model",
+            "--height",
+            "32",
+            "--width",
+            "48",
+            "--port",
+            str(port),
+            "--recordings-dir",
+            str(rec),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:

@@ -1,6 +1,7 @@
 """A ReDMDTrainer checkpoint written by the trainer before its split into modules
 (tests/train/data/redmd-v1: step 2 of a 2-block model, no reward weighting; ``expected.json`` holds
 the losses of the step that followed it then) still loads and resumes to the same next step."""
+
 import json
 import shutil
 from pathlib import Path
@@ -14,9 +15,23 @@ from reward_forcing.train import ReDMDTrainer, TrainConfig
 from trainers import PROMPTS, SMALL
 
 DATA = Path(__file__).parent / "data" / "redmd-v1"
-CONFIG = dict(latent_frames=4, latent_height=4, latent_width=4, chunk_frames=2, sink_frames=1,
-              window_frames=1, critic_ratio=2, grad_accum=1, batch_size=1, lr_generator=1e-4,
-              lr_critic=1e-4, ema_start=1, max_steps=3, save_every=100, weighting="none")
+CONFIG = dict(
+    latent_frames=4,
+    latent_height=4,
+    latent_width=4,
+    chunk_frames=2,
+    sink_frames=1,
+    window_frames=1,
+    critic_ratio=2,
+    grad_accum=1,
+    batch_size=1,
+    lr_generator=1e-4,
+    lr_critic=1e-4,
+    ema_start=1,
+    max_steps=3,
+    save_every=100,
+    weighting="none",
+)
 
 
 def _trainer(out_dir: Path, seed: int) -> ReDMDTrainer:

@@ -32,7 +32,7 @@ def test_dmd_gradient_and_loss_by_hand():
     x = x0.clone().requires_grad_(True)
     loss = dmd.dmd_loss(x, g)
     # 0.5 * mean(g^2) per sample
-    torch.testing.assert_close(loss, 0.5 * (g ** 2).mean(1))
+    torch.testing.assert_close(loss, 0.5 * (g**2).mean(1))
     loss.sum().backward()
     torch.testing.assert_close(x.grad, g / 2)  # d/dx of 0.5 mean((x - sg(x - g))^2) = g / numel
 
@@ -51,8 +51,8 @@ def test_beta_zero_is_exactly_dmd():
     plain = dmd.weighted_mean(dmd.dmd_loss(x0, g), None)
     weighted = dmd.weighted_mean(dmd.dmd_loss(x0, g), w)
     assert torch.equal(plain, weighted)
-    ga, = torch.autograd.grad(plain, x0)
-    gb, = torch.autograd.grad(weighted, x0)
+    (ga,) = torch.autograd.grad(plain, x0)
+    (gb,) = torch.autograd.grad(weighted, x0)
     assert torch.equal(ga, gb)
 
 

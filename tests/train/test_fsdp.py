@@ -4,6 +4,7 @@ dict (the unsharded layout) that load_causal_wan reads and that resumes sharded 
 
 One ``mp.spawn`` (module fixture) runs every sharded training; the tests compare its results
 with single-process runs."""
+
 import socket
 
 import pytest
@@ -30,10 +31,24 @@ TOL = dict(rtol=1e-4, atol=1e-5)
 
 
 def _config(tmp_path, **kw):
-    base = dict(out_dir=str(tmp_path), latent_frames=4, latent_height=4, latent_width=4,
-                chunk_frames=2, sink_frames=1, window_frames=1, critic_ratio=2, grad_accum=1,
-                batch_size=1, lr_generator=1e-4, lr_critic=1e-4, ema_start=1, max_steps=STEPS,
-                save_every=100, normalize_weights=True)
+    base = dict(
+        out_dir=str(tmp_path),
+        latent_frames=4,
+        latent_height=4,
+        latent_width=4,
+        chunk_frames=2,
+        sink_frames=1,
+        window_frames=1,
+        critic_ratio=2,
+        grad_accum=1,
+        batch_size=1,
+        lr_generator=1e-4,
+        lr_critic=1e-4,
+        ema_start=1,
+        max_steps=STEPS,
+        save_every=100,
+        normalize_weights=True,
+    )
     return TrainConfig(**(base | kw))
 
 
@@ -44,14 +59,30 @@ def _ode(tmp_path, **kw):
     torch.manual_seed(0)
     student, teacher = CausalWanModel(WAN_TINY), CausalWanModel(WAN_TINY)
     cfg = _config(tmp_path, **(dict(ode_steps=4, lr_generator=1e-3) | kw))
-    return ODEInitTrainer(cfg, student, teacher, HashedTextEncoder(WAN_TINY.text_dim, WAN_TINY.text_len),
-                          PROMPTS)
+    return ODEInitTrainer(cfg, student, teacher, HashedTextEncoder(WAN_TINY.text_dim, WAN_TINY.text_len), PROMPTS)
 
 
 def _teacher(tmp_path, **kw):
-    cfg = TrainConfig(**(dict(out_dir=str(tmp_path), latent_frames=3, latent_height=8, latent_width=8,
-                              chunk_frames=1, batch_size=1, grad_accum=2, lr_generator=1e-3, ema_start=1,
-                              save_every=100, shift=3.0, cond_dropout=0.5, data="world") | kw))
+    cfg = TrainConfig(
+        **(
+            dict(
+                out_dir=str(tmp_path),
+                latent_frames=3,
+                latent_height=8,
+                latent_width=8,
+                chunk_frames=1,
+                batch_size=1,
+                grad_accum=2,
+                lr_generator=1e-3,
+                ema_start=1,
+                save_every=100,
+                shift=3.0,
+                cond_dropout=0.5,
+                data="world",
+            )
+            | kw
+        )
+    )
     torch.manual_seed(0)
     return TeacherTrainer(cfg, CausalWanModel(SMALL), HashedTextEncoder(16, 8), WorldClips(CODEC, 3, 16, 16))
 
@@ -90,8 +121,9 @@ def _worker(rank, world, port, tmp_path):
         for weighting, kw in WEIGHTINGS.items():
             cfg = _config(tmp_path / weighting, weighting=weighting, fsdp=True, **kw)
             trainer = _redmd(cfg)
-            assert all(isinstance(p, DTensor) for m in (trainer.generator, trainer.critic, trainer.ema)
-                       for p in m.parameters())
+            assert all(
+                isinstance(p, DTensor) for m in (trainer.generator, trainer.critic, trainer.ema) for p in m.parameters()
+            )
             assert not any(isinstance(p, DTensor) for p in trainer.teacher.parameters())  # replicated
             logs = [trainer.train_step() for _ in range(STEPS - 1)]
             path = trainer.save_checkpoint()  # every rank: the gather is collective
@@ -100,8 +132,12 @@ def _worker(rank, world, port, tmp_path):
             resumed = _redmd(cfg, seed=123)  # another init: everything must come from the file
             assert resumed.resume() is not None and resumed.step == STEPS - 1
             resumed.train_step()
-            result[weighting] = {"states": straight, "resumed": _redmd_states(resumed), "logs": logs,
-                                 "checkpoint": str(path) if rank == 0 else None}
+            result[weighting] = {
+                "states": straight,
+                "resumed": _redmd_states(resumed),
+                "logs": logs,
+                "checkpoint": str(path) if rank == 0 else None,
+            }
         ode = _ode(tmp_path / "ode", fsdp=True)
         for _ in range(2):
             ode.train_step()

@@ -2,8 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from reward_forcing.train.rewards import (FLOW_MOTION_MEAN, FLOW_MOTION_STD, FlowMotionReward,
-                                          synthetic_motion_videos, translating_texture)
+from reward_forcing.train.rewards import (
+    FLOW_MOTION_MEAN,
+    FLOW_MOTION_STD,
+    FlowMotionReward,
+    synthetic_motion_videos,
+    translating_texture,
+)
 
 
 def _video(speed, seed=0):

@@ -45,9 +45,9 @@ def test_gradient_only_through_exit_step(exit_step):
     per_chunk = exit_step + 2  # denoising steps up to the exit, then the t = 0 cache pass
     assert len(calls) == 3 * per_chunk
     for chunk in range(3):
-        seq = calls[chunk * per_chunk:(chunk + 1) * per_chunk]
+        seq = calls[chunk * per_chunk : (chunk + 1) * per_chunk]
         # the same exit step in every chunk: the same timesteps, in order
-        assert [t for t, _, _ in seq] == [*SCHED.timesteps[:exit_step + 1], 0.0]
+        assert [t for t, _, _ in seq] == [*SCHED.timesteps[: exit_step + 1], 0.0]
         assert [u for _, u, _ in seq] == [False] * (exit_step + 1) + [True]
         # only the exit step's forward carries grad; the cache pass does not
         assert [g for _, _, g in seq] == [False] * exit_step + [True, False]

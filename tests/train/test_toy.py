@@ -8,6 +8,7 @@ normalised by the batch mean 0.501-0.521 (test_published_weighting, slow, prints
 the mass by at most 0.02, far from the target. Every run keeps > 20 % of its samples within 1 of
 each mode's centre (tilted 0.23-0.24 left / 0.63-0.65 right, the others 0.41-0.44 / 0.42-0.45).
 """
+
 import pytest
 import torch
 
@@ -54,8 +55,12 @@ def test_published_weighting(capsys):
     weights): at the same step size and budget it stays near the data's mass."""
     runs = _runs("weighted")
     with capsys.disabled():
-        print("\npublished weighting, right-mode mass per seed:",
-              [round(r["right_mass"], 3) for r in runs], "tilted target", round(toy.tilted_right_mass(CFG), 3))
+        print(
+            "\npublished weighting, right-mode mass per seed:",
+            [round(r["right_mass"], 3) for r in runs],
+            "tilted target",
+            round(toy.tilted_right_mass(CFG), 3),
+        )
     for run in runs:
         assert abs(run["right_mass"] - CFG.right_weight) < DMD_TOLERANCE, run
         assert _covered(run), run

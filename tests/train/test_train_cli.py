@@ -1,5 +1,6 @@
 """``reward-forcing train --config X.yaml --stage ode-init|dmd``: the CLI subcommand runs the same
 function as ``python -m reward_forcing.train``."""
+
 import json
 
 import pytest
@@ -8,9 +9,22 @@ from reward_forcing.cli import main
 from reward_forcing.train import TrainConfig
 from reward_forcing.train.checkpoints import latest_checkpoint
 
-TINY = dict(latent_frames=4, latent_height=4, latent_width=4, chunk_frames=2, sink_frames=1,
-            window_frames=1, critic_ratio=2, grad_accum=1, batch_size=1, ema_start=1, max_steps=1,
-            ode_steps=4, save_every=1, weighting="none")
+TINY = dict(
+    latent_frames=4,
+    latent_height=4,
+    latent_width=4,
+    chunk_frames=2,
+    sink_frames=1,
+    window_frames=1,
+    critic_ratio=2,
+    grad_accum=1,
+    batch_size=1,
+    ema_start=1,
+    max_steps=1,
+    ode_steps=4,
+    save_every=1,
+    weighting="none",
+)
 
 
 def _train(tmp_path, stage, name, **kw):
@@ -30,9 +44,11 @@ def test_train_subcommand_runs_both_stages(tmp_path):
 
 
 def test_train_subcommand_names_missing_paths(tmp_path, capsys):
-    cases = [(dict(teacher=str(tmp_path / "no-teacher")), "teacher checkpoint not found"),
-             (dict(prompts=str(tmp_path / "no-prompts.txt")), "prompt file not found"),
-             (dict(weighting="generator", reward=str(tmp_path / "no-reward")), "VLM reward folder not found")]
+    cases = [
+        (dict(teacher=str(tmp_path / "no-teacher")), "teacher checkpoint not found"),
+        (dict(prompts=str(tmp_path / "no-prompts.txt")), "prompt file not found"),
+        (dict(weighting="generator", reward=str(tmp_path / "no-reward")), "VLM reward folder not found"),
+    ]
     for i, (kw, message) in enumerate(cases):
         assert _train(tmp_path, "dmd", f"bad{i}", **kw) == 2
         err = capsys.readouterr().err

@@ -2,6 +2,7 @@
 bad field values, an incompatible ``ode_steps``, corrupt/truncated/foreign resume checkpoints and
 an unwritable ``out_dir`` give one line and status 2 before anything is written; SIGTERM/SIGHUP
 stop a run with only complete checkpoints left, from which it resumes."""
+
 import os
 import signal
 import subprocess
@@ -15,9 +16,22 @@ from reward_forcing.cli import main
 from reward_forcing.train import TrainConfig
 from reward_forcing.train.checkpoints import latest_checkpoint
 
-TINY = dict(latent_frames=4, latent_height=4, latent_width=4, chunk_frames=2, sink_frames=1,
-            window_frames=1, critic_ratio=2, grad_accum=1, batch_size=1, ema_start=1, max_steps=1,
-            ode_steps=4, save_every=1, weighting="none")
+TINY = dict(
+    latent_frames=4,
+    latent_height=4,
+    latent_width=4,
+    chunk_frames=2,
+    sink_frames=1,
+    window_frames=1,
+    critic_ratio=2,
+    grad_accum=1,
+    batch_size=1,
+    ema_start=1,
+    max_steps=1,
+    ode_steps=4,
+    save_every=1,
+    weighting="none",
+)
 
 
 def config(tmp_path, name="run", **kw):
@@ -46,12 +60,15 @@ def test_yaml_syntax_errors(tmp_path, capsys):
     assert "invalid YAML" in one_line(capsys)
 
 
-@pytest.mark.parametrize("override, words", [
-    ("latent_height=four", "latent_height must be an integer"),
-    ("latent_height=-4", "latent_height must be >= 1"),
-    ("alpha=7", "alpha must be in [0, 1]"),
-    ("steps=[1000, x]", "steps must be a list of numbers"),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("latent_height=four", "latent_height must be an integer"),
+        ("latent_height=-4", "latent_height must be >= 1"),
+        ("alpha=7", "alpha must be in [0, 1]"),
+        ("steps=[1000, x]", "steps must be a list of numbers"),
+    ],
+)
 def test_bad_field_values_are_refused_before_writing(tmp_path, capsys, override, words):
     """Base b543e33: "four" and -4 failed inside the first step, after config.yaml was written."""
     assert train("--config", config(tmp_path), "--stage", "ode-init", "--set", override) == 2
@@ -75,7 +92,7 @@ def test_unreadable_resume_checkpoint(tmp_path, capsys, kind):
     ckpt = latest_checkpoint(tmp_path / "run")
     data = ckpt.read_bytes()
     if kind == "truncated":
-        ckpt.write_bytes(data[:len(data) // 2])
+        ckpt.write_bytes(data[: len(data) // 2])
     elif kind == "garbage":
         ckpt.write_bytes(b"\x00not a checkpoint" * 100)
     elif kind == "foreign_pickle":
@@ -105,9 +122,22 @@ def test_signal_stops_with_complete_checkpoints_and_resumes(tmp_path, signum):
     signal killed it (a checkpoint being written stayed as ``.tmp``)."""
     path = config(tmp_path, max_steps=100000)
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "reward_forcing.cli", "train", "--config", str(path),
-                             "--stage", "ode-init", "--no-progress"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "reward_forcing.cli",
+            "train",
+            "--config",
+            str(path),
+            "--stage",
+            "ode-init",
+            "--no-progress",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while latest_checkpoint(out) is None:
@@ -137,11 +167,29 @@ def test_sigterm_to_torchrun_stops_both_ranks_with_resumable_checkpoints(tmp_pat
     no partial file, and its newest checkpoint resumes the same 2-rank run."""
     path = config(tmp_path, max_steps=100000)
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "reward_forcing.cli", "train", "--config", str(path), "--stage", "ode-init",
-               "--no-progress"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "reward_forcing.cli",
+        "train",
+        "--config",
+        str(path),
+        "--stage",
+        "ode-init",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     try:
         deadline = time.monotonic() + 240
         while latest_checkpoint(out) is None:
@@ -161,8 +209,9 @@ def test_sigterm_to_torchrun_stops_both_ranks_with_resumable_checkpoints(tmp_pat
     state = torch.load(latest_checkpoint(out), weights_only=True)
     assert state["world"] == 2
     config(tmp_path, max_steps=state["step"] + 1)
-    resumed = subprocess.run(command, capture_output=True, text=True, timeout=240,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    resumed = subprocess.run(
+        command, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"at step {state['step']}" in resumed.stdout
     assert torch.load(latest_checkpoint(out), weights_only=True)["step"] == state["step"] + 1

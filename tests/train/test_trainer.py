@@ -13,10 +13,24 @@ from trainers import PROMPTS, redmd_trainer
 
 
 def _config(tmp_path, **kw):
-    base = dict(out_dir=str(tmp_path), latent_frames=4, latent_height=4, latent_width=4,
-                chunk_frames=2, sink_frames=1, window_frames=1, critic_ratio=2, grad_accum=1,
-                batch_size=1, lr_generator=1e-4, lr_critic=1e-4, ema_start=1, max_steps=3,
-                save_every=2, weighting="none")
+    base = dict(
+        out_dir=str(tmp_path),
+        latent_frames=4,
+        latent_height=4,
+        latent_width=4,
+        chunk_frames=2,
+        sink_frames=1,
+        window_frames=1,
+        critic_ratio=2,
+        grad_accum=1,
+        batch_size=1,
+        lr_generator=1e-4,
+        lr_critic=1e-4,
+        ema_start=1,
+        max_steps=3,
+        save_every=2,
+        weighting="none",
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -38,14 +52,20 @@ def test_steps_run_and_losses_finite(tmp_path, weighting):
         assert "reward" in records[0]
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.generator.parameters()))
     assert trainer.generator_steps == 2
-    assert [p.name for p in sorted(tmp_path.glob("checkpoint-*"))] == \
-        ["checkpoint-00000002.pt", "checkpoint-00000003.pt"]
+    assert [p.name for p in sorted(tmp_path.glob("checkpoint-*"))] == [
+        "checkpoint-00000002.pt",
+        "checkpoint-00000003.pt",
+    ]
 
 
 def _states(trainer):
-    return {"generator": trainer.generator.state_dict(), "critic": trainer.critic.state_dict(),
-            "ema": trainer.ema.state_dict(), "opt_g": trainer.opt_g.state_dict()["state"],
-            "opt_c": trainer.opt_c.state_dict()["state"]}
+    return {
+        "generator": trainer.generator.state_dict(),
+        "critic": trainer.critic.state_dict(),
+        "ema": trainer.ema.state_dict(),
+        "opt_g": trainer.opt_g.state_dict()["state"],
+        "opt_c": trainer.opt_c.state_dict()["state"],
+    }
 
 
 def _assert_equal(a, b):
@@ -102,14 +122,20 @@ def test_config_yaml_roundtrip_and_errors(tmp_path):
     with pytest.raises(ValueError, match="weighting"):
         TrainConfig(weighting="both")
     with pytest.raises(ValueError, match="needs a reward"):
-        ReDMDTrainer(_config(tmp_path, weighting="generator"), *[CausalWanModel(WAN_TINY)] * 3,
-                     HashedTextEncoder(WAN_TINY.text_dim, WAN_TINY.text_len), PROMPTS)
+        ReDMDTrainer(
+            _config(tmp_path, weighting="generator"),
+            *[CausalWanModel(WAN_TINY)] * 3,
+            HashedTextEncoder(WAN_TINY.text_dim, WAN_TINY.text_len),
+            PROMPTS,
+        )
 
 
 def _grads(trainer):
     """The last step's gradients (Adam is blind to their scale: a sum-instead-of-mean bug shows here)."""
-    return {name: {k: p.grad for k, p in model.named_parameters()}
-            for name, model in (("generator_grad", trainer.generator), ("critic_grad", trainer.critic))}
+    return {
+        name: {k: p.grad for k, p in model.named_parameters()}
+        for name, model in (("generator_grad", trainer.generator), ("critic_grad", trainer.critic))
+    }
 
 
 def _ddp_worker(rank, world, port, tmp_path):
@@ -217,8 +243,13 @@ def test_bf16_autocast_path_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(TrainLoop, "_autocast", lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
     trainer = _trainer(_config(tmp_path, weighting="critic"))
     logs = [trainer.train_step() for _ in range(2)]
-    ode = ODEInitTrainer(_config(tmp_path, ode_steps=4), CausalWanModel(WAN_TINY), CausalWanModel(WAN_TINY),
-                         HashedTextEncoder(WAN_TINY.text_dim, WAN_TINY.text_len), PROMPTS)
+    ode = ODEInitTrainer(
+        _config(tmp_path, ode_steps=4),
+        CausalWanModel(WAN_TINY),
+        CausalWanModel(WAN_TINY),
+        HashedTextEncoder(WAN_TINY.text_dim, WAN_TINY.text_len),
+        PROMPTS,
+    )
     logs.append(ode.train_step())
     losses = [v for r in logs for k, v in r.items() if k.endswith("loss")]
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(v)) for v in losses)
@@ -290,8 +321,9 @@ def test_tensorboard_logging_when_installed_silent_otherwise(tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
     _trainer(_config(tmp_path / "tb", max_steps=2)).train()
     records = [json.loads(line) for line in (tmp_path / "tb" / "log.jsonl").read_text().splitlines()]
-    expected = [(str(tmp_path / "tb" / "tensorboard"), k, v, r["step"])
-                for r in records for k, v in r.items() if k != "step"]
+    expected = [
+        (str(tmp_path / "tb" / "tensorboard"), k, v, r["step"]) for r in records for k, v in r.items() if k != "step"
+    ]
     assert scalars == expected and any(k == "generator_loss" for _, k, _, _ in scalars)
     assert closed == [True]
 

@@ -1,4 +1,5 @@
 """The VLM reward loader on a tiny, randomly initialised Qwen2-VL built offline from a config."""
+
 import json
 
 import numpy as np
@@ -10,8 +11,15 @@ pytest.importorskip("tokenizers")
 
 from reward_forcing.train.vlm_reward import REWARD_TOKENS, VLMReward, smart_resize  # noqa: E402
 
-SPECIAL = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>",
-           "<|image_pad|>", *REWARD_TOKENS]
+SPECIAL = [
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|video_pad|>",
+    "<|image_pad|>",
+    *REWARD_TOKENS,
+]
 
 
 def _save_tiny_reward(path, mq_mean=0.5, mq_std=2.0, rm_head=True):
@@ -27,19 +35,39 @@ def _save_tiny_reward(path, mq_mean=0.5, mq_std=2.0, rm_head=True):
     ids = dict(zip(SPECIAL, tokenizer.convert_tokens_to_ids(SPECIAL)))
     torch.manual_seed(0)
     config = Qwen2VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2,
-                         rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]}),
-        vision_config=dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]},
+        ),
+        vision_config=dict(
+            depth=1,
+            embed_dim=16,
+            hidden_size=32,
+            num_heads=2,
+            mlp_ratio=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
     Qwen2VLForConditionalGeneration(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     if rm_head:
         save_file({"weight": torch.randn(3, 32)}, str(path / "rm_head.safetensors"))
-    (path / "reward_config.json").write_text(json.dumps({
-        "inference_config": {"MQ_mean": mq_mean, "MQ_std": mq_std}, "caption": "a ball", "max_pixels": 56 * 56}))
+    (path / "reward_config.json").write_text(
+        json.dumps(
+            {"inference_config": {"MQ_mean": mq_mean, "MQ_std": mq_std}, "caption": "a ball", "max_pixels": 56 * 56}
+        )
+    )
     return path
 
 
@@ -59,8 +87,8 @@ def test_scores_batch_deterministic_and_normalised(tiny_reward):
     r = reward(videos)
     assert r.shape == (2,) and r.dtype == torch.float32 and torch.isfinite(r).all()
     assert not r.requires_grad
-    assert torch.equal(reward(videos), r)                      # deterministic
-    assert torch.equal(reward(videos[1:]), r[1:])              # batch of 1 == its score in the batch
+    assert torch.equal(reward(videos), r)  # deterministic
+    assert torch.equal(reward(videos[1:]), r[1:])  # batch of 1 == its score in the batch
     assert r[0] != r[1]
     raw = torch.tensor([reward.raw(v) for v in videos])
     torch.testing.assert_close(r, ((raw - 0.5) / 2.0).float())  # the stored constants are applied

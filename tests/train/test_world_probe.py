@@ -1,5 +1,6 @@
 """The world teacher's probe: the x0 error split, the gate's prompts and intervals, and (on the
 committed CPU-trained teacher) that the prompt reaches the cross-attention."""
+
 from pathlib import Path
 
 import numpy as np
@@ -82,8 +83,7 @@ def teacher():
     from reward_forcing.models.loading import load_causal_wan
     from reward_forcing.models.text_encoder import MiniLMTextEncoder
 
-    return (load_causal_wan(TEACHER, dtype=torch.float32).eval(),
-            MiniLMTextEncoder.from_pretrained(text_len=32))
+    return (load_causal_wan(TEACHER, dtype=torch.float32).eval(), MiniLMTextEncoder.from_pretrained(text_len=32))
 
 
 def test_the_colour_word_reaches_the_teachers_cross_attention(teacher):
@@ -94,8 +94,11 @@ def test_the_colour_word_reaches_the_teachers_cross_attention(teacher):
     prompts = [f"a {c} circle moving to the right on a black background" for c in ("red", "blue")]
     colour_token = text.tokenizer(prompts[0])["input_ids"].index(text.tokenizer.convert_tokens_to_ids("red"))
     clips = WorldClips(CODEC, 8, start_at_zero=1.0).sample(1, np.random.default_rng(0))
-    x_t = dmd.add_noise(clips.latents, torch.randn(clips.latents.shape, generator=torch.Generator().manual_seed(0)),
-                        torch.tensor([0.95])).expand(2, -1, -1, -1, -1)
+    x_t = dmd.add_noise(
+        clips.latents,
+        torch.randn(clips.latents.shape, generator=torch.Generator().manual_seed(0)),
+        torch.tensor([0.95]),
+    ).expand(2, -1, -1, -1, -1)
     queries = []
     hooks = [b.cross_attn.register_forward_pre_hook(lambda m, args: queries.append(args[0])) for b in model.blocks]
     try:

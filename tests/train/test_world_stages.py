@@ -1,6 +1,7 @@
 """The embedded model's training path: world clips, the teacher stage (flow matching, exact
 resume) and the three stages chained through the CLI with the world's real parts (WAN_WORLD,
 MiniLM, pixel codec, flow reward), at toy sizes."""
+
 import dataclasses
 import json
 
@@ -31,9 +32,22 @@ def test_world_clips_are_encoded_seeded_and_from_the_train_split():
 
 
 def _teacher(tmp_path, seed=0, **kw):
-    base = dict(out_dir=str(tmp_path), latent_frames=3, latent_height=8, latent_width=8, chunk_frames=1,
-                batch_size=2, grad_accum=2, lr_generator=1e-3, ema_start=1, max_steps=4, save_every=100,
-                shift=3.0, cond_dropout=0.5, data="world")
+    base = dict(
+        out_dir=str(tmp_path),
+        latent_frames=3,
+        latent_height=8,
+        latent_width=8,
+        chunk_frames=1,
+        batch_size=2,
+        grad_accum=2,
+        lr_generator=1e-3,
+        ema_start=1,
+        max_steps=4,
+        save_every=100,
+        shift=3.0,
+        cond_dropout=0.5,
+        data="world",
+    )
     cfg = TrainConfig(**(base | kw))
     torch.manual_seed(seed)
     model = CausalWanModel(SMALL)
@@ -47,8 +61,7 @@ def test_probe_and_object_weight_in_the_teacher_stage(tmp_path):
     probed = _teacher(tmp_path / "b", probe_every=2)
     logs = [probed.train_step() for _ in range(2)]
     assert logs[0]["loss"] == plain[0]["loss"] and "x0_object@0.8" not in logs[0]
-    assert {"x0_object@0.8", "x0_background@0.95", "colour_binding", "probe_found",
-            "probe_shape_right"} <= set(logs[1])
+    assert {"x0_object@0.8", "x0_background@0.95", "colour_binding", "probe_found", "probe_shape_right"} <= set(logs[1])
     assert all(0 <= logs[1][k] <= 1 for k in ("colour_binding", "probe_found"))
     weighted = _teacher(tmp_path / "c", object_weight=20.0).train_step()
     assert weighted["loss"] > plain[0]["loss"]
@@ -86,8 +99,7 @@ def test_teacher_stage_learns_and_resumes_exactly(tmp_path):
     # the checkpoint loads as a model (EMA preferred), config read from the file
     model = load_causal_wan(path, dtype=torch.float32)
     assert model.config == SMALL
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
-                                                 stopped.ema.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), stopped.ema.state_dict().values()))
 
 
 def test_loss_space_x0_measures_the_x0_error(tmp_path):
@@ -100,8 +112,9 @@ def test_loss_space_x0_measures_the_x0_error(tmp_path):
 
 def test_x0_model_with_a_velocity_loss_warns(tmp_path):
     model = CausalWanModel(dataclasses.replace(SMALL, prediction="x0"))
-    cfg = TrainConfig(out_dir=str(tmp_path), latent_frames=3, latent_height=8, latent_width=8,
-                      chunk_frames=1, data="world")
+    cfg = TrainConfig(
+        out_dir=str(tmp_path), latent_frames=3, latent_height=8, latent_width=8, chunk_frames=1, data="world"
+    )
     with pytest.warns(UserWarning, match="loss_space: x0"):
         TeacherTrainer(cfg, model, HashedTextEncoder(16, 8), WorldClips(CODEC, 3, 16, 16))
 
@@ -120,10 +133,26 @@ def test_teacher_loss_falls_on_a_fixed_batch(tmp_path, cpu_bf16):
     assert losses[-1] < 0.8 * losses[0], losses
 
 
-WORLD = dict(latent_frames=4, latent_height=8, latent_width=8, chunk_frames=2, sink_frames=1,
-             window_frames=1, critic_ratio=2, grad_accum=1, batch_size=1, ema_start=1, max_steps=1,
-             ode_steps=4, save_every=1, text_encoder="minilm", vae="pixel", data="world", shift=3.0,
-             loss_space="x0")
+WORLD = dict(
+    latent_frames=4,
+    latent_height=8,
+    latent_width=8,
+    chunk_frames=2,
+    sink_frames=1,
+    window_frames=1,
+    critic_ratio=2,
+    grad_accum=1,
+    batch_size=1,
+    ema_start=1,
+    max_steps=1,
+    ode_steps=4,
+    save_every=1,
+    text_encoder="minilm",
+    vae="pixel",
+    data="world",
+    shift=3.0,
+    loss_space="x0",
+)
 
 
 def _train(tmp_path, stage, name, **kw):
@@ -139,8 +168,20 @@ def test_three_stages_chain_through_the_cli(tmp_path):
     assert load_causal_wan(teacher, dtype=torch.float32).config == WAN_WORLD
     assert _train(tmp_path, "ode-init", "ode", generator=teacher, teacher=teacher) == 0
     ode = str(latest_checkpoint(tmp_path / "ode"))
-    assert _train(tmp_path, "dmd", "dmd", generator=ode, critic=teacher, teacher=teacher,
-                  weighting="critic", reward="flow", beta=2.0) == 0
+    assert (
+        _train(
+            tmp_path,
+            "dmd",
+            "dmd",
+            generator=ode,
+            critic=teacher,
+            teacher=teacher,
+            weighting="critic",
+            reward="flow",
+            beta=2.0,
+        )
+        == 0
+    )
     assert latest_checkpoint(tmp_path / "dmd") is not None
 
 
@@ -237,8 +278,21 @@ def test_ode_init_and_dmd_steps_run_under_cpu_bf16(tmp_path):
     teacher = str(latest_checkpoint(tmp_path / "teacher"))
     assert _train(tmp_path, "ode-init", "ode", generator=teacher, teacher=teacher, cpu_bf16=True) == 0
     ode = str(latest_checkpoint(tmp_path / "ode"))
-    assert _train(tmp_path, "dmd", "dmd", generator=ode, critic=teacher, teacher=teacher,
-                  weighting="generator", reward="flow", beta=2.0, cpu_bf16=True) == 0
+    assert (
+        _train(
+            tmp_path,
+            "dmd",
+            "dmd",
+            generator=ode,
+            critic=teacher,
+            teacher=teacher,
+            weighting="generator",
+            reward="flow",
+            beta=2.0,
+            cpu_bf16=True,
+        )
+        == 0
+    )
     for name in ("ode", "dmd"):
         rows = [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
         assert rows and all(np.isfinite(v) for r in rows for k, v in r.items() if "loss" in k), rows

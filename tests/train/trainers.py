@@ -1,4 +1,5 @@
 """Builders the trainer tests share (imported by test modules and by spawned gloo workers)."""
+
 import torch
 
 from reward_forcing.models.causal_wan import CausalWanModel
@@ -12,8 +13,9 @@ from reward_forcing.models.pixel_codec import vae_video_decoder
 PROMPTS = ["a red ball rolls", "waves on a beach", "a dog runs in the park"]
 # The world teacher stage at toy size: 12-channel pixel latents, a 2-block model.
 CODEC = PixelCodec(spatial=2, temporal=1)
-SMALL = WanConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_dim=12, out_dim=12, text_dim=16,
-                  freq_dim=16, text_len=8)
+SMALL = WanConfig(
+    dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_dim=12, out_dim=12, text_dim=16, freq_dim=16, text_len=8
+)
 
 
 def redmd_trainer(cfg, seed=0) -> ReDMDTrainer:

@@ -3,9 +3,24 @@ import itertools
 import numpy as np
 import pytest
 
-from reward_forcing.world import (COLOURS, DIRECTIONS, LEAD_SECONDS, SHAPES, ObjectSpec, PromptSpec,
-                                  Scene, combo_split, describe, half_extent, parse_prompt,
-                                  radius_px, render, sample_scene, scene_split, stream_scene)
+from reward_forcing.world import (
+    COLOURS,
+    DIRECTIONS,
+    LEAD_SECONDS,
+    SHAPES,
+    ObjectSpec,
+    PromptSpec,
+    Scene,
+    combo_split,
+    describe,
+    half_extent,
+    parse_prompt,
+    radius_px,
+    render,
+    sample_scene,
+    scene_split,
+    stream_scene,
+)
 
 
 def test_prompt_round_trip_over_many_scenes():
@@ -20,11 +35,18 @@ def test_prompt_round_trip_over_many_scenes():
 
 def test_parse_prompt_examples_and_rejection():
     assert parse_prompt("a red circle bouncing to the right on a black background") == PromptSpec(
-        (ObjectSpec("circle", "red", "medium", "right", "medium"),), "black")
-    spec = parse_prompt("Two shapes: a small blue square drifting up slowly and a fast green "
-                        "triangle moving left on a grey backdrop")
-    assert spec == PromptSpec((ObjectSpec("square", "blue", "small", "up", "slow"),
-                               ObjectSpec("triangle", "green", "medium", "left", "fast")), "gray")
+        (ObjectSpec("circle", "red", "medium", "right", "medium"),), "black"
+    )
+    spec = parse_prompt(
+        "Two shapes: a small blue square drifting up slowly and a fast green triangle moving left on a grey backdrop"
+    )
+    assert spec == PromptSpec(
+        (
+            ObjectSpec("square", "blue", "small", "up", "slow"),
+            ObjectSpec("triangle", "green", "medium", "left", "fast"),
+        ),
+        "gray",
+    )
     with pytest.raises(ValueError):
         parse_prompt("a cat sitting on a sofa")
 
@@ -42,21 +64,26 @@ def test_seeded_and_deterministic():
 def test_rendered_pixels_match_ground_truth(shape):
     """The coverage-weighted centre of the drawn colour is the true position (the triangle's
     centroid sits a third of its half height below its bounding-box centre), every frame."""
-    scene = Scene((ObjectSpec(shape, "red", "large", "down-right", "fast"),), "black",
-                  ((0.3, 0.4),), "", height=48, width=80, fps=12)
+    scene = Scene(
+        (ObjectSpec(shape, "red", "large", "down-right", "fast"),),
+        "black",
+        ((0.3, 0.4),),
+        "",
+        height=48,
+        width=80,
+        fps=12,
+    )
     video, truth = render(scene, 40)
     assert video.shape == (40, 48, 80, 3)
     weight = video[..., 0].astype(np.float64) / COLOURS["red"][0]
     ys, xs = np.mgrid[:48, :80] + 0.5
-    centre = np.stack([(weight * xs).sum((1, 2)), (weight * ys).sum((1, 2))], -1) / weight.sum(
-        (1, 2))[:, None]
+    centre = np.stack([(weight * xs).sum((1, 2)), (weight * ys).sum((1, 2))], -1) / weight.sum((1, 2))[:, None]
     offset = radius_px("large", 48, 80) * 0.866 / 3 if shape == "triangle" else 0.0
     np.testing.assert_allclose(centre, truth.position[:, 0] + [0.0, offset], atol=0.15)
 
 
 def test_bounces_stay_inside_and_conserve_speed():
-    scene = Scene((ObjectSpec("square", "blue", "large", "up-left", "fast"),), "white",
-                  ((0.3, 0.5),), "")
+    scene = Scene((ObjectSpec("square", "blue", "large", "up-left", "fast"),), "white", ((0.3, 0.5),), "")
     _, truth = render(scene, 400)
     ext = half_extent("square", radius_px("large", 64, 64))
     pos, vel = truth.position[:, 0], truth.velocity[:, 0]

@@ -5,6 +5,7 @@ reference frames and an evenly spaced sample; a second for everything else) and 
 few frames plus that sample, so memory does not grow with the clip's length (a 60-s 832x480 clip
 evaluates in well under 2 GiB). :func:`evaluate_video` is the same on an in-memory array.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Iterable
@@ -12,9 +13,21 @@ from typing import Callable, Iterable
 import cv2
 import numpy as np
 
-from .metrics import (STATS, CopyScore, _segment, as_video, colour_histogram, copy_summary,
-                      drift_summary, dynamic_summary, flicker_summary, flow_pair, flow_score,
-                      frame_stat, pair_flicker)
+from .metrics import (
+    STATS,
+    CopyScore,
+    _segment,
+    as_video,
+    colour_histogram,
+    copy_summary,
+    drift_summary,
+    dynamic_summary,
+    flicker_summary,
+    flow_pair,
+    flow_score,
+    frame_stat,
+    pair_flicker,
+)
 from .world_scores import estimate_background, frame_objects, world_summary
 
 SAMPLE_FRAMES = 64  # frames kept for the temporal median (frame copying) and the background ...
@@ -22,14 +35,12 @@ SAMPLE_BYTES = 128 * 2**20  # ... and at most this many bytes of them
 MAX_PIXELS = 4096 * 4096  # a frame's working set is ~40 bytes a pixel: larger ones are refused
 
 
-def evaluate_video(video, prompt=None, *, fps: float = 16.0, ref_frames: int = 4,
-                   segment: float = 0.25) -> dict:
+def evaluate_video(video, prompt=None, *, fps: float = 16.0, ref_frames: int = 4, segment: float = 0.25) -> dict:
     """All metrics of one video (flow computed once). prompt: a world prompt (text or PromptSpec)
     to add the ground-truth world scores. Returns {"summary": scalars, "series": per-frame or
     per-pair curves, "fps", "frames", "threshold"} — the input of report.write_report."""
     x = as_video(video)
-    return evaluate_frames(lambda: iter(x), prompt, fps=fps, ref_frames=ref_frames,
-                           segment=segment, sample=x)
+    return evaluate_frames(lambda: iter(x), prompt, fps=fps, ref_frames=ref_frames, segment=segment, sample=x)
 
 
 def _sample(frames: Iterable[np.ndarray], ref_frames: int, limit: int):
@@ -38,8 +49,10 @@ def _sample(frames: Iterable[np.ndarray], ref_frames: int, limit: int):
     for frame in frames:
         if count == 0:
             if frame.ndim != 3 or frame.shape[0] * frame.shape[1] > MAX_PIXELS:
-                raise ValueError(f"frames of {frame.shape[1]}x{frame.shape[0]} pixels: eval scores at "
-                                 f"most {MAX_PIXELS / 1e6:.1f} Mpixel frames")
+                raise ValueError(
+                    f"frames of {frame.shape[1]}x{frame.shape[0]} pixels: eval scores at "
+                    f"most {MAX_PIXELS / 1e6:.1f} Mpixel frames"
+                )
             limit = max(2, min(limit, SAMPLE_BYTES // max(frame.nbytes, 1)))
         if count < ref_frames:
             refs.append(frame)
@@ -51,9 +64,16 @@ def _sample(frames: Iterable[np.ndarray], ref_frames: int, limit: int):
     return count, refs, kept
 
 
-def evaluate_frames(open_frames: Callable[[], Iterable[np.ndarray]], prompt=None, *,
-                    fps: float = 16.0, ref_frames: int = 4, segment: float = 0.25,
-                    sample=None, sample_frames: int = SAMPLE_FRAMES) -> dict:
+def evaluate_frames(
+    open_frames: Callable[[], Iterable[np.ndarray]],
+    prompt=None,
+    *,
+    fps: float = 16.0,
+    ref_frames: int = 4,
+    segment: float = 0.25,
+    sample=None,
+    sample_frames: int = SAMPLE_FRAMES,
+) -> dict:
     """:func:`evaluate_video` on a stream: ``open_frames()`` returns a fresh iterable of uint8
     ``[H, W, 3]`` RGB frames (it is called twice). The temporal median of frame copying and the
     world background come from ``sample`` (default: ``sample_frames`` evenly spaced frames; the
@@ -70,7 +90,7 @@ def evaluate_frames(open_frames: Callable[[], Iterable[np.ndarray]], prompt=None
     background = estimate_background(kept)
     del kept
     n_seg = _segment(count, segment)
-    first_hist, last_hist = np.zeros(8 ** 3), np.zeros(8 ** 3)
+    first_hist, last_hist = np.zeros(8**3), np.zeros(8**3)
     copying: list[float] = []
     scores: list[float] = []
     flick: list[float] = []
@@ -101,20 +121,46 @@ def evaluate_frames(open_frames: Callable[[], Iterable[np.ndarray]], prompt=None
         raise ValueError(f"the video gave {count} frames, then {len(copying)}")
     dyn = dynamic_summary(np.array(scores), h, w)
     copied = copy_summary(np.array(copying), segment)
-    dr = drift_summary({k: np.array(v, np.float32) for k, v in stats.items()},
-                       first_hist / n_seg, last_hist / n_seg, segment)
+    dr = drift_summary(
+        {k: np.array(v, np.float32) for k, v in stats.items()}, first_hist / n_seg, last_hist / n_seg, segment
+    )
     fl = flicker_summary(np.array(flick))
-    summary = {"dynamic_degree": float(dyn["dynamic"]), "moving_fraction": dyn["moving_fraction"],
-               "frame_copying": copied["late_mean"], "drift": dr["drift"], "flicker": fl["mean"],
-               **{f"{k}_change": v for k, v in dr["change"].items()}}
-    result = {"summary": summary, "fps": fps, "frames": count, "threshold": dyn["threshold"],
-              "series": {"flow_score": dyn["pair_score"], "frame_copying": copied["per_frame"],
-                         "flicker": fl["per_pair"], **dr["stats"]}}
+    summary = {
+        "dynamic_degree": float(dyn["dynamic"]),
+        "moving_fraction": dyn["moving_fraction"],
+        "frame_copying": copied["late_mean"],
+        "drift": dr["drift"],
+        "flicker": fl["mean"],
+        **{f"{k}_change": v for k, v in dr["change"].items()},
+    }
+    result = {
+        "summary": summary,
+        "fps": fps,
+        "frames": count,
+        "threshold": dyn["threshold"],
+        "series": {
+            "flow_score": dyn["pair_score"],
+            "frame_copying": copied["per_frame"],
+            "flicker": fl["per_pair"],
+            **dr["stats"],
+        },
+    }
     if spec is not None:
         area, centre, rest_blob, shape = (np.array(r) for r in zip(*objects))
-        world = world_summary(spec, background, area, centre, rest_blob, shape, (h, w), fps=fps,
-                              segment=segment)
-        summary.update({k: world[k] for k in ("found", "colour_right", "shape_right", "direction_right",
-                                              "keeps_moving", "background_right", "adherence")})
+        world = world_summary(spec, background, area, centre, rest_blob, shape, (h, w), fps=fps, segment=segment)
+        summary.update(
+            {
+                k: world[k]
+                for k in (
+                    "found",
+                    "colour_right",
+                    "shape_right",
+                    "direction_right",
+                    "keeps_moving",
+                    "background_right",
+                    "adherence",
+                )
+            }
+        )
         result["world"] = world
     return result

@@ -6,6 +6,7 @@ per-pair function (``flow_score``, :class:`CopyScore`, ``frame_stat``, ``colour_
 ``pair_flicker``) and a summary, so that :func:`reward_forcing.eval.evaluate_frames` computes them
 on a stream of frames in bounded memory; the whole-video functions below loop over them.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,8 +15,7 @@ import cv2
 import numpy as np
 
 _NO_FLOW: Any = None  # no initial flow (OpenCV's stubs do not say None is allowed)
-_FARNEBACK: dict[str, Any] = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2,
-                  flags=0)
+_FARNEBACK: dict[str, Any] = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
 
 
 def as_video(video) -> np.ndarray:
@@ -73,9 +73,13 @@ def dynamic_summary(score: np.ndarray, h: int, w: int) -> dict:
     n = len(score)
     threshold = 6.0 * min(h, w) / 256
     moving = score > threshold
-    return {"pair_score": score, "moving": moving, "threshold": threshold,
-            "moving_fraction": float(moving.mean()) if n else 0.0,
-            "dynamic": bool(n) and int(moving.sum()) >= max(1, round(n / 4))}
+    return {
+        "pair_score": score,
+        "moving": moving,
+        "threshold": threshold,
+        "moving_fraction": float(moving.mean()) if n else 0.0,
+        "dynamic": bool(n) and int(moving.sum()) >= max(1, round(n / 4)),
+    }
 
 
 def frame_copying(video, ref_frames: int = 4, segment: float = 0.25, noise_level: float = 1.0) -> dict:
@@ -115,7 +119,7 @@ class CopyScore:
 
 
 def copy_summary(per_frame: np.ndarray, segment: float = 0.25) -> dict:
-    return {"per_frame": per_frame, "late_mean": float(per_frame[-_segment(len(per_frame), segment):].mean())}
+    return {"per_frame": per_frame, "late_mean": float(per_frame[-_segment(len(per_frame), segment) :].mean())}
 
 
 def frame_stats(video) -> dict[str, np.ndarray]:
@@ -132,9 +136,12 @@ def frame_stat(frame: np.ndarray) -> dict[str, float]:
     """:func:`frame_stats` of one uint8 RGB frame."""
     g = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255
     sat = cv2.cvtColor(frame, cv2.COLOR_RGB2HSV)[..., 1].astype(np.float32)
-    return {"brightness": float(g.mean()), "contrast": float(g.std()),
-            "saturation": float(sat.mean() / 255),
-            "sharpness": float(np.abs(cv2.Laplacian(g, cv2.CV_32F)).mean())}
+    return {
+        "brightness": float(g.mean()),
+        "contrast": float(g.std()),
+        "saturation": float(sat.mean() / 255),
+        "sharpness": float(np.abs(cv2.Laplacian(g, cv2.CV_32F)).mean()),
+    }
 
 
 def colour_histograms(video, bins: int = 8) -> np.ndarray:
@@ -145,7 +152,7 @@ def colour_histograms(video, bins: int = 8) -> np.ndarray:
 def colour_histogram(frame: np.ndarray, bins: int = 8) -> np.ndarray:
     idx = (frame.astype(np.int64) * bins) // 256
     flat = (idx[..., 0] * bins + idx[..., 1]) * bins + idx[..., 2]
-    hist = np.bincount(flat.ravel(), minlength=bins ** 3).astype(np.float64)
+    hist = np.bincount(flat.ravel(), minlength=bins**3).astype(np.float64)
     return hist / hist.sum()
 
 
@@ -159,15 +166,18 @@ def drift(video, segment: float = 0.25) -> dict:
     return drift_summary(frame_stats(video), hist[:n].mean(0), hist[-n:].mean(0), segment)
 
 
-def drift_summary(stats: dict, first_hist: np.ndarray, last_hist: np.ndarray,
-                  segment: float = 0.25) -> dict:
+def drift_summary(stats: dict, first_hist: np.ndarray, last_hist: np.ndarray, segment: float = 0.25) -> dict:
     """:func:`drift` from the per-frame statistics and the mean histograms of the two segments."""
     n = _segment(len(next(iter(stats.values()))), segment)
     first = {k: float(v[:n].mean()) for k, v in stats.items()}
     last = {k: float(v[-n:].mean()) for k, v in stats.items()}
-    return {"stats": stats, "first": first, "last": last,
-            "change": {k: last[k] - first[k] for k in stats},
-            "drift": float(0.5 * np.abs(first_hist - last_hist).sum())}
+    return {
+        "stats": stats,
+        "first": first,
+        "last": last,
+        "change": {k: last[k] - first[k] for k in stats},
+        "drift": float(0.5 * np.abs(first_hist - last_hist).sum()),
+    }
 
 
 def _warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
@@ -194,7 +204,7 @@ def pair_flicker(a: np.ndarray, b: np.ndarray, flow: np.ndarray, back_flow: np.n
     """:func:`flicker` of one pair of frames (uint8 RGB) with its forward and backward flow."""
     fw_at = _warp(flow, back_flow)  # forward flow at the matched point in frame t
     err = np.sum((fw_at + back_flow) ** 2, -1)
-    bound = 0.01 * (np.sum(fw_at ** 2, -1) + np.sum(back_flow ** 2, -1)) + 0.5
+    bound = 0.01 * (np.sum(fw_at**2, -1) + np.sum(back_flow**2, -1)) + 0.5
     valid = err <= bound
     diff = np.abs(_warp(a, back_flow).astype(np.float32) - b).mean(-1) / 255
     return float(diff[valid].mean() if valid.any() else diff.mean())

@@ -1,5 +1,6 @@
 """Evaluation report: a markdown summary table, the full results as JSON, and PNG plots of the
 metrics over time. Plots use matplotlib's Agg canvas directly (no pyplot, no global backend)."""
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,7 @@ def summarise(results: Mapping[str, Mapping | Sequence[Mapping]]) -> dict[str, d
     for name, entry in results.items():
         videos = _videos(entry)
         keys = dict.fromkeys(k for v in videos for k in v["summary"])
-        out[name] = {k: float(np.mean([v["summary"][k] for v in videos if k in v["summary"]]))
-                     for k in keys}
+        out[name] = {k: float(np.mean([v["summary"][k] for v in videos if k in v["summary"]])) for k in keys}
         out[name]["videos"] = len(videos)
     return out
 
@@ -97,8 +97,7 @@ def _plot_summary(summary: dict[str, dict], path: Path) -> None:
     ax = fig.subplots()
     width = 0.8 / max(1, len(summary))
     for i, (name, s) in enumerate(summary.items()):
-        ax.bar(np.arange(len(columns)) + i * width, [s.get(c, np.nan) for c in columns], width,
-               label=name)
+        ax.bar(np.arange(len(columns)) + i * width, [s.get(c, np.nan) for c in columns], width, label=name)
     ax.set_xticks(np.arange(len(columns)) + 0.4 - width / 2, columns, rotation=30, ha="right")
     ax.set_title("Summary (mean over videos)")
     ax.legend(fontsize=8)
@@ -106,8 +105,9 @@ def _plot_summary(summary: dict[str, dict], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def write_report(results: Mapping[str, Mapping | Sequence[Mapping]], out_dir, title: str = "Evaluation"
-                 ) -> dict[str, Path]:
+def write_report(
+    results: Mapping[str, Mapping | Sequence[Mapping]], out_dir, title: str = "Evaluation"
+) -> dict[str, Path]:
     """results: name (a model, a setting or one video) -> one evaluate_video record or a list of
     them (averaged). Writes report.md, results.json, summary.png and one PNG per metric over time;
     returns their paths."""
@@ -116,23 +116,29 @@ def write_report(results: Mapping[str, Mapping | Sequence[Mapping]], out_dir, ti
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(results)
-    paths = {"markdown": out / "report.md", "json": out / "results.json",
-             "summary": out / "summary.png"}
-    paths["json"].write_text(json.dumps(_jsonable({"title": title, "summary": summary,
-                                                   "videos": {k: _videos(v) for k, v in results.items()}}),
-                                        indent=1))
+    paths = {"markdown": out / "report.md", "json": out / "results.json", "summary": out / "summary.png"}
+    paths["json"].write_text(
+        json.dumps(
+            _jsonable({"title": title, "summary": summary, "videos": {k: _videos(v) for k, v in results.items()}}),
+            indent=1,
+        )
+    )
     _plot_summary(summary, paths["summary"])
     for stem in _PLOTS:
         paths[stem] = out / f"{stem}.png"
         _plot(results, stem, paths[stem])
 
     columns = [c for c in COLUMNS if any(c in s for s in summary.values())]
-    lines = [f"# {title}", "", "| | videos | " + " | ".join(columns) + " |",
-             "|---|---|" + "---|" * len(columns)]
+    lines = [f"# {title}", "", "| | videos | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
     for name, s in summary.items():
         cells = [f"{s[c]:.3f}" if c in s else "" for c in columns]
         lines.append(f"| {name} | {s['videos']} | " + " | ".join(cells) + " |")
-    lines += ["", *(f"- **{c}**: {COLUMNS[c]}" for c in columns), "",
-              *(f"![{stem}]({paths[stem].name})" for stem in ("summary", *_PLOTS)), ""]
+    lines += [
+        "",
+        *(f"- **{c}**: {COLUMNS[c]}" for c in columns),
+        "",
+        *(f"![{stem}]({paths[stem].name})" for stem in ("summary", *_PLOTS)),
+        "",
+    ]
     paths["markdown"].write_text("\n".join(lines))
     return paths

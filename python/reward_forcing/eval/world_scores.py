@@ -8,6 +8,7 @@ An object is its colour's largest 8-connected blob, and counts only at a plausib
 to MAX_AREA of the prompted area): scattered pixels of noise, which contain every colour, or a
 frame flooded with one colour are not an object.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,17 +16,28 @@ import math
 import cv2
 import numpy as np
 
-from ..world import (BACKGROUNDS, COLOURS, DIRECTIONS, LEAD_SECONDS, SHAPES, PromptSpec,
-                     parse_prompt, radius_px, shape_area, shape_coverage, speed_px)
+from ..world import (
+    BACKGROUNDS,
+    COLOURS,
+    DIRECTIONS,
+    LEAD_SECONDS,
+    SHAPES,
+    PromptSpec,
+    parse_prompt,
+    radius_px,
+    shape_area,
+    shape_coverage,
+    speed_px,
+)
 from .metrics import as_video
 
 FOREGROUND_DISTANCE = 48.0  # RGB distance from the background that makes a pixel foreground
-COLOUR_DISTANCE = 80.0      # max RGB distance of a pixel to the object colour it is assigned to
-MIN_AREA = 0.3              # fraction of the object's expected area that must be seen
-MAX_AREA = 4.0              # ... and that it may not exceed
-MIN_SPEED = 0.25            # fraction of the prompted speed that counts as moving
-MAX_ANGLE = 22.5            # degrees: the nearest of the 8 compass directions must be the prompted one
-MIN_SHAPE_IOU = 0.7         # IoU of a blob with its prompted shape fitted to the blob's centroid and area
+COLOUR_DISTANCE = 80.0  # max RGB distance of a pixel to the object colour it is assigned to
+MIN_AREA = 0.3  # fraction of the object's expected area that must be seen
+MAX_AREA = 4.0  # ... and that it may not exceed
+MIN_SPEED = 0.25  # fraction of the prompted speed that counts as moving
+MAX_ANGLE = 22.5  # degrees: the nearest of the 8 compass directions must be the prompted one
+MIN_SHAPE_IOU = 0.7  # IoU of a blob with its prompted shape fitted to the blob's centroid and area
 
 
 def estimate_background(video: np.ndarray) -> np.ndarray:
@@ -54,8 +66,12 @@ def frame_objects(frame: np.ndarray, background: np.ndarray, colours: list[str])
     label = np.where(fg & (dist.min(-1) < COLOUR_DISTANCE), dist.argmin(-1), -1)
     masks = np.stack([_largest_blob(label == c) for c in wanted])  # [K, H, W]
     rest = fg & ~masks.any(axis=0)
-    return (masks.sum(axis=(-2, -1)).astype(np.float64), _centroids(masks), float(_largest_blob(rest).sum()),
-            np.array([fitted_shape(m) for m in masks]))
+    return (
+        masks.sum(axis=(-2, -1)).astype(np.float64),
+        _centroids(masks),
+        float(_largest_blob(rest).sum()),
+        np.array([fitted_shape(m) for m in masks]),
+    )
 
 
 def _centroids(masks: np.ndarray) -> np.ndarray:
@@ -111,13 +127,23 @@ def world_scores(video, prompt: str | PromptSpec, *, fps: float = 16.0, segment:
     background = estimate_background(x)
     rows = [frame_objects(frame, background, [o.colour for o in spec.objects]) for frame in x]
     area, centre, rest_blob, shape = (np.array(r) for r in zip(*rows))
-    return world_summary(spec, background, area, centre, rest_blob, shape, (x.shape[1], x.shape[2]),
-                         fps=fps, segment=segment)
+    return world_summary(
+        spec, background, area, centre, rest_blob, shape, (x.shape[1], x.shape[2]), fps=fps, segment=segment
+    )
 
 
-def world_summary(spec: PromptSpec, background: np.ndarray, area: np.ndarray, centre: np.ndarray,
-                  rest_blob: np.ndarray, shape: np.ndarray, size: tuple[int, int], *,
-                  fps: float = 16.0, segment: float = 0.25) -> dict:
+def world_summary(
+    spec: PromptSpec,
+    background: np.ndarray,
+    area: np.ndarray,
+    centre: np.ndarray,
+    rest_blob: np.ndarray,
+    shape: np.ndarray,
+    size: tuple[int, int],
+    *,
+    fps: float = 16.0,
+    segment: float = 0.25,
+) -> dict:
     """:func:`world_scores` from the per-frame measurements of :func:`frame_objects` (area
     [F, K], centre [F, K, 2], rest_blob [F], shape [F, K]) of an ``(h, w)`` video."""
     f, (h, w) = len(area), size
@@ -139,18 +165,27 @@ def world_summary(spec: PromptSpec, background: np.ndarray, area: np.ndarray, ce
             v = np.array([np.polyfit(t, centre[t, k, axis], 1)[0] for axis in (0, 1)])
             want = np.array(DIRECTIONS[obj.direction])
             cos = float(v @ want / max(np.linalg.norm(v), 1e-9))
-            direction_right = bool(np.linalg.norm(v) >= MIN_SPEED * speed
-                                   and cos >= math.cos(math.radians(MAX_ANGLE)))
+            direction_right = bool(np.linalg.norm(v) >= MIN_SPEED * speed and cos >= math.cos(math.radians(MAX_ANGLE)))
 
         step = np.linalg.norm(np.diff(centre[late, k], axis=0), axis=-1)
         moving = seen[late[1:]] & seen[late[:-1]] & (np.nan_to_num(step) >= MIN_SPEED * speed)
         shape_right = seen & (shape[:, k] == SHAPES.index(obj.shape))
-        objects.append({"colour": obj.colour, "shape": obj.shape, "found": float(found.mean()),
-                        "colour_right": float(seen.mean()), "shape_right": float(shape_right.mean()),
-                        "direction_right": bool(direction_right),
-                        "keeps_moving": float(moving.mean()), "centroid": centre[:, k]})
-    scores = {key: float(np.mean([o[key] for o in objects]))
-              for key in ("found", "colour_right", "shape_right", "direction_right", "keeps_moving")}
+        objects.append(
+            {
+                "colour": obj.colour,
+                "shape": obj.shape,
+                "found": float(found.mean()),
+                "colour_right": float(seen.mean()),
+                "shape_right": float(shape_right.mean()),
+                "direction_right": bool(direction_right),
+                "keeps_moving": float(moving.mean()),
+                "centroid": centre[:, k],
+            }
+        )
+    scores = {
+        key: float(np.mean([o[key] for o in objects]))
+        for key in ("found", "colour_right", "shape_right", "direction_right", "keeps_moving")
+    }
     scores["background_right"] = float(names[int(np.argmin(bg_dist))] == spec.background)
     scores["adherence"] = (scores["found"] + scores["colour_right"] + scores["direction_right"]) / 3
     return {**scores, "objects": objects}

@@ -13,6 +13,7 @@ them once (a :class:`TextKV`) and both modes accept it in place of the prompt em
 Norms, AdaLN modulation and the time embedding are computed in float32 whatever the parameter
 dtype (as Wan does under autocast); everything else runs in the parameter dtype (bf16 or fp32).
 """
+
 from __future__ import annotations
 
 import functools
@@ -102,8 +103,7 @@ class WanSelfAttention(_WanAttention):
     def forward(self, x, attend):
         """``attend(q, k, v) -> [B, L, H, D]`` takes the un-rotated ``q, k, v [B, L, H, D]``."""
         if self.fused:
-            q, k = fused_ops.qk_rmsnorm(self.q(x), self.k(x), self.norm_q.weight,
-                                        self.norm_k.weight, self.norm_q.eps)
+            q, k = fused_ops.qk_rmsnorm(self.q(x), self.k(x), self.norm_q.weight, self.norm_k.weight, self.norm_q.eps)
             q, k = self._heads(q), self._heads(k)
         else:
             q = self._heads(self.norm_q(self.q(x)))
@@ -135,9 +135,8 @@ class WanAttentionBlock(nn.Module):
         self.norm3 = WanLayerNorm(dim, cfg.eps) if cfg.cross_attn_norm else nn.Identity()
         self.cross_attn = WanCrossAttention(dim, cfg.num_heads, cfg.eps)
         self.norm2 = WanLayerNorm(dim, cfg.eps, elementwise_affine=False)
-        self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"),
-                                 nn.Linear(cfg.ffn_dim, dim))
-        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
+        self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(self, x, e, text_kv, attend):
         """``x [B, L, dim]``; ``e [B, F, 6, dim]`` float32 (F = 1 or per frame); ``text_kv`` this
@@ -160,9 +159,14 @@ class WanHead(nn.Module):
         super().__init__()
         self.norm = WanLayerNorm(cfg.dim, cfg.eps, elementwise_affine=False)
         out = cfg.out_dim * cfg.patch_volume
-        self.head = nn.Linear(cfg.dim, out) if not cfg.head_hidden else nn.Sequential(
-            nn.Linear(cfg.dim, cfg.head_hidden), nn.GELU(approximate="tanh"), nn.Linear(cfg.head_hidden, out))
-        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim ** 0.5)
+        self.head = (
+            nn.Linear(cfg.dim, out)
+            if not cfg.head_hidden
+            else nn.Sequential(
+                nn.Linear(cfg.dim, cfg.head_hidden), nn.GELU(approximate="tanh"), nn.Linear(cfg.head_hidden, out)
+            )
+        )
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
 
     def forward(self, x, e):
         """``e [B, F, dim]`` float32: the time embedding (not its 6-way projection)."""
@@ -174,6 +178,7 @@ class WanHead(nn.Module):
 class TextKV:
     """Cross-attention keys/values ``[B, H, L_text, D]`` of one prompt batch, one pair per block;
     made by :meth:`CausalWanModel.encode_text` and reused for every chunk and denoising step."""
+
     kv: list[tuple[torch.Tensor, torch.Tensor]]
 
     @property
@@ -200,8 +205,9 @@ class CausalWanModel(nn.Module):
         super().__init__()
         self.config = c = config
         self.patch_embedding = nn.Conv3d(c.in_dim, c.dim, kernel_size=c.patch_size, stride=c.patch_size)
-        self.text_embedding = nn.Sequential(nn.Linear(c.text_dim, c.dim), nn.GELU(approximate="tanh"),
-                                            nn.Linear(c.dim, c.dim))
+        self.text_embedding = nn.Sequential(
+            nn.Linear(c.text_dim, c.dim), nn.GELU(approximate="tanh"), nn.Linear(c.dim, c.dim)
+        )
         self.time_embedding = nn.Sequential(nn.Linear(c.freq_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(c.dim, 6 * c.dim))
         self.blocks = nn.ModuleList(WanAttentionBlock(c) for _ in range(c.num_layers))
@@ -241,8 +247,10 @@ class CausalWanModel(nn.Module):
     def _text(self, context, batch: int) -> TextKV:
         text = context if isinstance(context, TextKV) else self.encode_text(context)
         if len(text.kv) != len(self.blocks) or text.batch_size != batch:
-            raise ValueError(f"the prompt has {len(text.kv)} blocks x batch {text.batch_size}; "
-                             f"the model needs {len(self.blocks)} x batch {batch}")
+            raise ValueError(
+                f"the prompt has {len(text.kv)} blocks x batch {text.batch_size}; "
+                f"the model needs {len(self.blocks)} x batch {batch}"
+            )
         return text
 
     def _time(self, t, batch: int, frames: int):
@@ -253,8 +261,9 @@ class CausalWanModel(nn.Module):
         if t.dim() == 1:
             t = t[:, None]
         if t.dim() != 2 or t.shape[0] != batch or t.shape[1] not in (1, frames):
-            raise ValueError(f"t must be a number, [B] or [B, F] with B={batch}, F={frames}; "
-                             f"got shape {tuple(t.shape)}")
+            raise ValueError(
+                f"t must be a number, [B] or [B, F] with B={batch}, F={frames}; got shape {tuple(t.shape)}"
+            )
         e = _mlp_float32(self.time_embedding, sinusoidal_embedding(self.config.freq_dim, t.flatten()))
         e0 = _mlp_float32(self.time_projection, e)
         return e.unflatten(0, t.shape), e0.unflatten(1, (6, -1)).unflatten(0, t.shape)
@@ -266,8 +275,9 @@ class CausalWanModel(nn.Module):
         if x.dim() != 5 or x.shape[1] != c.in_dim:
             raise ValueError(f"x must be [B, {c.in_dim}, F, H, W], got {tuple(x.shape)}")
         if any(n % p for n, p in zip(x.shape[2:], c.patch_size)):
-            raise ValueError(f"x frames/height/width {tuple(x.shape[2:])} are not multiples of "
-                             f"the patch size {c.patch_size}")
+            raise ValueError(
+                f"x frames/height/width {tuple(x.shape[2:])} are not multiples of the patch size {c.patch_size}"
+            )
         return tuple(n // p for n, p in zip(x.shape[2:], c.patch_size))
 
     def _unpatchify(self, x: torch.Tensor, grid) -> torch.Tensor:
@@ -323,8 +333,7 @@ class CausalWanModel(nn.Module):
         chunk). ``update_cache=True`` (the clean t = 0 pass) then appends the chunk's un-rotated
         K/V to every layer's cache: eviction and EMA-Sink update (docs/design.md §2)."""
         self.check_cache(x, cache)
-        attentions = [functools.partial(cache.layer(i).attend, append=update_cache)
-                      for i in range(len(self.blocks))]
+        attentions = [functools.partial(cache.layer(i).attend, append=update_cache) for i in range(len(self.blocks))]
         return self.forward_with(x, t, context, attentions)
 
     def check_cache(self, x, cache: StreamingKVCache):
@@ -332,19 +341,27 @@ class CausalWanModel(nn.Module):
         grid = self._grid(x)
         tokens = grid[1] * grid[2]
         if cache.num_layers != len(self.blocks) or cache.frame_tokens != tokens:
-            raise ValueError(f"cache has {cache.num_layers} layers x {cache.frame_tokens} tokens per "
-                             f"frame; this model and chunk need {len(self.blocks)} x {tokens}")
+            raise ValueError(
+                f"cache has {cache.num_layers} layers x {cache.frame_tokens} tokens per "
+                f"frame; this model and chunk need {len(self.blocks)} x {tokens}"
+            )
         return grid
 
-    def new_cache(self, batch_size: int, frame_h: int, frame_w: int, config: CacheConfig | None = None,
-                  *, device=None, **geometry) -> StreamingKVCache:
+    def new_cache(
+        self, batch_size: int, frame_h: int, frame_w: int, config: CacheConfig | None = None, *, device=None, **geometry
+    ) -> StreamingKVCache:
         """A streaming cache for this model, shaped by ``config`` (with the loose ``geometry``
         keywords of :meth:`CacheConfig.of` on top). ``frame_h x frame_w`` is the *token* grid of a
         frame (latent height / 2 x latent width / 2 for Wan's patches: 30 x 52 at 480 x 832). The
         K/V dtype (unless the config sets one) and the device default to the model's."""
         c, config = self.config, CacheConfig.of(config, **geometry)
         return StreamingKVCache(
-            c.num_layers, batch_size, c.num_heads, c.head_dim, frame_tokens=frame_h * frame_w,
+            c.num_layers,
+            batch_size,
+            c.num_heads,
+            c.head_dim,
+            frame_tokens=frame_h * frame_w,
             config=config if config.dtype else CacheConfig.of(config, dtype=self.dtype),
             device=device if device is not None else self.device,
-            rope=wan_rope_tables(c.head_dim, frame_h, frame_w))
+            rope=wan_rope_tables(c.head_dim, frame_h, frame_w),
+        )

@@ -4,6 +4,7 @@ safetensors file whose metadata holds the model config and the streaming setting
 for (pixel size, frame rate, cache geometry, schedule). It pairs with the packaged MiniLM text
 encoder and the pixel codec, so it needs no download and no path.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,16 +21,21 @@ from .loading import safetensors_config
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "world-student.safetensors"
 # Pipeline keyword arguments a default-model file must record.
-SETTINGS = ("height", "width", "fps", "sink_frames", "window_frames", "chunk_frames", "alpha",
-            "steps", "shift")
+SETTINGS = ("height", "width", "fps", "sink_frames", "window_frames", "chunk_frames", "alpha", "steps", "shift")
 
 
 def available(path=WEIGHTS) -> bool:
     return Path(path).is_file()
 
 
-def export(model: CausalWanModel, settings: dict, path=WEIGHTS, *, provenance: dict | None = None,
-           dtype: torch.dtype = torch.float16) -> Path:
+def export(
+    model: CausalWanModel,
+    settings: dict,
+    path=WEIGHTS,
+    *,
+    provenance: dict | None = None,
+    dtype: torch.dtype = torch.float16,
+) -> Path:
     """Writes ``model`` (in ``dtype``: float16 halves the file; the pipeline computes in float32)
     with its config, the streaming ``settings`` (all of :data:`SETTINGS`) and ``provenance`` (free
     JSON: checkpoints, steps, metrics) atomically to ``path``."""
@@ -39,9 +45,11 @@ def export(model: CausalWanModel, settings: dict, path=WEIGHTS, *, provenance: d
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    metadata = {"config": json.dumps(dataclasses.asdict(model.config)),
-                "settings": json.dumps({k: settings[k] for k in SETTINGS}),
-                "provenance": json.dumps(provenance or {})}
+    metadata = {
+        "config": json.dumps(dataclasses.asdict(model.config)),
+        "settings": json.dumps({k: settings[k] for k in SETTINGS}),
+        "provenance": json.dumps(provenance or {}),
+    }
     with atomic_output(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return path
@@ -56,8 +64,11 @@ def read_metadata(path=WEIGHTS) -> dict:
         meta = f.metadata() or {}
     if not {"config", "settings"} <= set(meta):
         raise ValueError(f"{path}: not a default-model file (metadata keys {sorted(meta)})")
-    return {"config": safetensors_config(path), "settings": json.loads(meta["settings"]),
-            "provenance": json.loads(meta.get("provenance", "{}"))}
+    return {
+        "config": safetensors_config(path),
+        "settings": json.loads(meta["settings"]),
+        "provenance": json.loads(meta.get("provenance", "{}")),
+    }
 
 
 def pipeline_kwargs(settings: dict) -> dict:

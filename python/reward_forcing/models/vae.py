@@ -3,6 +3,7 @@
 diffusers is imported only when a VAE is loaded or built: the decoder itself just drives an
 ``AutoencoderKLWan`` instance it is given.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,8 +32,10 @@ def load_wan_vae(path, *, dtype: torch.dtype = torch.float32, device="cpu"):
         if (folder / "config.json").is_file():
             vae = AutoencoderKLWan.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
             return vae.to(device).eval()
-    raise FileNotFoundError(f"no Wan VAE at {path}: expected a folder with config.json (or "
-                            f"vae/config.json, or {WAN_VAE_FILE}) or a Wan VAE .pth file")
+    raise FileNotFoundError(
+        f"no Wan VAE at {path}: expected a folder with config.json (or "
+        f"vae/config.json, or {WAN_VAE_FILE}) or a Wan VAE .pth file"
+    )
 
 
 def load_vae(path, *, dtype: torch.dtype = torch.float32, device="cpu"):
@@ -79,8 +82,14 @@ def tiny_random_wan_vae(seed: int = 0, *, dtype: torch.dtype = torch.float32, de
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        vae: Any = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
-                               attn_scales=[], temperal_downsample=[False, True, True])
+        vae: Any = AutoencoderKLWan(
+            base_dim=8,
+            z_dim=16,
+            dim_mult=[1, 2, 4, 4],
+            num_res_blocks=1,
+            attn_scales=[],
+            temperal_downsample=[False, True, True],
+        )
     vae = vae.to(device).eval()
     return vae if dtype == torch.float32 else vae.to(dtype)  # diffusers warns on every dtype cast
 
@@ -130,8 +139,11 @@ class StreamingVAEDecoder:
         out = []
         for i in range(x.shape[2]):
             # diffusers' decoders walk the cache list with a fresh index per latent frame
-            out.append(vae.decoder(x[:, :, i:i + 1], feat_cache=self._feat_cache, feat_idx=[0],
-                                   first_chunk=not self._started))
+            out.append(
+                vae.decoder(
+                    x[:, :, i : i + 1], feat_cache=self._feat_cache, feat_idx=[0], first_chunk=not self._started
+                )
+            )
             self._started = True
         video = torch.cat(out, 2)
         if vae.config.patch_size is not None:
@@ -142,8 +154,10 @@ class StreamingVAEDecoder:
 
     def state_dict(self) -> dict:
         """A copy of the temporal cache (entries: ``None``, diffusers' ``"Rep"`` marker or tensors)."""
-        return {"feat_cache": [x.clone() if torch.is_tensor(x) else x for x in self._feat_cache],
-                "started": self._started}
+        return {
+            "feat_cache": [x.clone() if torch.is_tensor(x) else x for x in self._feat_cache],
+            "started": self._started,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         cache = state["feat_cache"]

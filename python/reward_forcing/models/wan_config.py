@@ -1,4 +1,5 @@
 """Shapes of the Wan2.1 text-to-video transformer (field names as in Wan's own ``config.json``)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,8 +33,17 @@ class WanConfig:
     head_hidden: int = 0
 
     def __post_init__(self):
-        for name in ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "text_dim",
-                     "freq_dim", "text_len"):
+        for name in (
+            "dim",
+            "ffn_dim",
+            "num_heads",
+            "num_layers",
+            "in_dim",
+            "out_dim",
+            "text_dim",
+            "freq_dim",
+            "text_len",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"WanConfig.{name} must be a positive int, got {value!r}")
@@ -65,12 +75,21 @@ class WanConfig:
 WAN_1_3B = WanConfig()
 WAN_14B = WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
 # Random-weight test shapes: head dim 32 (RoPE split 12/10/10), Wan's 16 latent channels.
-WAN_TINY = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, freq_dim=32,
-                     text_len=8)
+WAN_TINY = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, freq_dim=32, text_len=8)
 # The embedded default model (procedural world, docs/design.md §8): MiniLM text states (384 wide, 32 tokens)
 # and the pixel codec's 192-channel latents (4 frames x 4x4 pixels x RGB); 4.7M parameters.
-WAN_WORLD = WanConfig(dim=256, ffn_dim=768, num_heads=4, num_layers=4, in_dim=192, out_dim=192,
-                      text_dim=384, freq_dim=128, text_len=32, prediction="x0")
+WAN_WORLD = WanConfig(
+    dim=256,
+    ffn_dim=768,
+    num_heads=4,
+    num_layers=4,
+    in_dim=192,
+    out_dim=192,
+    text_dim=384,
+    freq_dim=128,
+    text_len=32,
+    prediction="x0",
+)
 # WAN_WORLD with a GELU layer in the output head (head_hidden): sharper object edges (docs/design.md §10).
 WAN_WORLD_MLP = dataclasses.replace(WAN_WORLD, head_hidden=1024)
 # The random models a training config names instead of a checkpoint path.

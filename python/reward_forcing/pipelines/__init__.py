@@ -1,7 +1,13 @@
 """Inference pipelines."""
-from .accelerate import (ACCELERATE_MODES, CompiledForwardChunk, CUDAGraphForwardChunk,
-                         make_forward_chunk)
+
+from .accelerate import ACCELERATE_MODES, CompiledForwardChunk, CUDAGraphForwardChunk, make_forward_chunk
 from .streaming import StreamingPipeline, to_uint8_frames
 
-__all__ = ["ACCELERATE_MODES", "CompiledForwardChunk", "CUDAGraphForwardChunk", "StreamingPipeline",
-           "make_forward_chunk", "to_uint8_frames"]
+__all__ = [
+    "ACCELERATE_MODES",
+    "CompiledForwardChunk",
+    "CUDAGraphForwardChunk",
+    "StreamingPipeline",
+    "make_forward_chunk",
+    "to_uint8_frames",
+]

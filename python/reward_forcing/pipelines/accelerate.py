@@ -21,6 +21,7 @@ first chunks grows with the stream; from ``sink_frames + window_frames`` frames 
 of ``chunk_frames`` frames is one dense attention over the whole fixed buffer, whatever the
 counter's value. So a graph captured then is valid for every later chunk of the stream.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -69,16 +70,15 @@ class CUDAGraphBackend:
             self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         # thread_local: other threads (e.g. the server's other streams) may use the GPU meanwhile
-        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream,
-                              capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"):
             out = fn()
         return graph.replay, out
 
 
 @dataclass
 class _Graph:
-    x: torch.Tensor          # static input the graph reads
-    out: torch.Tensor        # static output the graph writes
+    x: torch.Tensor  # static input the graph reads
+    out: torch.Tensor  # static output the graph writes
     replay: Callable[[], None]
 
 
@@ -106,8 +106,9 @@ class CUDAGraphForwardChunk:
     graphs (and their memory).
     """
 
-    def __init__(self, model: CausalWanModel, cache: StreamingKVCache, *,
-                 forward: Callable | None = None, graph_backend=None):
+    def __init__(
+        self, model: CausalWanModel, cache: StreamingKVCache, *, forward: Callable | None = None, graph_backend=None
+    ):
         self.model, self.cache = model, cache
         self.forward = forward if forward is not None else model.forward_chunk
         self.backend = graph_backend if graph_backend is not None else CUDAGraphBackend()
@@ -145,10 +146,15 @@ class CUDAGraphForwardChunk:
         if cache.backend == "reference" or not HAS_CUDA_KERNELS:
             if not self._warned:
                 self._warned = True
-                why = ("the cache backend is 'reference'" if cache.backend == "reference" else
-                       "reward_forcing was built without its CUDA kernels")
-                warnings.warn(f"CUDA graphs disabled: {why} (its ops read the stream's counter "
-                              "on the host); running eager", stacklevel=3)
+                why = (
+                    "the cache backend is 'reference'"
+                    if cache.backend == "reference"
+                    else "reward_forcing was built without its CUDA kernels"
+                )
+                warnings.warn(
+                    f"CUDA graphs disabled: {why} (its ops read the stream's counter on the host); running eager",
+                    stacklevel=3,
+                )
             return False
         return True
 
@@ -164,8 +170,7 @@ class CUDAGraphForwardChunk:
             return None
         if not c.steady:
             return None
-        if context is not self._text_source and self._text is not None \
-                and not _same_layout(self._text, context):
+        if context is not self._text_source and self._text is not None and not _same_layout(self._text, context):
             return None
         if isinstance(self.backend, CUDAGraphBackend) and not self._graphable(c):
             return None
@@ -198,8 +203,7 @@ class CUDAGraphForwardChunk:
             replay, static_out = backend.capture(run)
         except Exception as e:  # nothing ran: the warm-up's result stands; go on eagerly
             self.disabled = f"{type(e).__name__}: {e}"
-            warnings.warn(f"CUDA graph capture failed, running eager from now on: {self.disabled}",
-                          stacklevel=3)
+            warnings.warn(f"CUDA graph capture failed, running eager from now on: {self.disabled}", stacklevel=3)
             return out
         finally:  # the capture ran the Python code (append's host increment) but no kernel
             cache.restore_counters(counters)
@@ -211,8 +215,11 @@ class CUDAGraphForwardChunk:
 def _same_layout(a: TextKV, b: TextKV) -> bool:
     if len(a.kv) != len(b.kv):
         return False
-    return all(x.shape == y.shape and x.dtype == y.dtype and x.device == y.device
-               for pa, pb in zip(a.kv, b.kv) for x, y in zip(pa, pb))
+    return all(
+        x.shape == y.shape and x.dtype == y.dtype and x.device == y.device
+        for pa, pb in zip(a.kv, b.kv)
+        for x, y in zip(pa, pb)
+    )
 
 
 # ----------------------------------------------------------------------------- torch.compile
@@ -246,9 +253,15 @@ class CompiledForwardChunk:
     changes) however many chunks and blocks it has. The model itself is not modified (its
     ``forward`` and ``forward_chunk`` stay eager)."""
 
-    def __init__(self, model: CausalWanModel, *, mode: str | None = None,
-                 backend: str = "inductor", dynamic: bool | None = None,
-                 options: dict | None = None):
+    def __init__(
+        self,
+        model: CausalWanModel,
+        *,
+        mode: str | None = None,
+        backend: str = "inductor",
+        dynamic: bool | None = None,
+        options: dict | None = None,
+    ):
         self.model = model
         kwargs: dict[str, Any] = dict(backend=backend, dynamic=dynamic)
         if mode is not None:
@@ -265,8 +278,13 @@ class CompiledForwardChunk:
 
 
 # ----------------------------------------------------------------------------- by name
-def make_forward_chunk(model: CausalWanModel, cache: StreamingKVCache, accelerate: str = "none",
-                       compiled: CompiledForwardChunk | None = None, **compile_kwargs) -> Callable:
+def make_forward_chunk(
+    model: CausalWanModel,
+    cache: StreamingKVCache,
+    accelerate: str = "none",
+    compiled: CompiledForwardChunk | None = None,
+    **compile_kwargs,
+) -> Callable:
     """The ``forward_chunk`` for an ``accelerate`` mode (:data:`ACCELERATE_MODES`): the model's
     own (``"none"``), :class:`CUDAGraphForwardChunk`, :class:`CompiledForwardChunk`, or graphs
     captured over the compiled blocks (``"compile+cuda-graphs"``). The compiled modes use
@@ -284,5 +302,10 @@ def make_forward_chunk(model: CausalWanModel, cache: StreamingKVCache, accelerat
     return CUDAGraphForwardChunk(model, cache, forward=compiled)
 
 
-__all__ = ["ACCELERATE_MODES", "CUDAGraphBackend", "CUDAGraphForwardChunk", "CompiledForwardChunk",
-           "make_forward_chunk"]
+__all__ = [
+    "ACCELERATE_MODES",
+    "CUDAGraphBackend",
+    "CUDAGraphForwardChunk",
+    "CompiledForwardChunk",
+    "make_forward_chunk",
+]

@@ -17,6 +17,7 @@ stays bounded. Shutdown: closing the iterator (or leaving a ``for`` loop over it
 it) stops both threads after the chunk in hand and joins them. An exception in either thread is
 re-raised in the caller, at the position of the chunk it happened in.
 """
+
 from __future__ import annotations
 
 import queue
@@ -33,9 +34,15 @@ class _Failure:
         self.error = error
 
 
-def overlapped(produce: Callable[[], torch.Tensor], decode: Callable[[torch.Tensor], object], *,
-               more: Callable[[], bool], before: Callable[[], bool] | None = None,
-               depth: int = 1, device: torch.device | str = "cpu") -> Iterator:
+def overlapped(
+    produce: Callable[[], torch.Tensor],
+    decode: Callable[[torch.Tensor], object],
+    *,
+    more: Callable[[], bool],
+    before: Callable[[], bool] | None = None,
+    depth: int = 1,
+    device: torch.device | str = "cpu",
+) -> Iterator:
     """Iterates ``decode(produce())`` while ``more()``, with produce and decode overlapped (see
     the module doc). ``before()``, when given, runs in the producing thread before each chunk
     (prompt switches, pacing); returning False ends the stream. ``device``: where ``produce``
@@ -105,8 +112,7 @@ def overlapped(produce: Callable[[], torch.Tensor], decode: Callable[[torch.Tens
     if cuda:  # the worker threads compute on the caller's device
         index = device.index if device.index is not None else torch.cuda.current_device()
         targets = [_on_device(f, index) for f in targets]
-    threads = [threading.Thread(target=f, name=name)
-               for f, name in zip(targets, ("rf-denoise", "rf-decode"))]
+    threads = [threading.Thread(target=f, name=name) for f, name in zip(targets, ("rf-denoise", "rf-decode"))]
     return _iterate(threads, frames, stop)
 
 
@@ -114,6 +120,7 @@ def _on_device(fn, index: int):
     def run():
         torch.cuda.set_device(index)
         fn()
+
     return run
 
 

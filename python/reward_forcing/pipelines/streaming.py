@@ -7,6 +7,7 @@ the chunk, so its frames can be shown at once. Everything a stream holds has a f
 cache, the last ``sink + window`` clean latent frames (for the KV re-cache) and the VAE's temporal
 cache.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,12 +66,25 @@ class StreamingPipeline:
     left before its end cannot be resumed (its state is ahead of its frames).
     """
 
-    def __init__(self, model: CausalWanModel, vae, text_encoder, *, height: int = 480,
-                 width: int = 832, cache_config: CacheConfig | None = None,
-                 schedule: FewStepFlowSchedule | None = None, fps: float = 16.0,
-                 recache: bool = False, sink_recache: str = "keep",
-                 offload_text_encoder: bool = False, accelerate: str = "none",
-                 overlap: bool | None = None, cache_backend: str | None = None, **geometry):
+    def __init__(
+        self,
+        model: CausalWanModel,
+        vae,
+        text_encoder,
+        *,
+        height: int = 480,
+        width: int = 832,
+        cache_config: CacheConfig | None = None,
+        schedule: FewStepFlowSchedule | None = None,
+        fps: float = 16.0,
+        recache: bool = False,
+        sink_recache: str = "keep",
+        offload_text_encoder: bool = False,
+        accelerate: str = "none",
+        overlap: bool | None = None,
+        cache_backend: str | None = None,
+        **geometry,
+    ):
         from .accelerate import ACCELERATE_MODES, make_forward_chunk
 
         if accelerate not in ACCELERATE_MODES:
@@ -90,15 +104,23 @@ class StreamingPipeline:
         if pt != 1:
             raise ValueError(f"streaming needs a temporal patch size of 1, the model has {pt}")
         if height <= 0 or width <= 0 or height % (scale * ph) or width % (scale * pw):
-            raise ValueError(f"height and width must be positive multiples of {scale * ph} x "
-                             f"{scale * pw}, got {height} x {width}")
+            raise ValueError(
+                f"height and width must be positive multiples of {scale * ph} x {scale * pw}, got {height} x {width}"
+            )
         self.height, self.width = height, width
         self.device = model.device
         # the pipeline's text encoder, shared as it is by the server's sibling pipelines
-        self.text_encoder = text_encoder if isinstance(text_encoder, SharedTextEncoder) else \
-            SharedTextEncoder(text_encoder, self.device, "cpu" if offload_text_encoder else None)
-        self.cache = model.new_cache(1, height // scale // ph, width // scale // pw,
-                                     CacheConfig.of(cache_config, backend=cache_backend, **geometry))
+        self.text_encoder = (
+            text_encoder
+            if isinstance(text_encoder, SharedTextEncoder)
+            else SharedTextEncoder(text_encoder, self.device, "cpu" if offload_text_encoder else None)
+        )
+        self.cache = model.new_cache(
+            1,
+            height // scale // ph,
+            width // scale // pw,
+            CacheConfig.of(cache_config, backend=cache_backend, **geometry),
+        )
         self.latent_shape = (1, cfg.in_dim, self.cache.chunk_frames, height // scale, width // scale)
         self.accelerate = accelerate
         self.overlap = self.device.type == "cuda" if overlap is None else bool(overlap)
@@ -109,8 +131,9 @@ class StreamingPipeline:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_pretrained(cls, checkpoint, text_encoder, vae, *, device=None,
-                        dtype: torch.dtype | None = None, **kwargs) -> "StreamingPipeline":
+    def from_pretrained(
+        cls, checkpoint, text_encoder, vae, *, device=None, dtype: torch.dtype | None = None, **kwargs
+    ) -> "StreamingPipeline":
         """Loads a transformer checkpoint (any format of docs/design.md §6), a UMT5 text encoder and a Wan
         VAE (diffusers/transformers folders or Wan's own release files; a TAEHV ``taew2_1`` file
         gives the light decoder instead), all local. Default
@@ -124,8 +147,11 @@ class StreamingPipeline:
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         model = load_causal_wan(checkpoint, dtype=dtype, device=device)
         encoder = UMT5TextEncoder.from_pretrained(  # offloaded: it waits on the CPU for prompts
-            text_encoder, text_len=model.config.text_len, dtype=dtype,
-            device="cpu" if kwargs.get("offload_text_encoder") else device)
+            text_encoder,
+            text_len=model.config.text_len,
+            dtype=dtype,
+            device="cpu" if kwargs.get("offload_text_encoder") else device,
+        )
         return cls(model, load_vae(vae, dtype=dtype, device=device), encoder, **kwargs)
 
     @classmethod
@@ -149,8 +175,10 @@ class StreamingPipeline:
         demos without weights; warns that it is random."""
         from ..models.vae import tiny_random_wan_vae
 
-        warnings.warn("reward_forcing: using a tiny RANDOM model (no trained weights): the video "
-                      "will not follow the prompt", stacklevel=2)
+        warnings.warn(
+            "reward_forcing: using a tiny RANDOM model (no trained weights): the video will not follow the prompt",
+            stacklevel=2,
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = CausalWanModel(WAN_TINY)
@@ -183,15 +211,20 @@ class StreamingPipeline:
         return high
 
     # ------------------------------------------------------------------ streaming
-    def stream(self, prompt: str | None, seconds: float | None = None, *, seed: int = 0,
-               prompts: Sequence[tuple[float, str]] | None = None) -> Iterator[np.ndarray]:
+    def stream(
+        self,
+        prompt: str | None,
+        seconds: float | None = None,
+        *,
+        seed: int = 0,
+        prompts: Sequence[tuple[float, str]] | None = None,
+    ) -> Iterator[np.ndarray]:
         """Starts a new stream and returns its frames chunk by chunk (see the class doc); endless
         when ``seconds`` is None, else exactly ``round(seconds * fps)`` frames. ``prompts``:
         timed switches ``[(seconds, prompt), ...]``; each takes effect at the first chunk starting
         at or after its time (:meth:`chunk_at`); an entry at 0 may replace ``prompt``. Same
         seed and arguments, same frames. Arguments are checked at the call, not at iteration."""
-        timed = sorted((_check_seconds(t, "switch time", zero_ok=True), clean_prompt(p))
-                       for t, p in (prompts or ()))
+        timed = sorted((_check_seconds(t, "switch time", zero_ok=True), clean_prompt(p)) for t, p in (prompts or ()))
         switches = [(self.chunk_at(t), p) for t, p in timed]
         while switches and switches[0][0] == 0:
             prompt = switches.pop(0)[1]
@@ -201,8 +234,9 @@ class StreamingPipeline:
         self._start(clean_prompt(prompt), seed, end, switches)
         return self.resume()
 
-    def generate(self, prompt: str | None, seconds: float, *, seed: int = 0,
-                 prompts: Sequence[tuple[float, str]] | None = None) -> np.ndarray:
+    def generate(
+        self, prompt: str | None, seconds: float, *, seed: int = 0, prompts: Sequence[tuple[float, str]] | None = None
+    ) -> np.ndarray:
         """The whole clip: ``uint8 [round(seconds * fps), H, W, 3]``."""
         if seconds is None:
             raise ValueError("generate needs a finite number of seconds")
@@ -229,8 +263,9 @@ class StreamingPipeline:
 
         done = False
         try:
-            yield from overlapped(self.next_latents, self.decode_latents, more=self._more,
-                                  before=before_chunk, device=self.device)
+            yield from overlapped(
+                self.next_latents, self.decode_latents, more=self._more, before=before_chunk, device=self.device
+            )
             done = True
         finally:
             if not done:  # the denoiser may have run ahead of the frames handed out
@@ -262,7 +297,7 @@ class StreamingPipeline:
         self.forward_chunk(x0, 0.0, self._text, self.cache, update_cache=True)
         keep = self.cache.sink_frames + self.cache.window_frames
         kept = torch.cat([self._kept, x0], 2)
-        self._kept = kept[:, :, kept.shape[2] - keep:]
+        self._kept = kept[:, :, kept.shape[2] - keep :]
         self.chunk_index += 1
         return x0
 
@@ -272,15 +307,17 @@ class StreamingPipeline:
         chunk is trimmed at ``end_frame``)."""
         frames = to_uint8_frames(self.decoder.decode(x0))
         if self.end_frame is not None:
-            frames = frames[:self.end_frame - self.frames_emitted]
+            frames = frames[: self.end_frame - self.frames_emitted]
         self.frames_emitted += len(frames)
         return frames
 
     def _denoise(self) -> torch.Tensor:
         """The few-step schedule for one chunk: the clean latents ``x0_hat`` (float32)."""
         return self.schedule.denoise(
-            self._noise(), lambda x, t: self.forward_chunk(x, t, self._text, self.cache, update_cache=False),
-            lambda x0: self._noise())
+            self._noise(),
+            lambda x, t: self.forward_chunk(x, t, self._text, self.cache, update_cache=False),
+            lambda x0: self._noise(),
+        )
 
     def _noise(self) -> torch.Tensor:
         return torch.randn(self.latent_shape, generator=self.generator, device=self.device)
@@ -291,9 +328,10 @@ class StreamingPipeline:
         prompts = list(dict.fromkeys(prompts))
         states = self.text_encoder(prompts)
         if states.shape[1] > self.model.config.text_len:
-            raise ValueError(f"the text encoder gives {states.shape[1]} tokens, the model takes "
-                             f"at most {self.model.config.text_len}")
-        return {p: states[i:i + 1] for i, p in enumerate(prompts)}
+            raise ValueError(
+                f"the text encoder gives {states.shape[1]} tokens, the model takes at most {self.model.config.text_len}"
+            )
+        return {p: states[i : i + 1] for i, p in enumerate(prompts)}
 
     @torch.no_grad()
     def _switch(self, prompt: str, states: torch.Tensor, recache: bool) -> None:
@@ -314,7 +352,7 @@ class StreamingPipeline:
             return
         keep_sink = self.sink_recache == "keep" and cache.frames > s + w and s > 0
         if keep_sink:
-            frames = frames[:, :, frames.shape[2] - w:]
+            frames = frames[:, :, frames.shape[2] - w :]
         cache.reset(keep_sink=keep_sink)
         for piece in frames.split(cache.chunk_frames, 2):
             self.forward_chunk(piece, 0.0, self._text, cache, update_cache=True)
@@ -335,9 +373,17 @@ class StreamingPipeline:
 
     def _geometry(self) -> dict:
         c = self.cache
-        return dict(height=self.height, width=self.width, sink_frames=c.sink_frames,
-                    window_frames=c.window_frames, chunk_frames=c.chunk_frames, alpha=c.alpha,
-                    fps=self.fps, steps=self.schedule.steps, shift=self.schedule.shift)
+        return dict(
+            height=self.height,
+            width=self.width,
+            sink_frames=c.sink_frames,
+            window_frames=c.window_frames,
+            chunk_frames=c.chunk_frames,
+            alpha=c.alpha,
+            fps=self.fps,
+            steps=self.schedule.steps,
+            shift=self.schedule.shift,
+        )
 
     def state_dict(self) -> dict:
         """A copy of everything a stream needs to continue (take it between chunks): cache
@@ -347,12 +393,18 @@ class StreamingPipeline:
             raise RuntimeError("no stream: call stream() first")
         c = self.cache
         return {
-            "version": _STATE_VERSION, "geometry": self._geometry(),
+            "version": _STATE_VERSION,
+            "geometry": self._geometry(),
             "cache": c.state_dict(),
-            "kept_latents": self._kept.clone(), "generator": self.generator.get_state(),
-            "decoder": self.decoder.state_dict(), "seed": self.seed, "chunk_index": self.chunk_index,
-            "frames_emitted": self.frames_emitted, "end_frame": self.end_frame,
-            "prompt": self.prompt, "switches": list(self._switches),
+            "kept_latents": self._kept.clone(),
+            "generator": self.generator.get_state(),
+            "decoder": self.decoder.state_dict(),
+            "seed": self.seed,
+            "chunk_index": self.chunk_index,
+            "frames_emitted": self.frames_emitted,
+            "end_frame": self.end_frame,
+            "prompt": self.prompt,
+            "switches": list(self._switches),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -361,8 +413,7 @@ class StreamingPipeline:
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"unknown stream state version {state.get('version')!r}")
         if state["geometry"] != self._geometry():
-            raise ValueError(f"the stream was saved with {state['geometry']}, "
-                             f"this pipeline has {self._geometry()}")
+            raise ValueError(f"the stream was saved with {state['geometry']}, this pipeline has {self._geometry()}")
         self.cache.check_state_dict(state["cache"])  # before anything is reset
         self._start(state["prompt"], state["seed"], state["end_frame"], state["switches"])
         self.cache.load_state_dict(state["cache"])

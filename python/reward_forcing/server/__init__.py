@@ -2,14 +2,23 @@
 
 Needs ``fastapi`` and ``uvicorn`` (package dependencies). See :mod:`.app` for the protocol.
 """
+
 from __future__ import annotations
 
 import socket
 
 from .app import LOOPBACK_HOSTS, create_app, sibling_factory
 
-__all__ = ["LOOPBACK_HOSTS", "SEND_BUFFER", "allowed_hosts", "create_app", "listen_socket", "serve",
-           "sibling_factory", "uvicorn_config"]
+__all__ = [
+    "LOOPBACK_HOSTS",
+    "SEND_BUFFER",
+    "allowed_hosts",
+    "create_app",
+    "listen_socket",
+    "serve",
+    "sibling_factory",
+    "uvicorn_config",
+]
 
 MAX_CONNECTIONS = 256  # uvicorn answers 503 beyond this many open connections (idle ones count)
 
@@ -26,13 +35,22 @@ def uvicorn_config(app, *, host: str, port: int, log_level: str = "info"):
     connections, high enough that idle pages and sockets (capped by the app) cannot starve it."""
     import uvicorn
 
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, ws_max_size=64 * 1024,
-                          limit_concurrency=MAX_CONNECTIONS)
+    return uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, ws_max_size=64 * 1024, limit_concurrency=MAX_CONNECTIONS
+    )
 
 
-def serve(pipeline, *, host: str = "127.0.0.1", port: int = 8000, max_streams: int = 2,
-          recordings_dir=None, log_level: str = "info", note: str | None = None,
-          extra_hosts=()) -> None:
+def serve(
+    pipeline,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_streams: int = 2,
+    recordings_dir=None,
+    log_level: str = "info",
+    note: str | None = None,
+    extra_hosts=(),
+) -> None:
     """Runs the demo with uvicorn until Ctrl-C, SIGTERM or SIGHUP (all three end the streams,
     finish their recordings and exit); every stream shares ``pipeline``'s weights. One chunk is
     generated first, so that the first visitor does not pay the warm-up (lazy initialisation,
@@ -43,10 +61,20 @@ def serve(pipeline, *, host: str = "127.0.0.1", port: int = 8000, max_streams: i
 
     sock = listen_socket(host, port)  # first: a taken port fails before the warm-up
     factory = sibling_factory(pipeline)
-    next(factory(sink_frames=pipeline.cache.sink_frames, window_frames=pipeline.cache.window_frames,
-                 alpha=pipeline.cache.alpha).stream("warm-up"))
-    app = create_app(factory, max_streams=max_streams, recordings_dir=recordings_dir, note=note,
-                     allowed_hosts=allowed_hosts(host, extra_hosts))
+    next(
+        factory(
+            sink_frames=pipeline.cache.sink_frames,
+            window_frames=pipeline.cache.window_frames,
+            alpha=pipeline.cache.alpha,
+        ).stream("warm-up")
+    )
+    app = create_app(
+        factory,
+        max_streams=max_streams,
+        recordings_dir=recordings_dir,
+        note=note,
+        allowed_hosts=allowed_hosts(host, extra_hosts),
+    )
     server = uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level=log_level))
     # uvicorn handles SIGINT and SIGTERM; a hang-up must not kill the process mid-recording
     signal.signal(signal.SIGHUP, lambda signum, frame: server.handle_exit(signal.SIGTERM, frame))

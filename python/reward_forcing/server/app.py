@@ -19,6 +19,7 @@ elsewhere cannot drive the local server); recordings live in a server-chosen fol
 ids, and downloads accept only such ids. A client that vanishes at any point (during the start,
 mid-frame, without a close) gives its stream slot back within one chunk's compute.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,8 +45,13 @@ from .session import StreamSession, remove_old
 STATIC = Path(__file__).parent / "static"
 MAX_PROMPT_CHARS = 500
 MAX_MESSAGE_CHARS = 4096
-LIMITS: dict[str, list[Any]] = {"prompt_chars": [1, MAX_PROMPT_CHARS], "seed": [0, 2**32 - 1], "sink_frames": [0, 12],
-          "window_frames": [1, 24], "alpha": [0.0, 1.0]}
+LIMITS: dict[str, list[Any]] = {
+    "prompt_chars": [1, MAX_PROMPT_CHARS],
+    "seed": [0, 2**32 - 1],
+    "sink_frames": [0, 12],
+    "window_frames": [1, 24],
+    "alpha": [0.0, 1.0],
+}
 DEFAULTS: dict[str, Any] = {"seed": 0, "sink_frames": 3, "window_frames": 3, "alpha": 0.999}
 _RECORDING_ID = re.compile(r"[0-9a-f]{32}")
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -74,10 +80,10 @@ class StartRequest(BaseModel):
     type: Literal["start"]
     prompt: str = _prompt_field()
     seed: StrictInt = Field(DEFAULTS["seed"], ge=LIMITS["seed"][0], le=LIMITS["seed"][1])
-    sink_frames: StrictInt = Field(DEFAULTS["sink_frames"], ge=LIMITS["sink_frames"][0],
-                                   le=LIMITS["sink_frames"][1])
-    window_frames: StrictInt = Field(DEFAULTS["window_frames"], ge=LIMITS["window_frames"][0],
-                                     le=LIMITS["window_frames"][1])
+    sink_frames: StrictInt = Field(DEFAULTS["sink_frames"], ge=LIMITS["sink_frames"][0], le=LIMITS["sink_frames"][1])
+    window_frames: StrictInt = Field(
+        DEFAULTS["window_frames"], ge=LIMITS["window_frames"][0], le=LIMITS["window_frames"][1]
+    )
     alpha: float = Field(DEFAULTS["alpha"], ge=0.0, le=1.0, allow_inf_nan=False)
 
     @field_validator("alpha", mode="before")
@@ -162,19 +168,36 @@ def sibling_factory(base) -> Callable[..., Any]:
 
     def make(*, sink_frames: int, window_frames: int, alpha: float):
         return StreamingPipeline(
-            base.model, base.vae, base.text_encoder, height=base.height, width=base.width,
-            cache_config=CacheConfig.of(c.config, sink_frames=sink_frames, window_frames=window_frames,
-                                        alpha=alpha),
-            schedule=base.schedule, fps=base.fps, recache=base.recache,
-            sink_recache=base.sink_recache, overlap=base.overlap)
+            base.model,
+            base.vae,
+            base.text_encoder,
+            height=base.height,
+            width=base.width,
+            cache_config=CacheConfig.of(c.config, sink_frames=sink_frames, window_frames=window_frames, alpha=alpha),
+            schedule=base.schedule,
+            fps=base.fps,
+            recache=base.recache,
+            sink_recache=base.sink_recache,
+            overlap=base.overlap,
+        )
+
     return make
 
 
-def create_app(pipeline_factory: Callable[..., Any], *, max_streams: int = 2,
-               queue_size: int = 2, recordings_dir: str | Path | None = None,
-               max_recordings: int = 20, pace: bool = True, start_timeout: float = 60.0,
-               stats_interval: float = 0.5, note: str | None = None,
-               allowed_hosts=LOOPBACK_HOSTS, max_sockets: int | None = None) -> FastAPI:
+def create_app(
+    pipeline_factory: Callable[..., Any],
+    *,
+    max_streams: int = 2,
+    queue_size: int = 2,
+    recordings_dir: str | Path | None = None,
+    max_recordings: int = 20,
+    pace: bool = True,
+    start_timeout: float = 60.0,
+    stats_interval: float = 0.5,
+    note: str | None = None,
+    allowed_hosts=LOOPBACK_HOSTS,
+    max_sockets: int | None = None,
+) -> FastAPI:
     """``pipeline_factory(sink_frames=, window_frames=, alpha=)`` returns a fresh
     :class:`StreamingPipeline` for one stream (it is called in a worker thread). At most
     ``max_streams`` streams run at once; ``queue_size`` chunks of frames wait per client before
@@ -188,13 +211,15 @@ def create_app(pipeline_factory: Callable[..., Any], *, max_streams: int = 2,
         raise ValueError(f"max_streams must be >= 1, got {max_streams}")
     if queue_size not in (1, 2):
         raise ValueError(f"queue_size must be 1 or 2 chunks, got {queue_size}")
-    rec_dir = Path(recordings_dir) if recordings_dir is not None else Path(
-        tempfile.mkdtemp(prefix="reward-forcing-recordings-"))
+    rec_dir = (
+        Path(recordings_dir)
+        if recordings_dir is not None
+        else Path(tempfile.mkdtemp(prefix="reward-forcing-recordings-"))
+    )
     rec_dir.mkdir(parents=True, exist_ok=True)
 
     app = FastAPI(title="reward_forcing streaming demo", docs_url=None, redoc_url=None)
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=host_patterns(allowed_hosts),
-                       www_redirect=False)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=host_patterns(allowed_hosts), www_redirect=False)
     slots = app.state.slots = _Slots(max_streams)
     sockets = _Slots(max_sockets if max_sockets is not None else 8 * max_streams)
     app.state.recordings_dir = rec_dir
@@ -208,8 +233,7 @@ def create_app(pipeline_factory: Callable[..., Any], *, max_streams: int = 2,
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "active_streams": slots.active,
-                "max_streams": max_streams}
+        return {"status": "ok", "active_streams": slots.active, "max_streams": max_streams}
 
     @app.get("/api/config")
     async def config():
@@ -219,8 +243,7 @@ def create_app(pipeline_factory: Callable[..., Any], *, max_streams: int = 2,
     async def recording(rec_id: str):
         if not _RECORDING_ID.fullmatch(rec_id) or not (path := rec_dir / f"{rec_id}.mp4").is_file():
             raise HTTPException(404, "no such recording")
-        return FileResponse(path, media_type="video/mp4",
-                            filename=f"reward-forcing-{rec_id[:8]}.mp4")
+        return FileResponse(path, media_type="video/mp4", filename=f"reward-forcing-{rec_id[:8]}.mp4")
 
     @app.websocket("/ws")
     async def ws_endpoint(ws: WebSocket):
@@ -253,8 +276,12 @@ def create_app(pipeline_factory: Callable[..., Any], *, max_streams: int = 2,
         if request is None:
             return
         if not slots.acquire():
-            await send({"type": "busy", "message": f"the server is busy: all {max_streams} "
-                        "stream slots are in use, try again later"})
+            await send(
+                {
+                    "type": "busy",
+                    "message": f"the server is busy: all {max_streams} stream slots are in use, try again later",
+                }
+            )
             await ws.close(code=1013)
             return
         await _stream(ws, send, lock, request)
@@ -262,13 +289,23 @@ def create_app(pipeline_factory: Callable[..., Any], *, max_streams: int = 2,
     async def _stream(ws: WebSocket, send, lock: asyncio.Lock, request: StartRequest):
         """Runs one stream; owns the slot taken for it (the worker gives it back)."""
         try:
-            pipe = await asyncio.to_thread(pipeline_factory, sink_frames=request.sink_frames,
-                                           window_frames=request.window_frames, alpha=request.alpha)
+            pipe = await asyncio.to_thread(
+                pipeline_factory,
+                sink_frames=request.sink_frames,
+                window_frames=request.window_frames,
+                alpha=request.alpha,
+            )
             rec_id = uuid.uuid4().hex
-            session = StreamSession(pipe, request.prompt, request.seed,
-                                    loop=asyncio.get_running_loop(), queue_size=queue_size,
-                                    pace=pace, recording=rec_dir / f"{rec_id}.mp4",
-                                    on_finish=slots.release)
+            session = StreamSession(
+                pipe,
+                request.prompt,
+                request.seed,
+                loop=asyncio.get_running_loop(),
+                queue_size=queue_size,
+                pace=pace,
+                recording=rec_dir / f"{rec_id}.mp4",
+                on_finish=slots.release,
+            )
             session.start()
         except BaseException as e:
             slots.release()
@@ -280,9 +317,17 @@ def create_app(pipeline_factory: Callable[..., Any], *, max_streams: int = 2,
         app.state.sessions.add(session)
         sender = receiver = None
         try:  # from here on, whatever happens (the client gone mid-send included) stops the worker
-            await send({"type": "started", "width": pipe.width, "height": pipe.height,
-                        "fps": pipe.fps, "recording_id": rec_id, "queue_size": queue_size,
-                        "prompt": request.prompt})
+            await send(
+                {
+                    "type": "started",
+                    "width": pipe.width,
+                    "height": pipe.height,
+                    "fps": pipe.fps,
+                    "recording_id": rec_id,
+                    "queue_size": queue_size,
+                    "prompt": request.prompt,
+                }
+            )
             sender = asyncio.create_task(_send_frames(ws, send, lock, session, stats_interval))
             receiver = asyncio.create_task(_receive_controls(ws, send, session))
             await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
@@ -300,9 +345,15 @@ def create_app(pipeline_factory: Callable[..., Any], *, max_streams: int = 2,
                 return
             if session.error:
                 await send({"type": "error", "message": f"the stream failed: {session.error}"})
-            await send({"type": "stopped", "frames": session.taken, "generated": session.generated,
-                        "dropped": session.dropped,
-                        "recording": f"/recordings/{rec_id}.mp4" if session.recording else None})
+            await send(
+                {
+                    "type": "stopped",
+                    "frames": session.taken,
+                    "generated": session.generated,
+                    "dropped": session.dropped,
+                    "recording": f"/recordings/{rec_id}.mp4" if session.recording else None,
+                }
+            )
             await ws.close(code=1000)
         finally:  # also when this handler is cancelled (server shutdown)
             session.stop()
@@ -353,8 +404,7 @@ async def _receive_controls(ws: WebSocket, send, session: StreamSession) -> str:
             if data["type"] == "stop":
                 return "stop"
             if data["type"] != "prompt":
-                raise ValueError(f'unknown message type {data["type"]!r} while streaming '
-                                 '(expected "prompt" or "stop")')
+                raise ValueError(f'unknown message type {data["type"]!r} while streaming (expected "prompt" or "stop")')
             session.set_prompt(PromptRequest.model_validate(data).prompt)
         except ValidationError as e:
             await send({"type": "error", "message": f"invalid prompt switch: {_message(e)}"})
@@ -362,8 +412,9 @@ async def _receive_controls(ws: WebSocket, send, session: StreamSession) -> str:
             await send({"type": "error", "message": str(e)})
 
 
-async def _send_frames(ws: WebSocket, send, lock: asyncio.Lock, session: StreamSession,
-                       stats_interval: float = 0.5) -> None:
+async def _send_frames(
+    ws: WebSocket, send, lock: asyncio.Lock, session: StreamSession, stats_interval: float = 0.5
+) -> None:
     """Frames from the session's buffer to the client, with stats and switch notices."""
     switched, last_stats = 0, time.monotonic()
     while (jpeg := await session.next_frame()) is not None:
@@ -374,5 +425,6 @@ async def _send_frames(ws: WebSocket, send, lock: asyncio.Lock, session: StreamS
             switched += 1
         if time.monotonic() - last_stats >= stats_interval:
             last_stats = time.monotonic()
-            await send({"type": "stats", "frames": session.taken, "generated": session.generated,
-                        "dropped": session.dropped})
+            await send(
+                {"type": "stats", "frames": session.taken, "generated": session.generated, "dropped": session.dropped}
+            )

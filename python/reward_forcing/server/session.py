@@ -16,6 +16,7 @@ generator needs per chunk when it is slower than real time), so a client that ke
 nothing even though frames are produced in bursts. The cancel flag is checked before every
 chunk and every frame, so a stop or disconnect ends the stream within one chunk's compute.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -35,8 +36,7 @@ from ..video_io import write_mp4
 
 def encode_jpeg(frame: np.ndarray, quality: int = 85) -> bytes:
     """``uint8 [H, W, 3]`` RGB -> JPEG bytes."""
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(frame[..., ::-1]),
-                           [cv2.IMWRITE_JPEG_QUALITY, quality])
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(frame[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return buf.tobytes()
@@ -53,9 +53,19 @@ class StreamSession:
     ``on_finish`` is called on the worker thread as it ends.
     """
 
-    def __init__(self, pipeline, prompt: str, seed: int, *, loop: asyncio.AbstractEventLoop,
-                 queue_size: int = 2, pace: bool = True, recording: Path | None = None,
-                 jpeg_quality: int = 85, on_finish: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        pipeline,
+        prompt: str,
+        seed: int,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        queue_size: int = 2,
+        pace: bool = True,
+        recording: Path | None = None,
+        jpeg_quality: int = 85,
+        on_finish: Callable[[], None] | None = None,
+    ):
         if queue_size not in (1, 2):
             raise ValueError(f"queue_size must be 1 or 2 chunks, got {queue_size}")
         self.pipeline, self.prompt, self.seed = pipeline, prompt, seed
@@ -188,7 +198,7 @@ class StreamSession:
                 t0 = now
                 self._push(jpegs, interval)
                 self.generated += len(jpegs)
-                yield chunk[:len(jpegs)]
+                yield chunk[: len(jpegs)]
                 if self._cancel.is_set():
                     return
         finally:
@@ -202,8 +212,9 @@ class StreamSession:
                     pass
             elif (first := next((c for c in chunks if len(c)), None)) is not None:
                 pipe = self.pipeline
-                self.recorded_frames = write_mp4(self.recording, itertools.chain([first], chunks),
-                                                 fps=pipe.fps, width=pipe.width, height=pipe.height)
+                self.recorded_frames = write_mp4(
+                    self.recording, itertools.chain([first], chunks), fps=pipe.fps, width=pipe.width, height=pipe.height
+                )
         except Exception as e:  # reported to the client; the server goes on
             self.error = f"{type(e).__name__}: {e}"
             self.recorded_frames = 0

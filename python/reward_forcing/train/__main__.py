@@ -1,4 +1,5 @@
 """``python -m reward_forcing.train``: the train command (:mod:`reward_forcing.train.run`)."""
+
 import sys
 
 from .run import main

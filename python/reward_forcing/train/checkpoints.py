@@ -2,6 +2,7 @@
 read with ``weights_only=True`` (tensors and plain Python values only), every random stream saved
 so that a resumed run continues the same run exactly. The state itself is
 :meth:`.loop.TrainLoop.state_dict`; this module holds the file format around it."""
+
 from __future__ import annotations
 
 import json
@@ -29,10 +30,14 @@ def rng_state(noise_rng: torch.Generator, prompt_rng: random.Random) -> dict:
     states (numpy's legacy tuple with its key array as a tensor, so it loads with ``weights_only``)."""
     numpy_state: Any = np.random.get_state()
     name, keys, pos, has_gauss, cached = numpy_state
-    return {"noise": noise_rng.get_state(), "prompt": prompt_rng.getstate(),
-            "torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "noise": noise_rng.get_state(),
+        "prompt": prompt_rng.getstate(),
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def set_rng_state(rng: dict, noise_rng: torch.Generator, prompt_rng: random.Random) -> None:

@@ -1,4 +1,5 @@
 """Trainer configuration: one dataclass, saved to and loaded from YAML (unknown keys are errors)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,23 +15,35 @@ from ..cache import CacheConfig
 
 # Fields a resumed run may change: where and how long it runs, not what it computes; and how the
 # same arithmetic is carried out (FSDP sharding, CPU bf16 autocast), which changes the rounding only.
-RESUMABLE_CHANGES = frozenset({"out_dir", "max_steps", "max_minutes", "save_every", "log_every",
-                               "keep_checkpoints", "data_workers", "fsdp", "cpu_bf16", "probe_every"})
+RESUMABLE_CHANGES = frozenset(
+    {
+        "out_dir",
+        "max_steps",
+        "max_minutes",
+        "save_every",
+        "log_every",
+        "keep_checkpoints",
+        "data_workers",
+        "fsdp",
+        "cpu_bf16",
+        "probe_every",
+    }
+)
 
 
 @dataclass
 class TrainConfig:
     # models and data: paths, or "tiny" / "world" for random WAN_TINY / WAN_WORLD models
-    generator: str = "tiny"        # causal student checkpoint (ODE-init in the published recipe)
-    critic: str | None = None      # fake-score init; default: the generator's checkpoint
-    teacher: str = "tiny"          # real score (Wan-14B in the published run); trained by stage teacher
-    text_encoder: str = "tiny"     # UMT5 folder, "minilm" (the packaged MiniLM) or "tiny" (hashed words)
-    vae: str = "tiny"              # Wan VAE folder, "pixel" (the pixel codec) or "tiny" (random Wan VAE)
-    prompts: str | None = None     # text file, one prompt per line; None: world prompts or a test prompt
-    data: str | None = None        # "world": procedural clips (stage teacher) and their prompts
-    cond_dropout: float = 0.1      # stage teacher: share of prompts replaced by the negative prompt
-    data_workers: int = 0          # stage teacher on a CPU: processes rendering world clips (0: in
-                                   # the loop); on a GPU the clips are rendered there
+    generator: str = "tiny"  # causal student checkpoint (ODE-init in the published recipe)
+    critic: str | None = None  # fake-score init; default: the generator's checkpoint
+    teacher: str = "tiny"  # real score (Wan-14B in the published run); trained by stage teacher
+    text_encoder: str = "tiny"  # UMT5 folder, "minilm" (the packaged MiniLM) or "tiny" (hashed words)
+    vae: str = "tiny"  # Wan VAE folder, "pixel" (the pixel codec) or "tiny" (random Wan VAE)
+    prompts: str | None = None  # text file, one prompt per line; None: world prompts or a test prompt
+    data: str | None = None  # "world": procedural clips (stage teacher) and their prompts
+    cond_dropout: float = 0.1  # stage teacher: share of prompts replaced by the negative prompt
+    data_workers: int = 0  # stage teacher on a CPU: processes rendering world clips (0: in
+    # the loop); on a GPU the clips are rendered there
     # stage teacher: squared errors on object pixels count 1 + object_weight (objects are a small
     # share of a world frame: docs/design.md §10); 0 is the plain loss
     object_weight: float = 0.0
@@ -59,14 +72,14 @@ class TrainConfig:
     shift: float = 5.0
     # DMD
     guidance_scale: float = 3.0
-    ode_steps: int = 48            # the teacher's Euler steps in the ODE-init stage
+    ode_steps: int = 48  # the teacher's Euler steps in the ODE-init stage
     min_t: float = 20.0
     max_t: float = 980.0
     # Self Forcing's ts_schedule: the DMD and critic t draws start (before the shift) at the step
     # the rollout's exit step denoised to (the next student step; 0 after the last step)
     ts_schedule: bool = False
     # Re-DMD
-    reward: str | None = "flow"    # "flow" (FlowMotionReward), a VLM reward folder (VLMReward) or None
+    reward: str | None = "flow"  # "flow" (FlowMotionReward), a VLM reward folder (VLMReward) or None
     beta: float = 2.0
     # divide the weights (exp(beta r), or the tilted critic's exp(-beta r)) by their mean over the
     # global micro-batch: the step size stays put, the fixed point too; needs more than one sample
@@ -80,19 +93,19 @@ class TrainConfig:
     lr_critic: float = 4e-7
     betas: tuple[float, float] = (0.0, 0.999)
     weight_decay: float = 0.01
-    critic_ratio: int = 5          # critic steps per generator step
-    batch_size: int = 1            # per rank
+    critic_ratio: int = 5  # critic steps per generator step
+    batch_size: int = 1  # per rank
     grad_accum: int = 8
     grad_clip: float = 10.0
     ema_decay: float = 0.99
     # Steps count trainer steps, as Self Forcing's counter does (each a critic step, every
     # critic_ratio-th also a generator step): 600 steps = 120 generator steps.
-    ema_start: int = 200           # the EMA copies the generator before this step, averages after
+    ema_start: int = 200  # the EMA copies the generator before this step, averages after
     max_steps: int = 600
     # stop (with a checkpoint) after this many minutes of training, to resume later: runs that
     # must fit a time slot (a lent GPU, a CI job, a session)
     max_minutes: float | None = None
-    bf16: bool = True              # autocast, on CUDA only
+    bf16: bool = True  # autocast, on CUDA only
     # bf16 autocast on a CPU too: for CPUs with bf16 matmul units (AVX512-BF16, AMX), where it makes
     # a world-teacher step 1.75x faster (2-core AMD EPYC); off by default, plain CPUs get slower
     cpu_bf16: bool = False
@@ -121,16 +134,26 @@ class TrainConfig:
             else:
                 ok, want = isinstance(value, {"str": str, "bool": bool}[kind]), f"a {kind}"
             if not ok:
-                raise ValueError(f"{field.name} must be {want}{' or null' if 'None' in kinds else ''}, "
-                                 f"got {value!r}")
+                raise ValueError(f"{field.name} must be {want}{' or null' if 'None' in kinds else ''}, got {value!r}")
 
     def __post_init__(self):
         self._check_types()
         self.steps = tuple(float(s) for s in self.steps)
         self.betas = tuple(float(b) for b in self.betas)
-        for name in ("critic_ratio", "batch_size", "grad_accum", "max_steps", "log_every",
-                     "save_every", "keep_checkpoints", "chunk_frames", "latent_frames",
-                     "latent_height", "latent_width", "ode_steps"):
+        for name in (
+            "critic_ratio",
+            "batch_size",
+            "grad_accum",
+            "max_steps",
+            "log_every",
+            "save_every",
+            "keep_checkpoints",
+            "chunk_frames",
+            "latent_frames",
+            "latent_height",
+            "latent_width",
+            "ode_steps",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("sink_frames", "window_frames"):
@@ -139,8 +162,9 @@ class TrainConfig:
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.latent_frames % self.chunk_frames:
-            raise ValueError(f"latent_frames={self.latent_frames} is not a multiple of "
-                             f"chunk_frames={self.chunk_frames}")
+            raise ValueError(
+                f"latent_frames={self.latent_frames} is not a multiple of chunk_frames={self.chunk_frames}"
+            )
         if self.weighting not in ("generator", "critic", "none"):
             raise ValueError(f"weighting must be 'generator', 'critic' or 'none', got {self.weighting!r}")
         if not isinstance(self.fsdp, bool):
@@ -148,8 +172,10 @@ class TrainConfig:
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes must be positive or null, got {self.max_minutes}")
         if self.object_weight < 0 or self.fixed_clips < 0 or self.probe_every < 0:
-            raise ValueError(f"object_weight, fixed_clips and probe_every must be >= 0, got "
-                             f"{self.object_weight}, {self.fixed_clips}, {self.probe_every}")
+            raise ValueError(
+                f"object_weight, fixed_clips and probe_every must be >= 0, got "
+                f"{self.object_weight}, {self.fixed_clips}, {self.probe_every}"
+            )
         if not 0 < self.object_weight_until <= 1:
             raise ValueError(f"object_weight_until must be in (0, 1], got {self.object_weight_until}")
         if self.data_workers < 0:
@@ -164,8 +190,13 @@ class TrainConfig:
     def cache_config(self) -> CacheConfig:
         """The student's streaming cache during training (float32 K/V: the rollout runs outside
         autocast)."""
-        return CacheConfig(sink_frames=self.sink_frames, window_frames=self.window_frames,
-                           chunk_frames=self.chunk_frames, alpha=self.alpha, dtype=torch.float32)
+        return CacheConfig(
+            sink_frames=self.sink_frames,
+            window_frames=self.window_frames,
+            chunk_frames=self.chunk_frames,
+            alpha=self.alpha,
+            dtype=torch.float32,
+        )
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -184,8 +215,9 @@ class TrainConfig:
         run differ from an uninterrupted one (all but :data:`RESUMABLE_CHANGES`)."""
         mine = self.to_dict()
         saved = TrainConfig().to_dict() | saved  # a field added since: its default was in force
-        return sorted(k for k in mine.keys() | saved.keys()
-                      if k not in RESUMABLE_CHANGES and mine.get(k) != saved.get(k))
+        return sorted(
+            k for k in mine.keys() | saved.keys() if k not in RESUMABLE_CHANGES and mine.get(k) != saved.get(k)
+        )
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

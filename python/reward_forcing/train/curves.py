@@ -1,6 +1,7 @@
 """Training curves: every numeric field of a run's ``log.jsonl`` against the step, one panel each
 (log scale where a field is positive), as a PNG (what ``reward-forcing train`` leaves next to its
 checkpoints)."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,14 @@ def plot_log(log, out, smooth: int = 25) -> Path:
     import matplotlib.pyplot as plt
 
     records = read_log(log)
-    keys = sorted({k for r in records for k, v in r.items()
-                   if k not in _SKIP and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    keys = sorted(
+        {
+            k
+            for r in records
+            for k, v in r.items()
+            if k not in _SKIP and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+    )
     if not keys:
         raise ValueError(f"{log}: no numeric fields to plot")
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
@@ -41,7 +48,7 @@ def plot_log(log, out, smooth: int = 25) -> Path:
         ax.plot(steps, values, lw=0.5, alpha=0.4)
         if len(values) >= smooth > 1:
             kernel = np.ones(smooth) / smooth
-            ax.plot(steps[smooth - 1:], np.convolve(values, kernel, mode="valid"), lw=1.5)
+            ax.plot(steps[smooth - 1 :], np.convolve(values, kernel, mode="valid"), lw=1.5)
         if (values > 0).all():
             ax.set_yscale("log")  # losses span decades (and change scale between stages)
         ax.set_title(key)

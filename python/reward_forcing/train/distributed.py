@@ -33,6 +33,7 @@ on the version, :func:`shard_model` makes FSDP2 reduce with SUM and divide by th
 on gloo (``set_force_sum_reduction_for_comms``, the fix proposed for that issue), exact either way;
 NCCL keeps its native AVG.
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,9 +43,13 @@ import warnings
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_model_state_dict,
-                                                     set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
 
 _GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)  # full tensors, on rank 0 only
@@ -52,8 +57,12 @@ _SCATTER = StateDictOptions(full_state_dict=True)  # every rank passes the full 
 
 # A block's outputs and the text keys/values are views, which FSDP2 warns about because an in-place
 # op on one would skip its pre-backward hook; the model never writes to them.
-warnings.filterwarnings("ignore", category=UserWarning, message=r"FSDP2-wrapped module "
-                        r"\(FSDP(WanAttentionBlock|CausalWanModel)\) returned a view")
+warnings.filterwarnings(
+    "ignore",
+    category=UserWarning,
+    message=r"FSDP2-wrapped module "
+    r"\(FSDP(WanAttentionBlock|CausalWanModel)\) returned a view",
+)
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -158,20 +167,21 @@ def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer
     if not by_name:
         return {}
     index = {name: i for i, name in enumerate(_param_names(model, optimizer))}
-    return {"state": {index[name]: s for name, s in by_name["state"].items()},
-            "param_groups": [g | {"params": [index[name] for name in g["params"]]}
-                             for g in by_name["param_groups"]]}
+    return {
+        "state": {index[name]: s for name, s in by_name["state"].items()},
+        "param_groups": [g | {"params": [index[name] for name in g["params"]]} for g in by_name["param_groups"]],
+    }
 
 
-def load_full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer,
-                                   state: dict) -> None:
+def load_full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Loads a full ``optimizer.state_dict()`` (integer ids; every rank passes the same one) into
     the optimizer of ``model``, sharded or not."""
     if not is_sharded(model):
         optimizer.load_state_dict(state)
         return
     names = _param_names(model, optimizer)
-    by_name: Any = {"state": {names[i]: s for i, s in state["state"].items()},
-               "param_groups": [g | {"params": [names[i] for i in g["params"]]}
-                                for g in state["param_groups"]]}
+    by_name: Any = {
+        "state": {names[i]: s for i, s in state["state"].items()},
+        "param_groups": [g | {"params": [names[i] for i in g["params"]]} for g in state["param_groups"]],
+    }
     set_optimizer_state_dict(model, optimizer, by_name, options=_SCATTER)

@@ -4,6 +4,7 @@ flow-matching ones, ``add_noise``, ``predict_x0`` and ``cfg``, are :mod:`reward_
 Flow matching: ``x_t = (1 - sigma) x0 + sigma eps``; every score model here is used through its
 clean-sample prediction ``x0_hat``. Shapes: a leading batch dim ``B``, anything after it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,9 +22,17 @@ def _sample_mean(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).mean(1)
 
 
-def sample_timesteps(batch: int, *, shift: float = 5.0, min_t: float = 20.0, max_t: float = 980.0,
-                     low: int = 0, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, generator=None,
-                     device=None) -> torch.Tensor:
+def sample_timesteps(
+    batch: int,
+    *,
+    shift: float = 5.0,
+    min_t: float = 20.0,
+    max_t: float = 980.0,
+    low: int = 0,
+    num_train_timesteps: int = NUM_TRAIN_TIMESTEPS,
+    generator=None,
+    device=None,
+) -> torch.Tensor:
     """The published DMD/critic timestep draw: an integer t uniform in ``[low, 1000)``, warped by
     the shift (``sigma' = s sigma / (1 + (s - 1) sigma)``), then clamped to ``[min_t, max_t]``.
     Returns the warped timesteps ``[B]`` (float32); ``sigma = t / 1000``. With shift 5 about
@@ -53,8 +62,9 @@ def dmd_loss(x0: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return 0.5 * _sample_mean(F.mse_loss(x0.float(), target.float(), reduction="none"))
 
 
-def reward_weights(rewards: torch.Tensor, beta: float, *, normalize: bool = False,
-                   clip: float | None = None, group=None) -> torch.Tensor:
+def reward_weights(
+    rewards: torch.Tensor, beta: float, *, normalize: bool = False, clip: float | None = None, group=None
+) -> torch.Tensor:
     """Re-DMD per-sample weights ``w = exp(beta r)`` (published: neither option).
 
     ``normalize`` divides by the mean weight over the *global* batch (all-reduced over ``group``
@@ -78,8 +88,13 @@ def weighted_mean(per_sample: torch.Tensor, weights: torch.Tensor | None) -> tor
     return (weights.to(per_sample) * per_sample).mean()
 
 
-def denoising_loss(pred_velocity: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor,
-                   sigma: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
+def denoising_loss(
+    pred_velocity: torch.Tensor,
+    noise: torch.Tensor,
+    x0: torch.Tensor,
+    sigma: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Per-sample flow-matching loss ``mean (v - (eps - x0))^2`` ``[B]`` of the critic on the
     generator's (detached) samples. Weight it with :func:`critic_weights` for the tilted critic.
     With ``sigma`` (``[B]``) the error is measured on the clean latents instead,
@@ -94,8 +109,7 @@ def denoising_loss(pred_velocity: torch.Tensor, noise: torch.Tensor, x0: torch.T
     return _sample_mean(err if weight is None else err * weight.float())
 
 
-def critic_weights(rewards: torch.Tensor, beta: float, *, normalize: bool = True,
-                   group=None) -> torch.Tensor:
+def critic_weights(rewards: torch.Tensor, beta: float, *, normalize: bool = True, group=None) -> torch.Tensor:
     """Tilted-critic weights ``exp(-beta r)`` (docs/design.md §5): the critic then models
     ``p_G exp(-beta r) / Z``, so DMD's fixed point is ``p_real exp(beta r) / Z``. Normalising by
     the global mean changes only the step size, not the fixed point."""

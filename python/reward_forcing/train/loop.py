@@ -12,6 +12,7 @@ streams and keeps its own slice: ``N`` ranks x batch ``B`` then compute what one
 batch ``N B`` does, and one checkpoint's RNG states resume every rank exactly. Only rank 0 logs
 and writes checkpoints.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,8 +32,14 @@ from ..models.causal_wan import CausalWanModel
 from ..scheduler import FewStepFlowSchedule
 from . import checkpoints
 from .config import TrainConfig
-from .distributed import (full_optimizer_state_dict, full_state_dict, is_sharded,
-                          load_full_optimizer_state_dict, load_full_state_dict, shard_model)
+from .distributed import (
+    full_optimizer_state_dict,
+    full_state_dict,
+    is_sharded,
+    load_full_optimizer_state_dict,
+    load_full_state_dict,
+    shard_model,
+)
 
 
 def _world() -> tuple[int, int]:
@@ -47,8 +54,7 @@ class TrainLoop:
     ``_step`` (one step's work, returning its log values) and the ``_modules`` / ``_optimizers``
     it checkpoints."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, text_encoder,
-                 prompts: Sequence[str] | None):
+    def __init__(self, cfg: TrainConfig, device: torch.device, text_encoder, prompts: Sequence[str] | None):
         if prompts is not None and not prompts:
             raise ValueError("no training prompts")
         self.cfg, self.device, (self.rank, self.world) = cfg, device, _world()
@@ -63,8 +69,11 @@ class TrainLoop:
         self.step = 0
         self.out_dir = Path(cfg.out_dir)
         if cfg.cpu_bf16 and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            warnings.warn("cpu_bf16: this CPU has no bf16 matmul units (AVX512-BF16/AMX); bf16 autocast "
-                          "will be slower than float32 here: set cpu_bf16: false", stacklevel=2)
+            warnings.warn(
+                "cpu_bf16: this CPU has no bf16 matmul units (AVX512-BF16/AMX); bf16 autocast "
+                "will be slower than float32 here: set cpu_bf16: false",
+                stacklevel=2,
+            )
 
     def _modules(self) -> dict:
         raise NotImplementedError
@@ -94,7 +103,7 @@ class TrainLoop:
     def _mine(self, x):
         """This rank's slice of a global-batch draw."""
         b = self.cfg.batch_size
-        return x[self.rank * b:(self.rank + 1) * b]
+        return x[self.rank * b : (self.rank + 1) * b]
 
     def _randn(self, shape) -> torch.Tensor:
         full = torch.randn((shape[0] * self.world, *shape[1:]), generator=self.noise_rng, device=self.device)
@@ -102,8 +111,7 @@ class TrainLoop:
 
     def _batch_text(self) -> torch.Tensor:
         assert self.prompts is not None  # set when the data brings no prompts of its own
-        prompts = self._mine([self.prompt_rng.choice(self.prompts)
-                              for _ in range(self.cfg.batch_size * self.world)])
+        prompts = self._mine([self.prompt_rng.choice(self.prompts) for _ in range(self.cfg.batch_size * self.world)])
         with torch.no_grad():
             return self.text_encoder(prompts).to(self.device)
 
@@ -132,9 +140,11 @@ class TrainLoop:
 
     def _check_loss_space(self, model: CausalWanModel) -> None:
         if model.config.prediction == "x0" and self.cfg.loss_space != "x0":
-            warnings.warn("an x0-predicting model trained with loss_space: velocity weights noise level "
-                          "sigma by 1/sigma^2 and leaves high noise levels untrained; set loss_space: x0",
-                          stacklevel=3)
+            warnings.warn(
+                "an x0-predicting model trained with loss_space: velocity weights noise level "
+                "sigma by 1/sigma^2 and leaves high noise levels untrained; set loss_space: x0",
+                stacklevel=3,
+            )
 
     def _sync_and_clip(self, model) -> float:
         """Averages gradients over the ranks (an all-reduce; FSDP2-sharded models have
@@ -213,25 +223,31 @@ class TrainLoop:
         every RNG state. FSDP2-sharded models and their optimizer states are gathered to full ones
         (the same keys): then a collective, complete on rank 0 only."""
         return {
-            "version": checkpoints.VERSION, "stage": type(self).__name__, "config": self.cfg.to_dict(),
-            "world": self.world, "step": self.step,
+            "version": checkpoints.VERSION,
+            "stage": type(self).__name__,
+            "config": self.cfg.to_dict(),
+            "world": self.world,
+            "step": self.step,
             **{k: full_state_dict(m) for k, m in self._modules().items()},
             "model_configs": {k: dataclasses.asdict(m.config) for k, m in self._modules().items()},
-            "optimizers": {k: full_optimizer_state_dict(self._modules()[k], o)
-                           for k, o in self._optimizers().items()},
+            "optimizers": {k: full_optimizer_state_dict(self._modules()[k], o) for k, o in self._optimizers().items()},
             "rng": checkpoints.rng_state(self.noise_rng, self.prompt_rng),
         }
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("version") != checkpoints.VERSION or state.get("stage") != type(self).__name__:
-            raise ValueError(f"not a {type(self).__name__} checkpoint (version {state.get('version')!r}, "
-                             f"stage {state.get('stage')!r})")
+            raise ValueError(
+                f"not a {type(self).__name__} checkpoint (version {state.get('version')!r}, "
+                f"stage {state.get('stage')!r})"
+            )
         saved = dict(state["config"])  # per-rank batch: compare the global batch
         saved["batch_size"] = saved["batch_size"] * state.get("world", 1) / self.world
         changed = self.cfg.resume_changes(saved)
         if changed:
-            raise ValueError(f"the checkpoint was written with other values of {changed}: resuming would "
-                             "not continue the same run (start a new out_dir, or restore them)")
+            raise ValueError(
+                f"the checkpoint was written with other values of {changed}: resuming would "
+                "not continue the same run (start a new out_dir, or restore them)"
+            )
         for k, m in self._modules().items():
             load_full_state_dict(m, state[k])
         for k, o in self._optimizers().items():
@@ -261,8 +277,7 @@ class TrainLoop:
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
         except (KeyError, IndexError, AttributeError, RuntimeError) as e:
-            raise ValueError(f"{path}: not a checkpoint of this trainer "
-                             f"({type(e).__name__}: {e})") from None
+            raise ValueError(f"{path}: not a checkpoint of this trainer ({type(e).__name__}: {e})") from None
         if self.rank == 0:
             checkpoints.truncate_log(self.out_dir / "log.jsonl", self.step)
         return path

@@ -1,5 +1,6 @@
 """The ODE-init stage (Self Forcing): the causal student regressed onto the teacher's few-step ODE
 trajectories, the initialisation the Re-DMD stage (:mod:`.redmd`) starts from."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -13,9 +14,14 @@ from .config import TrainConfig
 from .loop import TrainLoop
 
 
-def ode_regression_loss(student: CausalWanModel, trajectory: torch.Tensor, cond,
-                        step_index: torch.Tensor, schedule: FewStepFlowSchedule,
-                        chunk_frames: int) -> torch.Tensor:
+def ode_regression_loss(
+    student: CausalWanModel,
+    trajectory: torch.Tensor,
+    cond,
+    step_index: torch.Tensor,
+    schedule: FewStepFlowSchedule,
+    chunk_frames: int,
+) -> torch.Tensor:
     """Self Forcing's ODE init: each chunk of each sample is given the trajectory's state at one
     student step (``step_index [B, chunks]``), the student (block-causal, all chunks at once)
     predicts the clean video, and the loss is its MSE to the trajectory's end."""
@@ -35,17 +41,18 @@ class ODEInitTrainer(TrainLoop):
     (generated on the fly, CFG with the negative prompt). Its checkpoints hold the student as
     ``generator``: give one as the DMD stage's ``generator``."""
 
-    def __init__(self, cfg: TrainConfig, student: CausalWanModel, teacher: CausalWanModel,
-                 text_encoder, prompts: Sequence[str]):
+    def __init__(
+        self, cfg: TrainConfig, student: CausalWanModel, teacher: CausalWanModel, text_encoder, prompts: Sequence[str]
+    ):
         super().__init__(cfg, student.device, text_encoder, prompts)
         self.schedule.grid_marks(cfg.ode_steps)  # an incompatible ode_steps fails here, not at step 1
         self.student = student.train()
         self.teacher = teacher.eval().requires_grad_(False)
         self._shard(student)
-        self.opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr_generator, betas=cfg.betas,
-                                     weight_decay=cfg.weight_decay)
-        self.shape = (cfg.batch_size, student.config.in_dim, cfg.latent_frames, cfg.latent_height,
-                      cfg.latent_width)
+        self.opt = torch.optim.AdamW(
+            student.parameters(), lr=cfg.lr_generator, betas=cfg.betas, weight_decay=cfg.weight_decay
+        )
+        self.shape = (cfg.batch_size, student.config.in_dim, cfg.latent_frames, cfg.latent_height, cfg.latent_width)
 
     def _modules(self) -> dict:
         return {"generator": self.student}
@@ -62,12 +69,24 @@ class ODEInitTrainer(TrainLoop):
             cond = self._batch_text()
             with self._autocast():
                 uncond = self.negative.expand(len(cond), -1, -1)
-                trajectory = teacher_trajectory(self.teacher, cond, uncond, self._randn(self.shape),
-                                                self.schedule, cfg.guidance_scale, cfg.ode_steps)
-                index = self._mine(torch.randint(len(self.schedule), (cfg.batch_size * self.world, chunks),
-                                                 generator=self.noise_rng, device=self.device))
-                loss = ode_regression_loss(self.student, trajectory, cond, index, self.schedule,
-                                           cfg.chunk_frames)
+                trajectory = teacher_trajectory(
+                    self.teacher,
+                    cond,
+                    uncond,
+                    self._randn(self.shape),
+                    self.schedule,
+                    cfg.guidance_scale,
+                    cfg.ode_steps,
+                )
+                index = self._mine(
+                    torch.randint(
+                        len(self.schedule),
+                        (cfg.batch_size * self.world, chunks),
+                        generator=self.noise_rng,
+                        device=self.device,
+                    )
+                )
+                loss = ode_regression_loss(self.student, trajectory, cond, index, self.schedule, cfg.chunk_frames)
             (loss / cfg.grad_accum).backward()
             losses.append(loss.detach())
         grad_norm = self._sync_and_clip(self.student)

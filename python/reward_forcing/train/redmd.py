@@ -7,6 +7,7 @@ Each trainer step is a critic step; every ``critic_ratio``-th step first makes a
 :func:`~reward_forcing.train.rollout.rollout` of the causal generator. Reward weights are
 normalised over the global batch, and the exit step is the same on every rank by construction.
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,9 +32,18 @@ class ReDMDTrainer(TrainLoop):
     ``prompts`` the training prompts; ``reward`` and ``decode`` (latents -> videos) are needed
     when the weighting is not ``"none"``."""
 
-    def __init__(self, cfg: TrainConfig, generator: CausalWanModel, critic: CausalWanModel,
-                 teacher: CausalWanModel, text_encoder, prompts: Sequence[str], *,
-                 reward: Reward | None = None, decode: Callable | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        generator: CausalWanModel,
+        critic: CausalWanModel,
+        teacher: CausalWanModel,
+        text_encoder,
+        prompts: Sequence[str],
+        *,
+        reward: Reward | None = None,
+        decode: Callable | None = None,
+    ):
         if cfg.weighting != "none" and (reward is None or decode is None):
             raise ValueError(f"weighting={cfg.weighting!r} needs a reward and a decoder")
         super().__init__(cfg, generator.device, text_encoder, prompts)
@@ -42,15 +52,19 @@ class ReDMDTrainer(TrainLoop):
         self.ema = copy.deepcopy(generator).eval().requires_grad_(False)
         self._check_loss_space(critic)
         if cfg.normalize_weights and cfg.weighting != "none" and cfg.batch_size * self.world == 1:
-            warnings.warn("normalize_weights over a global micro-batch of one sample makes every weight 1: "
-                          f"weighting {cfg.weighting!r} would train plain DMD", stacklevel=2)
+            warnings.warn(
+                "normalize_weights over a global micro-batch of one sample makes every weight 1: "
+                f"weighting {cfg.weighting!r} would train plain DMD",
+                stacklevel=2,
+            )
         self._shard(generator, critic, self.ema)
         self.reward, self.decode = reward, decode
         mc = generator.config
         _, ph, pw = mc.patch_size
         self.shape = (cfg.batch_size, mc.in_dim, cfg.latent_frames, cfg.latent_height, cfg.latent_width)
-        self.cache = generator.new_cache(cfg.batch_size, cfg.latent_height // ph, cfg.latent_width // pw,
-                                         cfg.cache_config())
+        self.cache = generator.new_cache(
+            cfg.batch_size, cfg.latent_height // ph, cfg.latent_width // pw, cfg.cache_config()
+        )
         adamw: dict[str, Any] = dict(betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.opt_g = torch.optim.AdamW(generator.parameters(), lr=cfg.lr_generator, **adamw)
         self.opt_c = torch.optim.AdamW(critic.parameters(), lr=cfg.lr_critic, **adamw)
@@ -78,8 +92,9 @@ class ReDMDTrainer(TrainLoop):
         exit_step = draw_exit_step(self.step, len(self.schedule), self.cfg.seed)
         self._low = self.denoised_to(exit_step) if self.cfg.ts_schedule else 0
         noise = self._randn(self.shape)
-        return rollout(self.generator, self.generator.encode_text(cond), noise, self.cache,
-                       exit_step, self.schedule, self._randn)
+        return rollout(
+            self.generator, self.generator.encode_text(cond), noise, self.cache, exit_step, self.schedule, self._randn
+        )
 
     def denoised_to(self, exit_step: int) -> int:
         """The un-shifted timestep exit step ``exit_step`` denoised to: the next student step, 0
@@ -91,9 +106,17 @@ class ReDMDTrainer(TrainLoop):
         """``x0`` noised at timesteps from the published draw; with ``ts_schedule`` the draw
         starts at the last :meth:`_sample`'s :meth:`denoised_to`."""
         cfg = self.cfg
-        t = self._mine(dmd.sample_timesteps(x0.shape[0] * self.world, shift=cfg.shift, min_t=cfg.min_t,
-                                            max_t=cfg.max_t, low=self._low, generator=self.noise_rng,
-                                            device=self.device))
+        t = self._mine(
+            dmd.sample_timesteps(
+                x0.shape[0] * self.world,
+                shift=cfg.shift,
+                min_t=cfg.min_t,
+                max_t=cfg.max_t,
+                low=self._low,
+                generator=self.noise_rng,
+                device=self.device,
+            )
+        )
         sigma = sigma_of(t, self.schedule.num_train_timesteps)
         noise = self._randn(x0.shape)
         return add_noise(x0.detach(), noise, sigma), noise, t, sigma
@@ -116,13 +139,13 @@ class ReDMDTrainer(TrainLoop):
             if cfg.weighting == "generator":
                 r = self._rewards(x0)
                 rewards.append(r)
-                weights = dmd.reward_weights(r, cfg.beta, normalize=cfg.normalize_weights,
-                                             clip=cfg.weight_clip)
+                weights = dmd.reward_weights(r, cfg.beta, normalize=cfg.normalize_weights, clip=cfg.weight_clip)
             with torch.no_grad(), self._autocast():
                 x_t, _, t, sigma = self._noised(x0)
                 uncond = self.negative.expand(len(cond), -1, -1)
-                real_cond, real_uncond = (predict_x0(x_t, self.teacher(x_t, t, c).float(), sigma)
-                                          for c in (cond, uncond))
+                real_cond, real_uncond = (
+                    predict_x0(x_t, self.teacher(x_t, t, c).float(), sigma) for c in (cond, uncond)
+                )
                 x_real = flow_cfg(real_cond, real_uncond, cfg.guidance_scale)
                 x_fake = predict_x0(x_t, self.critic(x_t, t, cond).float(), sigma)
             grad = dmd.dmd_gradient(x0, x_real, x_fake)
@@ -152,8 +175,7 @@ class ReDMDTrainer(TrainLoop):
             x_t, noise, t, sigma = self._noised(x0)
             with self._autocast():
                 velocity = self.critic(x_t, t, cond)
-            loss = dmd.weighted_mean(dmd.denoising_loss(velocity, noise, x0, self._loss_sigma(sigma)),
-                                     weights)
+            loss = dmd.weighted_mean(dmd.denoising_loss(velocity, noise, x0, self._loss_sigma(sigma)), weights)
             (loss / cfg.grad_accum).backward()
             losses.append(loss.detach())
         grad_norm = self._sync_and_clip(self.critic)

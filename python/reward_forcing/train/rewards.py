@@ -4,6 +4,7 @@ Videos are ``[B, F, H, W, 3]`` RGB, uint8 or float in [0, 1], numpy or torch. Sc
 z-normalised with FIXED constants stored with the reward (calibrated once on reference videos),
 never with batch statistics: a batch z-score is 0 at batch size 1 and would turn Re-DMD into DMD.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -73,10 +74,11 @@ class FlowMotionReward(Reward):
         h, w = g.shape[1:]
         scale = min(1.0, self.max_side / min(h, w))
         if scale < 1:
-            g = np.stack([cv2.resize(f, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-                          for f in g])
-        mags = [np.hypot(*np.moveaxis(cv2.calcOpticalFlowFarneback(a, b, _NO_FLOW, **_FARNEBACK), -1, 0)).mean()
-                for a, b in zip(g[:-1], g[1:])]
+            g = np.stack([cv2.resize(f, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) for f in g])
+        mags = [
+            np.hypot(*np.moveaxis(cv2.calcOpticalFlowFarneback(a, b, _NO_FLOW, **_FARNEBACK), -1, 0)).mean()
+            for a, b in zip(g[:-1], g[1:])
+        ]
         return float(np.log1p(np.mean(mags) * 256 / min(g.shape[1:])))
 
     def calibrate(self, videos) -> "FlowMotionReward":
@@ -85,8 +87,9 @@ class FlowMotionReward(Reward):
         return FlowMotionReward(float(raw.mean()), float(max(raw.std(), 1e-6)), self.max_side)
 
 
-def synthetic_motion_videos(n: int = 64, frames: int = 9, size: int = 64, max_speed: float = 8.0,
-                            seed: int = 0) -> np.ndarray:
+def synthetic_motion_videos(
+    n: int = 64, frames: int = 9, size: int = 64, max_speed: float = 8.0, seed: int = 0
+) -> np.ndarray:
     """Smooth random textures translating at a random speed in ``[0, max_speed]`` pixels per frame
     (of a 256-pixel frame) in a random direction: uint8 ``[n, frames, size, size, 3]``. The
     calibration set of :data:`FLOW_MOTION_MEAN`/``STD``."""

@@ -6,6 +6,7 @@ run without grad, the exit step's forward carries the gradient, and the clean ch
 writes the cache without grad (the attention op's backward keeps its own copy of the context, so
 these in-place writes cannot corrupt it).
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -23,9 +24,15 @@ def draw_exit_step(step: int, num_steps: int, seed: int = 0) -> int:
     return int(torch.randint(num_steps, (1,), generator=gen))
 
 
-def rollout(model: CausalWanModel, text: TextKV, noise: torch.Tensor, cache,
-            exit_step: int, schedule: FewStepFlowSchedule | None = None,
-            randn: Callable[[tuple], torch.Tensor] | None = None) -> torch.Tensor:
+def rollout(
+    model: CausalWanModel,
+    text: TextKV,
+    noise: torch.Tensor,
+    cache,
+    exit_step: int,
+    schedule: FewStepFlowSchedule | None = None,
+    randn: Callable[[tuple], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Generates ``noise.shape[2] / cache.chunk_frames`` chunks; returns the clean latents ``x0
     [B, C, F, H, W]`` (float32), differentiable through each chunk's exit-step forward when grad
     is enabled. ``noise [B, C, F, H, W]`` is each chunk's first input; the re-noising between steps
@@ -41,8 +48,12 @@ def rollout(model: CausalWanModel, text: TextKV, noise: torch.Tensor, cache,
     chunks = []
     for x in noise.split(c, 2):
         # the steps before the exit step without grad; the exit step in the caller's grad mode
-        x0 = schedule.denoise(x, lambda x, t: model.forward_chunk(x, t, text, cache),
-                              lambda x0: randn(x0.shape).to(x.dtype), stop=exit_step + 1)
+        x0 = schedule.denoise(
+            x,
+            lambda x, t: model.forward_chunk(x, t, text, cache),
+            lambda x0: randn(x0.shape).to(x.dtype),
+            stop=exit_step + 1,
+        )
         with torch.no_grad():
             model.forward_chunk(x0.detach(), 0.0, text, cache, update_cache=True)
         chunks.append(x0)

@@ -9,6 +9,7 @@ Model paths ``"tiny"`` / ``"world"`` / ``"world-mlp"`` build random models of th
 weights). Under ``torchrun`` each process joins the process group (NCCL on CUDA, gloo on CPU). The
 run resumes from the newest checkpoint in ``out_dir`` when there is one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -124,10 +125,16 @@ def _trainer(cfg: TrainConfig, stage: str, device: torch.device):
         if not isinstance(codec, PixelCodec):
             raise ValueError("stage teacher encodes world clips with the pixel codec: set vae: pixel")
         model = load_model(cfg.teacher, "teacher checkpoint", cfg.seed + 1, device)
-        data = WorldClips(codec, cfg.latent_frames, cfg.latent_height * codec.spatial_scale,
-                          cfg.latent_width * codec.spatial_scale, workers=cfg.data_workers,
-                          render_device=device if device.type == "cuda" else None,
-                          fixed=cfg.fixed_clips, fixed_seed=cfg.seed)
+        data = WorldClips(
+            codec,
+            cfg.latent_frames,
+            cfg.latent_height * codec.spatial_scale,
+            cfg.latent_width * codec.spatial_scale,
+            workers=cfg.data_workers,
+            render_device=device if device.type == "cuda" else None,
+            fixed=cfg.fixed_clips,
+            fixed_seed=cfg.seed,
+        )
         return TeacherTrainer(cfg, model, _text_encoder(cfg, model, device), data)
     generator, critic, teacher = _models(cfg, device, critic=stage == "dmd")
     text_encoder, prompts = _text_encoder(cfg, generator, device), _prompts(cfg)
@@ -160,8 +167,11 @@ def run(config, stage: str = "dmd", progress: bool = True, overrides=None) -> in
             return _run(config, stage, progress, overrides)
         except SystemExit as e:
             if isinstance(e.code, int) and e.code - 128 in (s.value for s in (signal.SIGTERM, signal.SIGHUP)):
-                print(f"stopped by {signal.Signals(e.code - 128).name}; the newest complete "
-                      "checkpoint in out_dir resumes the run", file=sys.stderr)
+                print(
+                    f"stopped by {signal.Signals(e.code - 128).name}; the newest complete "
+                    "checkpoint in out_dir resumes the run",
+                    file=sys.stderr,
+                )
                 if dist.is_initialized():
                     dist.destroy_process_group()
                 return e.code
@@ -211,8 +221,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The train command's options (one list for ``reward-forcing train`` and ``python -m``)."""
     parser.add_argument("--config", required=True, type=Path, help="YAML file of TrainConfig fields")
     parser.add_argument("--stage", choices=STAGES, default="dmd", help="default dmd")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="override a config field (YAML value, e.g. batch_size=64), repeatable")
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config field (YAML value, e.g. batch_size=64), repeatable",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -1,6 +1,7 @@
 """The teacher stage of the embedded world model: a bidirectional Wan teacher trained
 by flow matching on procedural world clips, when there is no pretrained teacher to distil from.
 It shares the trainer loop (logging, checkpoints, exact resume, distributed) with the other stages."""
+
 from __future__ import annotations
 
 import copy
@@ -38,8 +39,9 @@ class TeacherTrainer(TrainLoop):
         self._check_loss_space(model)
         self.ema = copy.deepcopy(model).eval().requires_grad_(False)
         self._shard(model, self.ema)
-        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr_generator, betas=cfg.betas,
-                                     weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.AdamW(
+            model.parameters(), lr=cfg.lr_generator, betas=cfg.betas, weight_decay=cfg.weight_decay
+        )
         self.data_rng = np.random.default_rng(cfg.seed)
         self._probe = WorldProbe(data) if cfg.probe_every else None
 

@@ -11,6 +11,7 @@ Methods, at the same learning rate, step count and batch:
 * ``"tilted"``: the critic's loss weighted by ``exp(-beta r)``: the fixed point is the tilted
   distribution ``p_real exp(beta r) / Z``, right-mode mass :func:`tilted_right_mass`.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,16 +29,16 @@ METHODS = ("dmd", "weighted", "tilted")
 @dataclass(frozen=True)
 class ToyConfig:
     right_weight: float = 0.5  # p, the data's mass on the right mode
-    mode: float = 2.0          # modes at -mode and +mode
-    std: float = 0.5           # std of each mode
+    mode: float = 2.0  # modes at -mode and +mode
+    std: float = 0.5  # std of each mode
     reward_sharpness: float = 4.0  # r(x) = sigmoid(sharpness x)
     beta: float = 1.0
     steps: int = 2000
-    critic_steps: int = 1      # critic updates per generator update
+    critic_steps: int = 1  # critic updates per generator update
     batch: int = 256
-    lr: float = 3e-3           # generator and critic, cosine-decayed to 0
+    lr: float = 3e-3  # generator and critic, cosine-decayed to 0
     hidden: int = 64
-    shift: float = 5.0         # the published timestep warp
+    shift: float = 5.0  # the published timestep warp
 
 
 def reward(x: torch.Tensor, cfg: ToyConfig) -> torch.Tensor:
@@ -46,7 +47,7 @@ def reward(x: torch.Tensor, cfg: ToyConfig) -> torch.Tensor:
 
 def real_x0(x_t: torch.Tensor, sigma: torch.Tensor, cfg: ToyConfig) -> torch.Tensor:
     """The exact ``E[x0 | x_t]`` of the two-Gaussian data under ``x_t = (1 - s) x0 + s eps``."""
-    a, s2 = 1 - sigma, cfg.std ** 2
+    a, s2 = 1 - sigma, cfg.std**2
     var = a * a * s2 + sigma * sigma
     means = torch.stack([-cfg.mode * torch.ones_like(x_t), cfg.mode * torch.ones_like(x_t)], -1)
     logw = torch.log(torch.tensor([1 - cfg.right_weight, cfg.right_weight], dtype=x_t.dtype))
@@ -60,15 +61,18 @@ def tilted_right_mass(cfg: ToyConfig, beta: float | None = None) -> float:
     """Mass on x > 0 of ``p_real exp(beta r) / Z`` (numerical integral; ~``p e^b / (p e^b + 1 - p)``)."""
     beta = cfg.beta if beta is None else beta
     x = torch.linspace(-cfg.mode - 8 * cfg.std, cfg.mode + 8 * cfg.std, 20001, dtype=torch.float64)
-    dens = sum(w * torch.exp(-0.5 * ((x - m) / cfg.std) ** 2)
-               for w, m in ((1 - cfg.right_weight, -cfg.mode), (cfg.right_weight, cfg.mode)))
+    dens = sum(
+        w * torch.exp(-0.5 * ((x - m) / cfg.std) ** 2)
+        for w, m in ((1 - cfg.right_weight, -cfg.mode), (cfg.right_weight, cfg.mode))
+    )
     dens = dens * torch.exp(beta * reward(x, cfg))
     return float(dens[x > 0].sum() / dens.sum())
 
 
 def _mlp(inputs: int, hidden: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(inputs, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                         nn.Linear(hidden, 1))
+    return nn.Sequential(
+        nn.Linear(inputs, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1)
+    )
 
 
 class Critic(nn.Module):
@@ -94,8 +98,10 @@ def train(method: str, seed: int, cfg: ToyConfig = ToyConfig()) -> dict:
     opt_g = torch.optim.AdamW(generator.parameters(), lr=cfg.lr, betas=(0.0, 0.999), weight_decay=0.0)
     opt_c = torch.optim.AdamW(critic.parameters(), lr=cfg.lr, betas=(0.0, 0.999), weight_decay=0.0)
 
-    decay = [torch.optim.lr_scheduler.LambdaLR(o, lambda i: 0.5 * (1 + math.cos(math.pi * i / cfg.steps)))
-             for o in (opt_g, opt_c)]
+    decay = [
+        torch.optim.lr_scheduler.LambdaLR(o, lambda i: 0.5 * (1 + math.cos(math.pi * i / cfg.steps)))
+        for o in (opt_g, opt_c)
+    ]
 
     def sample(n):
         return generator(torch.randn(n, 1, generator=gen)).squeeze(-1)
@@ -134,9 +140,15 @@ def train(method: str, seed: int, cfg: ToyConfig = ToyConfig()) -> dict:
     with torch.no_grad():
         x = sample(20000)
     near = lambda m: float(((x - m).abs() < 1).float().mean())  # noqa: E731
-    return {"method": method, "seed": seed, "right_mass": float((x > 0).float().mean()),
-            "near_left": near(-cfg.mode), "near_right": near(cfg.mode),
-            "mean": float(x.mean()), "std": float(x.std())}
+    return {
+        "method": method,
+        "seed": seed,
+        "right_mass": float((x > 0).float().mean()),
+        "near_left": near(-cfg.mode),
+        "near_right": near(cfg.mode),
+        "mean": float(x.mean()),
+        "std": float(x.std()),
+    }
 
 
 def compare(seeds=(0, 1, 2), cfg: ToyConfig = ToyConfig()) -> list[dict]:
@@ -146,8 +158,10 @@ def compare(seeds=(0, 1, 2), cfg: ToyConfig = ToyConfig()) -> list[dict]:
 
 if __name__ == "__main__":
     c = ToyConfig()
-    tilted = c.right_weight * math.e ** c.beta
-    print(f"data right mass {c.right_weight}, tilted target {tilted_right_mass(c):.3f} "
-          f"(closed form {tilted / (tilted + 1 - c.right_weight):.3f})")
+    tilted = c.right_weight * math.e**c.beta
+    print(
+        f"data right mass {c.right_weight}, tilted target {tilted_right_mass(c):.3f} "
+        f"(closed form {tilted / (tilted + 1 - c.right_weight):.3f})"
+    )
     for row in compare(cfg=c):
         print(row)

@@ -32,6 +32,7 @@ Each video is scored in its own forward pass (no padding), so a sample's score d
 the rest of the batch. With ``rm_head`` of K rows and K reward tokens, token k reads row k
 (VideoAlign's special-token head); with one row every token reads it.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,13 +49,16 @@ from .rewards import Reward
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 REWARD_TOKENS = ("<|VQ_reward|>", "<|MQ_reward|>", "<|TA_reward|>")
-DEFAULT_TEMPLATE = ("<|vision_end|>Rate the video generated from the prompt: {prompt}. "
-                    "Visual quality <|VQ_reward|> motion quality <|MQ_reward|> "
-                    "text alignment <|TA_reward|><|im_end|>")
+DEFAULT_TEMPLATE = (
+    "<|vision_end|>Rate the video generated from the prompt: {prompt}. "
+    "Visual quality <|VQ_reward|> motion quality <|MQ_reward|> "
+    "text alignment <|TA_reward|><|im_end|>"
+)
 
 
-def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56,
-                 max_pixels: int = 14 * 14 * 4 * 1280) -> tuple[int, int]:
+def smart_resize(
+    height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56, max_pixels: int = 14 * 14 * 4 * 1280
+) -> tuple[int, int]:
     """Qwen2-VL's resize rule: both sides multiples of ``factor``, area within the pixel range."""
     h, w = round(height / factor) * factor, round(width / factor) * factor
     if h * w > max_pixels:
@@ -67,9 +71,15 @@ def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56
     return h, w
 
 
-def video_patches(video: np.ndarray, patch_size: int = 14, merge_size: int = 2, temporal_patch_size: int = 2,
-                  min_pixels: int = 56 * 56, max_pixels: int = 14 * 14 * 4 * 1280,
-                  num_frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def video_patches(
+    video: np.ndarray,
+    patch_size: int = 14,
+    merge_size: int = 2,
+    temporal_patch_size: int = 2,
+    min_pixels: int = 56 * 56,
+    max_pixels: int = 14 * 14 * 4 * 1280,
+    num_frames: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 ``[F, H, W, 3]`` -> (``pixel_values_videos [T*h*w, 3*tp*p*p]``, ``grid_thw [1, 3]``)
     in Qwen2-VL's layout. ``num_frames`` subsamples uniformly first."""
     frames = torch.from_numpy(np.ascontiguousarray(video)).permute(0, 3, 1, 2).float() / 255
@@ -78,16 +88,16 @@ def video_patches(video: np.ndarray, patch_size: int = 14, merge_size: int = 2, 
     if pad := -len(frames) % temporal_patch_size:
         frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)])
     height, width = frames.shape[2:]
-    h, w = smart_resize(height, width, factor=patch_size * merge_size, min_pixels=min_pixels,
-                        max_pixels=max_pixels)
+    h, w = smart_resize(height, width, factor=patch_size * merge_size, min_pixels=min_pixels, max_pixels=max_pixels)
     if (h, w) != tuple(frames.shape[2:]):
         frames = F.interpolate(frames, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
     frames = (frames - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
     t, c = len(frames) // temporal_patch_size, frames.shape[1]
     gh, gw = h // patch_size, w // patch_size
-    p = frames.view(t, temporal_patch_size, c, gh // merge_size, merge_size, patch_size,
-                    gw // merge_size, merge_size, patch_size)
-    p = p.permute(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(t * gh * gw, c * temporal_patch_size * patch_size ** 2)
+    p = frames.view(
+        t, temporal_patch_size, c, gh // merge_size, merge_size, patch_size, gw // merge_size, merge_size, patch_size
+    )
+    p = p.permute(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(t * gh * gw, c * temporal_patch_size * patch_size**2)
     return p, torch.tensor([[t, gh, gw]])
 
 
@@ -102,8 +112,10 @@ def _rm_head_weight(path: Path) -> torch.Tensor:
             for key in f.keys():
                 if key.endswith("rm_head.weight"):
                     return f.get_tensor(key)
-    raise FileNotFoundError(f"VLM reward: no rm_head in {path} (expected rm_head.safetensors or a "
-                            f"'rm_head.weight' key in a *.safetensors file)")
+    raise FileNotFoundError(
+        f"VLM reward: no rm_head in {path} (expected rm_head.safetensors or a "
+        f"'rm_head.weight' key in a *.safetensors file)"
+    )
 
 
 class VLMReward(Reward):
@@ -123,8 +135,10 @@ class VLMReward(Reward):
             inference = json.loads((path / "config.json").read_text()).get("inference_config")
         self.score = rcfg.get("score", "MQ")
         if not inference or f"{self.score}_mean" not in inference or f"{self.score}_std" not in inference:
-            raise ValueError(f"VLM reward: no inference_config with {self.score}_mean/{self.score}_std "
-                             f"in {cfg_file} or config.json (fixed normalisation constants are required)")
+            raise ValueError(
+                f"VLM reward: no inference_config with {self.score}_mean/{self.score}_std "
+                f"in {cfg_file} or config.json (fixed normalisation constants are required)"
+            )
         self.mean, self.std = float(inference[f"{self.score}_mean"]), float(inference[f"{self.score}_std"])
         if not self.std > 0:
             raise ValueError(f"VLM reward: {self.score}_std must be positive, got {self.std}")
@@ -144,8 +158,10 @@ class VLMReward(Reward):
         self.config, self.device = config, torch.device(device)
         hidden = config.text_config.hidden_size
         if weight.ndim != 2 or weight.shape[1] != hidden or weight.shape[0] not in (1, len(self.reward_tokens)):
-            raise ValueError(f"VLM reward: rm_head weight {tuple(weight.shape)} does not fit hidden size "
-                             f"{hidden} and {len(self.reward_tokens)} reward tokens")
+            raise ValueError(
+                f"VLM reward: rm_head weight {tuple(weight.shape)} does not fit hidden size "
+                f"{hidden} and {len(self.reward_tokens)} reward tokens"
+            )
         self.rm_head = weight.to(self.device, torch.float32)
         self.token_ids = cast(list[int], self.tokenizer.convert_tokens_to_ids(self.reward_tokens))
         if any(i is None or i == self.tokenizer.unk_token_id for i in self.token_ids):
@@ -167,13 +183,23 @@ class VLMReward(Reward):
     def scores(self, video: np.ndarray) -> dict[str, float]:
         """Every raw (un-normalised) score of one uint8 video ``[F, H, W, 3]``, by token name."""
         v = self.config.vision_config
-        pixels, grid = video_patches(video, v.patch_size, v.spatial_merge_size, v.temporal_patch_size,
-                                     self.min_pixels, self.max_pixels, self.num_frames)
-        ids = self._ids(int(grid.prod()) // v.spatial_merge_size ** 2).to(self.device)
-        out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids),
-                         pixel_values_videos=pixels.to(self.device, self.model.dtype),
-                         video_grid_thw=grid.to(self.device),
-                         mm_token_type_ids=(ids == self.config.video_token_id).int() * 2)
+        pixels, grid = video_patches(
+            video,
+            v.patch_size,
+            v.spatial_merge_size,
+            v.temporal_patch_size,
+            self.min_pixels,
+            self.max_pixels,
+            self.num_frames,
+        )
+        ids = self._ids(int(grid.prod()) // v.spatial_merge_size**2).to(self.device)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            pixel_values_videos=pixels.to(self.device, self.model.dtype),
+            video_grid_thw=grid.to(self.device),
+            mm_token_type_ids=(ids == self.config.video_token_id).int() * 2,
+        )
         hidden = out.last_hidden_state[0].float()
         result = {}
         for k, (name, tid) in enumerate(zip(self.reward_tokens, self.token_ids)):
@@ -181,7 +207,7 @@ class VLMReward(Reward):
             if len(pos) != 1:
                 raise ValueError(f"VLM reward: the prompt holds {name} {len(pos)} times, expected once")
             row = self.rm_head[k if len(self.rm_head) > 1 else 0]
-            result[name[2:-len("_reward|>")]] = float(hidden[pos[0, 0]] @ row)
+            result[name[2 : -len("_reward|>")]] = float(hidden[pos[0, 0]] @ row)
         return result
 
     def raw(self, video: np.ndarray) -> float:

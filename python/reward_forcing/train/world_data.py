@@ -1,6 +1,7 @@
 """Training data from the procedural world (:mod:`reward_forcing.world`): clips rendered on the fly,
 encoded with the pixel codec, with their prompts. Also the world's training prompts for the stages
 that need prompts only (ODE init, DMD)."""
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -16,6 +17,7 @@ class Clips(NamedTuple):
     """A batch of world clips: clean latents ``[n, C, F, H, W]``, their prompts, and the object
     coverage in the same latent layout (1 on object pixels, 0 on the background; what an
     object-weighted loss and the object/background error split use)."""
+
     latents: torch.Tensor
     prompts: list[str]
     masks: torch.Tensor
@@ -31,10 +33,21 @@ class WorldClips:
     under-trained). Rendering: with numpy in this process, or in ``workers`` processes, or with
     torch on ``render_device`` (a GPU renders a batch in milliseconds; the same pixels)."""
 
-    def __init__(self, codec: PixelCodec, latent_frames: int, height: int = 64, width: int = 64,
-                 fps: float = 16.0, split: str = "train", start_at_zero: float = 0.5,
-                 max_start: int = 160, workers: int = 0, render_device=None, fixed: int = 0,
-                 fixed_seed: int = 0):
+    def __init__(
+        self,
+        codec: PixelCodec,
+        latent_frames: int,
+        height: int = 64,
+        width: int = 64,
+        fps: float = 16.0,
+        split: str = "train",
+        start_at_zero: float = 0.5,
+        max_start: int = 160,
+        workers: int = 0,
+        render_device=None,
+        fixed: int = 0,
+        fixed_seed: int = 0,
+    ):
         if fixed < 0:
             raise ValueError(f"fixed must be >= 0, got {fixed}")
         self.codec, self.frames = codec, latent_frames * codec.temporal_scale
@@ -59,8 +72,7 @@ class WorldClips:
         without workers); the rendering is spread over the worker processes, if any."""
         if self._fixed is not None:
             pick = rng.integers(0, len(self._fixed.prompts), n)
-            return Clips(self._fixed.latents[pick], [self._fixed.prompts[i] for i in pick],
-                         self._fixed.masks[pick])
+            return Clips(self._fixed.latents[pick], [self._fixed.prompts[i] for i in pick], self._fixed.masks[pick])
         return self._draw(n, rng)
 
     def _draw(self, n: int, rng: np.random.Generator) -> Clips:

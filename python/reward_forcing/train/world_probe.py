@@ -6,6 +6,7 @@ with the world's ground truth. Used in the teacher's training log (``probe_every
 Whole-frame errors cannot tell designs apart here: objects are a minority of a frame's pixels and
 every model learns the background first.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,14 @@ from .world_data import Clips
 SIGMAS = (0.3, 0.6, 0.8, 0.95)
 # The gate (docs/design.md §10): what a teacher must reach before distillation, and a student within
 # STUDENT_MARGIN of its teacher on every score.
-GATE = {"found": 0.90, "colour_right": 0.90, "shape_right": 0.80, "background_right": 0.95,
-        "direction_right": 0.75, "keeps_moving": 0.90}
+GATE = {
+    "found": 0.90,
+    "colour_right": 0.90,
+    "shape_right": 0.80,
+    "background_right": 0.95,
+    "direction_right": 0.75,
+    "keeps_moving": 0.90,
+}
 STUDENT_MARGIN = 0.10
 SCORES = tuple(GATE)
 
@@ -41,14 +48,24 @@ def x0_errors(model, cond: torch.Tensor, clips: Clips, sigmas=SIGMAS, seed: int 
         s = torch.full((len(x0),), float(sigma), device=x0.device)
         x_t = dmd.add_noise(x0, noise, s)
         err = (dmd.predict_x0(x_t, model(x_t, s * total, cond).float(), s) - x0).pow(2)
-        out[str(sigma)] = {"object": float((err * obj).sum() / obj.sum().clamp(min=1e-9)),
-                           "background": float((err * (1 - obj)).sum() / (1 - obj).sum().clamp(min=1e-9))}
+        out[str(sigma)] = {
+            "object": float((err * obj).sum() / obj.sum().clamp(min=1e-9)),
+            "background": float((err * (1 - obj)).sum() / (1 - obj).sum().clamp(min=1e-9)),
+        }
     return out
 
 
 @torch.no_grad()
-def colour_binding(model, text_encoder, codec, sigma: float = 0.95, seed: int = 0, *,
-                   latent_frames: int = 8, size: tuple[int, int] = (64, 64)) -> float:
+def colour_binding(
+    model,
+    text_encoder,
+    codec,
+    sigma: float = 0.95,
+    seed: int = 0,
+    *,
+    latent_frames: int = 8,
+    size: tuple[int, int] = (64, 64),
+) -> float:
     """Share of (clip, prompted colour) pairs in which the model's x0 prediction paints the object
     pixels nearest to the *prompted* colour, for a large circle of each of three true colours under
     prompts that differ only in the colour word (chance 1/8). At noise levels where the object is
@@ -62,8 +79,7 @@ def colour_binding(model, text_encoder, codec, sigma: float = 0.95, seed: int = 
     total = FewStepFlowSchedule().num_train_timesteps
     hits = 0
     for true in ("red", "blue", "yellow"):
-        scene = Scene((ObjectSpec("circle", true, "large", "right"),), "black", ((0.3, 0.5),), prompts[0],
-                      *size)
+        scene = Scene((ObjectSpec("circle", true, "large", "right"),), "black", ((0.3, 0.5),), prompts[0], *size)
         video, truth = render(scene, codec.temporal_scale * latent_frames)
         x0 = codec.encode(torch.from_numpy(video)[None])
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
@@ -95,8 +111,11 @@ def gate_prompts(n: int = 16, seed: int = 0) -> list[str]:
                     colour = colours[(j + k // 24) % len(colours)]
                     shape = SHAPES[(j + k // 8) % len(SHAPES)]
                     direction = directions[(3 * j + k) % len(directions)]
-                    if (colour != avoid and combo_split(colour, shape, direction) == split
-                            and not (fresh and direction in used)):
+                    if (
+                        colour != avoid
+                        and combo_split(colour, shape, direction) == split
+                        and not (fresh and direction in used)
+                    ):
                         used.add(direction)
                         return ObjectSpec(shape, colour, sizes[j % len(sizes)], direction)
             raise AssertionError("unreachable: every colour x shape pair has both splits")
@@ -109,21 +128,39 @@ def gate_prompts(n: int = 16, seed: int = 0) -> list[str]:
 
 
 @torch.no_grad()
-def sample_videos(model, text_encoder, codec, prompts, seeds, *, latent_frames: int = 8,
-                  size: tuple[int, int] = (64, 64), steps: int = 8, guidance: float = 3.0, shift: float = 3.0,
-                  negative: str = "static, blurry, low quality") -> np.ndarray:
+def sample_videos(
+    model,
+    text_encoder,
+    codec,
+    prompts,
+    seeds,
+    *,
+    latent_frames: int = 8,
+    size: tuple[int, int] = (64, 64),
+    steps: int = 8,
+    guidance: float = 3.0,
+    shift: float = 3.0,
+    negative: str = "static, blurry, low quality",
+) -> np.ndarray:
     """CFG samples ``uint8 [len(prompts) * len(seeds), F, H, W, 3]`` (prompt-major), ``steps``
     Euler steps of the flow ODE warped by ``shift``; one batch."""
     from ..scheduler import teacher_trajectory
 
     pairs = [(p, s) for p in prompts for s in seeds]
     height, width = (n // codec.spatial_scale for n in size)
-    noise = torch.cat([torch.randn(1, codec.channels, latent_frames, height, width,
-                                   generator=torch.Generator().manual_seed(int(s))) for _, s in pairs])
+    noise = torch.cat(
+        [
+            torch.randn(
+                1, codec.channels, latent_frames, height, width, generator=torch.Generator().manual_seed(int(s))
+            )
+            for _, s in pairs
+        ]
+    )
     cond = text_encoder([p for p, _ in pairs]).to(model.device)
     uncond = text_encoder([negative]).to(model.device).expand_as(cond)
-    x = teacher_trajectory(model, cond, uncond, noise.to(model.device), FewStepFlowSchedule(shift=shift),
-                           guidance, steps)[:, -1]
+    x = teacher_trajectory(
+        model, cond, uncond, noise.to(model.device), FewStepFlowSchedule(shift=shift), guidance, steps
+    )[:, -1]
     video = ((codec.decode(x.cpu()).permute(0, 2, 3, 4, 1) + 1) * 127.5).round().clamp(0, 255)
     return video.to(torch.uint8).numpy()
 
@@ -131,8 +168,10 @@ def sample_videos(model, text_encoder, codec, prompts, seeds, *, latent_frames: 
 def score_videos(videos: np.ndarray, prompts: list[str], fps: float = 16.0) -> list[dict]:
     """world_scores of each video against its prompt (``videos`` prompt-major, as sampled)."""
     per = len(videos) // len(prompts)
-    return [{k: float(v) for k, v in world_scores(video, prompts[i // per], fps=fps).items() if k in SCORES}
-            for i, video in enumerate(videos)]
+    return [
+        {k: float(v) for k, v in world_scores(video, prompts[i // per], fps=fps).items() if k in SCORES}
+        for i, video in enumerate(videos)
+    ]
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -142,9 +181,12 @@ def summarize(rows: list[dict]) -> dict:
     for key in SCORES:
         v = np.array([r[key] for r in rows], np.float64)
         half = 1.96 * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else 1.0
-        out[key] = {"mean": float(v.mean()), "ci95": [float(max(0.0, v.mean() - half)),
-                                                      float(min(1.0, v.mean() + half))],
-                    "gate": GATE[key], "passes": bool(v.mean() >= GATE[key])}
+        out[key] = {
+            "mean": float(v.mean()),
+            "ci95": [float(max(0.0, v.mean() - half)), float(min(1.0, v.mean() + half))],
+            "gate": GATE[key],
+            "passes": bool(v.mean() >= GATE[key]),
+        }
     out["passes_gate"] = all(out[k]["passes"] for k in SCORES)
     return out
 
@@ -158,10 +200,9 @@ class WorldProbe:
     def __init__(self, data, clips: int = 8, prompts: int = 4, seed: int = 12345):
         self.codec = data.codec
         latent_frames = data.frames // data.codec.temporal_scale
-        held = type(data)(data.codec, latent_frames, data.height, data.width, data.fps,
-                          start_at_zero=1.0)
+        held = type(data)(data.codec, latent_frames, data.height, data.width, data.fps, start_at_zero=1.0)
         self.clips = held.sample(clips, np.random.default_rng(seed))
-        self.prompts = gate_prompts(16)[::16 // prompts][:prompts]
+        self.prompts = gate_prompts(16)[:: 16 // prompts][:prompts]
         self.latent_frames, self.size, self.fps = latent_frames, (data.height, data.width), data.fps
 
     @torch.no_grad()
@@ -172,10 +213,12 @@ class WorldProbe:
         logs = {}
         for sigma, e in x0_errors(model, cond, _to(self.clips, model.device)).items():
             logs[f"x0_object@{sigma}"], logs[f"x0_background@{sigma}"] = e["object"], e["background"]
-        logs["colour_binding"] = colour_binding(model, text_encoder, self.codec,
-                                                latent_frames=self.latent_frames, size=self.size)
-        videos = sample_videos(model, text_encoder, self.codec, self.prompts, (0,),
-                               latent_frames=self.latent_frames, size=self.size)
+        logs["colour_binding"] = colour_binding(
+            model, text_encoder, self.codec, latent_frames=self.latent_frames, size=self.size
+        )
+        videos = sample_videos(
+            model, text_encoder, self.codec, self.prompts, (0,), latent_frames=self.latent_frames, size=self.size
+        )
         for key, value in summarize(score_videos(videos, self.prompts, self.fps)).items():
             if key in SCORES:
                 logs[f"probe_{key}"] = value["mean"]

@@ -6,6 +6,7 @@ any frame range renders independently and an endless stream never drifts. Shapes
 with per-pixel coverage from a signed distance, i.e. anti-aliased with sub-pixel positions.
 Units: positions in pixels (x right, y down, pixel centres at i + 0.5), velocities in pixels/frame.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,33 +20,50 @@ import numpy as np
 # colour differs from every background in luminance by >= 33 levels, so grey-level optical flow and
 # colour segmentation both see every object.
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (230, 40, 40), "green": (40, 200, 60), "blue": (40, 100, 240), "yellow": (250, 220, 40),
-    "orange": (250, 140, 20), "purple": (150, 60, 200), "pink": (250, 120, 190), "cyan": (40, 220, 230),
+    "red": (230, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (40, 100, 240),
+    "yellow": (250, 220, 40),
+    "orange": (250, 140, 20),
+    "purple": (150, 60, 200),
+    "pink": (250, 120, 190),
+    "cyan": (40, 220, 230),
 }
-BACKGROUNDS: dict[str, tuple[int, int, int]] = {"black": (0, 0, 0), "white": (255, 255, 255),
-                                                "gray": (64, 64, 64)}
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {"black": (0, 0, 0), "white": (255, 255, 255), "gray": (64, 64, 64)}
 SHAPES = ("circle", "square", "triangle")
 # radius / min(H, W). Objects of 0.07-0.14 were 3-5 % of a frame's pixels, and every model trained
 # on the 2-core budget learned the backgrounds and left the objects out (docs/design.md §10): at
 # 0.10-0.21 an object is 6-25 % of a 64x64 frame.
 SIZES: dict[str, float] = {"small": 0.10, "medium": 0.15, "large": 0.21}
 MAX_OBJECTS = 2  # per scene: what the embedded model is trained on
-SPEEDS: dict[str, float] = {"slow": 0.45, "medium": 0.7, "fast": 1.0}     # min(H, W) per second
+SPEEDS: dict[str, float] = {"slow": 0.45, "medium": 0.7, "fast": 1.0}  # min(H, W) per second
 _D = math.sqrt(0.5)
 DIRECTIONS: dict[str, tuple[float, float]] = {
-    "right": (1.0, 0.0), "up-right": (_D, -_D), "up": (0.0, -1.0), "up-left": (-_D, -_D),
-    "left": (-1.0, 0.0), "down-left": (-_D, _D), "down": (0.0, 1.0), "down-right": (_D, _D),
+    "right": (1.0, 0.0),
+    "up-right": (_D, -_D),
+    "up": (0.0, -1.0),
+    "up-left": (-_D, -_D),
+    "left": (-1.0, 0.0),
+    "down-left": (-_D, _D),
+    "down": (0.0, 1.0),
+    "down-right": (_D, _D),
 }
 # Objects start where they travel this long before their first bounce, so the prompted direction is
 # what the first LEAD_SECONDS show (world_scores measures direction there).
 LEAD_SECONDS = 0.5
 
-_COLOUR_WORDS = {"red": ["red"], "green": ["green"], "blue": ["blue"], "yellow": ["yellow"],
-                 "orange": ["orange"], "purple": ["purple", "violet"], "pink": ["pink"],
-                 "cyan": ["cyan", "turquoise"]}
+_COLOUR_WORDS = {
+    "red": ["red"],
+    "green": ["green"],
+    "blue": ["blue"],
+    "yellow": ["yellow"],
+    "orange": ["orange"],
+    "purple": ["purple", "violet"],
+    "pink": ["pink"],
+    "cyan": ["cyan", "turquoise"],
+}
 _BACKGROUND_WORDS = {"black": ["black"], "white": ["white"], "gray": ["gray", "grey"]}
-_SHAPE_WORDS = {"circle": ["circle", "ball", "disc"], "square": ["square", "box", "block"],
-                "triangle": ["triangle"]}
+_SHAPE_WORDS = {"circle": ["circle", "ball", "disc"], "square": ["square", "box", "block"], "triangle": ["triangle"]}
 _SIZE_WORDS = {"small": ["small", "little", "tiny"], "medium": [], "large": ["large", "big"]}
 _SPEED_ADJECTIVES = {"slow": ["slow"], "medium": [], "fast": ["fast", "quick"]}
 _SPEED_ADVERBS = {"slow": ["slowly", "gently"], "medium": ["steadily"], "fast": ["quickly", "rapidly"]}
@@ -57,10 +75,8 @@ _DIRECTION_WORDS = {
     "down": ["down", "downward", "toward the bottom", "south"],
     "up-right": ["up and to the right", "diagonally up-right", "toward the top right", "northeast"],
     "up-left": ["up and to the left", "diagonally up-left", "toward the top left", "northwest"],
-    "down-right": ["down and to the right", "diagonally down-right", "toward the bottom right",
-                   "southeast"],
-    "down-left": ["down and to the left", "diagonally down-left", "toward the bottom left",
-                  "southwest"],
+    "down-right": ["down and to the right", "diagonally down-right", "toward the bottom right", "southeast"],
+    "down-left": ["down and to the left", "diagonally down-left", "toward the bottom left", "southwest"],
 }
 _COUNT_WORDS = {2: "two", 3: "three"}
 
@@ -68,6 +84,7 @@ _COUNT_WORDS = {2: "two", 3: "three"}
 @dataclass(frozen=True)
 class ObjectSpec:
     """What a prompt says about one object."""
+
     shape: str
     colour: str
     size: str = "medium"
@@ -78,6 +95,7 @@ class ObjectSpec:
 @dataclass(frozen=True)
 class PromptSpec:
     """What a prompt says: its objects in order, and the background."""
+
     objects: tuple[ObjectSpec, ...]
     background: str
 
@@ -100,14 +118,15 @@ class Scene:
 @dataclass(frozen=True)
 class Truth:
     """Per-frame ground truth of a rendered range; K = number of objects, in drawing order."""
-    frames: np.ndarray    # [F] int64 frame indices
+
+    frames: np.ndarray  # [F] int64 frame indices
     position: np.ndarray  # [F, K, 2] float32 centre (x, y), pixels
     velocity: np.ndarray  # [F, K, 2] float32 pixels/frame
-    visible: np.ndarray   # [F, K] bool: at least half of the object is not covered by later ones
-    colour: np.ndarray    # [K, 3] uint8 RGB
+    visible: np.ndarray  # [F, K] bool: at least half of the object is not covered by later ones
+    colour: np.ndarray  # [K, 3] uint8 RGB
     shape: tuple[str, ...]
-    radius: np.ndarray    # [K] float32 pixels
-    mask: np.ndarray      # [F, H, W] float32 object coverage in [0, 1] (all objects together)
+    radius: np.ndarray  # [K] float32 pixels
+    mask: np.ndarray  # [F, H, W] float32 object coverage in [0, 1] (all objects together)
 
 
 # ---------------------------------------------------------------------------------------- geometry
@@ -122,12 +141,13 @@ def speed_px(speed: str, height: int, width: int, fps: float) -> float:
 
 def half_extent(shape: str, radius: float) -> tuple[float, float]:
     """Half width and half height of the shape's bounding box (what bounces off the walls)."""
-    return {"circle": (radius, radius), "square": (0.9 * radius, 0.9 * radius),
-            "triangle": (radius, 0.866 * radius)}[shape]
+    return {"circle": (radius, radius), "square": (0.9 * radius, 0.9 * radius), "triangle": (radius, 0.866 * radius)}[
+        shape
+    ]
 
 
 def shape_area(shape: str, radius: float) -> float:
-    return {"circle": math.pi, "square": 3.24, "triangle": 1.732}[shape] * radius ** 2
+    return {"circle": math.pi, "square": 3.24, "triangle": 1.732}[shape] * radius**2
 
 
 def _signed_distance(shape: str, r, dx, dy):
@@ -144,8 +164,7 @@ def _signed_distance(shape: str, r, dx, dy):
     return xp.maximum(dy - a, (abs(dx) * 2 * a - (dy + a) * r) / norm)
 
 
-def shape_coverage(shape: str, radius: float, centre: tuple[float, float], height: int, width: int
-                   ) -> np.ndarray:
+def shape_coverage(shape: str, radius: float, centre: tuple[float, float], height: int, width: int) -> np.ndarray:
     """Per-pixel coverage [H, W] in [0, 1] of ``shape`` at ``radius`` whose *area centroid* is at
     ``centre`` (x, y pixels; a triangle's centroid lies a third of its half height below the
     centre of its bounding box, which is where :func:`render` places it)."""
@@ -186,8 +205,7 @@ def trajectory(scene: Scene, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 # --------------------------------------------------------------------------------------- rendering
-def render(scene: Scene, num_frames: int, start: int = 0, block: int = 64
-           ) -> tuple[np.ndarray, Truth]:
+def render(scene: Scene, num_frames: int, start: int = 0, block: int = 64) -> tuple[np.ndarray, Truth]:
     """Frames start .. start+num_frames-1 as uint8 [F, H, W, 3] RGB, and their ground truth."""
     h, w = scene.height, scene.width
     frames = np.arange(start, start + num_frames)
@@ -200,9 +218,8 @@ def render(scene: Scene, num_frames: int, start: int = 0, block: int = 64
     mask = np.empty((num_frames, h, w), dtype=np.float32)
     visible = np.zeros((num_frames, len(scene.objects)), dtype=bool)
     for b in range(0, num_frames, block):
-        p = pos[b:b + block].astype(np.float32)
-        img = np.broadcast_to(np.array(BACKGROUNDS[scene.background], np.float32),
-                              (len(p), h, w, 3)).copy()
+        p = pos[b : b + block].astype(np.float32)
+        img = np.broadcast_to(np.array(BACKGROUNDS[scene.background], np.float32), (len(p), h, w, 3)).copy()
         covers = []
         for k, obj in enumerate(scene.objects):
             dx = xs - p[:, k, 0, None, None]
@@ -213,13 +230,20 @@ def render(scene: Scene, num_frames: int, start: int = 0, block: int = 64
         uncovered = np.ones((len(p), h, w), np.float32)
         for k in reversed(range(len(covers))):
             own = covers[k].sum(axis=(1, 2))
-            visible[b:b + block, k] = (covers[k] * uncovered).sum(axis=(1, 2)) >= 0.5 * own
+            visible[b : b + block, k] = (covers[k] * uncovered).sum(axis=(1, 2)) >= 0.5 * own
             uncovered *= 1.0 - covers[k]
-        video[b:b + block] = np.rint(img).astype(np.uint8)
-        mask[b:b + block] = 1.0 - uncovered
-    truth = Truth(frames=frames, position=pos.astype(np.float32), velocity=vel.astype(np.float32),
-                  visible=visible, colour=colours.astype(np.uint8),
-                  shape=tuple(o.shape for o in scene.objects), radius=radii, mask=mask)
+        video[b : b + block] = np.rint(img).astype(np.uint8)
+        mask[b : b + block] = 1.0 - uncovered
+    truth = Truth(
+        frames=frames,
+        position=pos.astype(np.float32),
+        velocity=vel.astype(np.float32),
+        visible=visible,
+        colour=colours.astype(np.uint8),
+        shape=tuple(o.shape for o in scene.objects),
+        radius=radii,
+        mask=mask,
+    )
     return video, truth
 
 
@@ -264,8 +288,7 @@ def render_batch(scenes, num_frames: int, starts, device="cpu"):
     return img.round().to(torch.uint8), 1.0 - uncovered
 
 
-def stream_scene(scene: Scene, chunk_frames: int = 16, start: int = 0
-                 ) -> Iterator[tuple[np.ndarray, Truth]]:
+def stream_scene(scene: Scene, chunk_frames: int = 16, start: int = 0) -> Iterator[tuple[np.ndarray, Truth]]:
     """Endless source: consecutive chunks (video [chunk_frames, H, W, 3], truth) of one scene."""
     while True:
         yield render(scene, chunk_frames, start)
@@ -290,8 +313,15 @@ def scene_split(spec: PromptSpec | Scene) -> str:
 
 
 # -------------------------------------------------------------------------------------- sampling
-def sample_scene(rng: np.random.Generator | int | None = None, *, height: int = 64, width: int = 64,
-                 fps: float = 16.0, n_objects: int | None = None, split: str | None = None) -> Scene:
+def sample_scene(
+    rng: np.random.Generator | int | None = None,
+    *,
+    height: int = 64,
+    width: int = 64,
+    fps: float = 16.0,
+    n_objects: int | None = None,
+    split: str | None = None,
+) -> Scene:
     """A random scene with a randomly worded prompt. split='train' / 'test' draws only train / only
     held-out colour x shape x direction combinations (see combo_split); None draws any.
     Objects in a scene have distinct colours, so colour segmentation tells them apart."""
@@ -307,8 +337,9 @@ def sample_scene(rng: np.random.Generator | int | None = None, *, height: int = 
         shape, direction = str(rng.choice(SHAPES)), str(rng.choice(list(DIRECTIONS)))
         if split is not None and combo_split(colour, shape, direction) != split:
             continue
-        objects.append(ObjectSpec(shape, colour, str(rng.choice(list(SIZES))), direction,
-                                  str(rng.choice(list(SPEEDS)))))
+        objects.append(
+            ObjectSpec(shape, colour, str(rng.choice(list(SIZES))), direction, str(rng.choice(list(SPEEDS))))
+        )
     background = str(rng.choice(list(BACKGROUNDS)))
     starts = _sample_starts(rng, objects, height, width, fps)
     spec = PromptSpec(tuple(objects), background)
@@ -327,11 +358,11 @@ def _sample_starts(rng, objects, height, width, fps, tries: int = 20):
                 d = travel * DIRECTIONS[obj.direction][axis]
                 lo, hi = ext + max(0.0, -d), dim - ext - max(0.0, d)
                 if lo > hi:
-                    raise ValueError(f"{height}x{width} is too small for a {obj} to move "
-                                     f"{LEAD_SECONDS} s before bouncing")
+                    raise ValueError(
+                        f"{height}x{width} is too small for a {obj} to move {LEAD_SECONDS} s before bouncing"
+                    )
                 centre.append(float(rng.uniform(lo, hi)))
-            apart = all(math.hypot(centre[0] - x * width, centre[1] - y * height) >= 2.2 * r
-                        for x, y in starts)
+            apart = all(math.hypot(centre[0] - x * width, centre[1] - y * height) >= 2.2 * r for x, y in starts)
             if apart:
                 break
         starts.append((centre[0] / width, centre[1] / height))
@@ -353,8 +384,9 @@ def _describe_object(obj: ObjectSpec, rng: np.random.Generator) -> str:
     adjectives.append(choice(_COLOUR_WORDS[obj.colour]))
     words = [_article(adjectives[0]), *adjectives, choice(_SHAPE_WORDS[obj.shape]), choice(_VERBS)]
     direction = choice(_DIRECTION_WORDS[obj.direction])
-    adverb = None if adjective_speed or (obj.speed == "medium" and rng.random() < 0.7) \
-        else choice(_SPEED_ADVERBS[obj.speed])
+    adverb = (
+        None if adjective_speed or (obj.speed == "medium" and rng.random() < 0.7) else choice(_SPEED_ADVERBS[obj.speed])
+    )
     if adverb and rng.random() < 0.5:
         words += [adverb, direction]
     else:
@@ -370,14 +402,22 @@ def describe(spec: PromptSpec, rng: np.random.Generator | int | None = None) -> 
     bg = str(rng.choice(_BACKGROUND_WORDS[spec.background]))
     backdrop = str(rng.choice(["background", "backdrop"]))
     if len(parts) == 1:
-        templates = ["{objs} on a {bg} {backdrop}", "{objs} against a {bg} {backdrop}",
-                     "{objs}, {bg} {backdrop}", "on a {bg} {backdrop}, {objs}"]
+        templates = [
+            "{objs} on a {bg} {backdrop}",
+            "{objs} against a {bg} {backdrop}",
+            "{objs}, {bg} {backdrop}",
+            "on a {bg} {backdrop}, {objs}",
+        ]
     else:
-        templates = ["{count} shapes: {objs} on a {bg} {backdrop}", "{objs}, on a {bg} {backdrop}",
-                     "{count} objects on a {bg} {backdrop}: {objs}",
-                     "{objs} against a {bg} {backdrop}"]
-    text = str(rng.choice(templates)).format(objs=listed, bg=bg, backdrop=backdrop,
-                                              count=_COUNT_WORDS.get(len(parts), str(len(parts))))
+        templates = [
+            "{count} shapes: {objs} on a {bg} {backdrop}",
+            "{objs}, on a {bg} {backdrop}",
+            "{count} objects on a {bg} {backdrop}: {objs}",
+            "{objs} against a {bg} {backdrop}",
+        ]
+    text = str(rng.choice(templates)).format(
+        objs=listed, bg=bg, backdrop=backdrop, count=_COUNT_WORDS.get(len(parts), str(len(parts)))
+    )
     return text[0].upper() + text[1:] if rng.random() < 0.5 else text
 
 
@@ -396,7 +436,8 @@ _OBJECT_RE = re.compile(
     rf"(?:(?P<size>{_alternation(_SIZE_WORDS)}) )?(?P<colour>{_alternation(_COLOUR_WORDS)}) "
     rf"(?P<shape>{_alternation(_SHAPE_WORDS)}) (?:{'|'.join(_VERBS)}) "
     rf"(?:(?P<adverb1>{_alternation(_SPEED_ADVERBS)}) )?(?P<direction>{_alternation(_DIRECTION_WORDS)})"
-    rf"(?: (?P<adverb2>{_alternation(_SPEED_ADVERBS)}))?\b")
+    rf"(?: (?P<adverb2>{_alternation(_SPEED_ADVERBS)}))?\b"
+)
 _BACKGROUND_RE = re.compile(rf"\b(?P<bg>{_alternation(_BACKGROUND_WORDS)}) (?:background|backdrop)\b")
 
 
@@ -408,14 +449,20 @@ def parse_prompt(text: str) -> PromptSpec:
     if bg is None or not matches:
         raise ValueError(f"not a world prompt: {text!r}")
     if len(matches) > MAX_OBJECTS:
-        raise ValueError(f"a world scene holds at most {MAX_OBJECTS} objects, the prompt names "
-                         f"{len(matches)}: {text!r}")
+        raise ValueError(
+            f"a world scene holds at most {MAX_OBJECTS} objects, the prompt names {len(matches)}: {text!r}"
+        )
     objects = []
     for m in matches:
         speed_word = m["speed_adj"] or m["adverb1"] or m["adverb2"]
         speed_table = _SPEED_ADJECTIVES if m["speed_adj"] else _SPEED_ADVERBS
-        objects.append(ObjectSpec(
-            shape=_lookup(_SHAPE_WORDS, m["shape"]), colour=_lookup(_COLOUR_WORDS, m["colour"]),
-            size=_lookup(_SIZE_WORDS, m["size"]), direction=_lookup(_DIRECTION_WORDS, m["direction"]),
-            speed=_lookup(speed_table, speed_word)))
+        objects.append(
+            ObjectSpec(
+                shape=_lookup(_SHAPE_WORDS, m["shape"]),
+                colour=_lookup(_COLOUR_WORDS, m["colour"]),
+                size=_lookup(_SIZE_WORDS, m["size"]),
+                direction=_lookup(_DIRECTION_WORDS, m["direction"]),
+                speed=_lookup(speed_table, speed_word),
+            )
+        )
     return PromptSpec(tuple(objects), _lookup(_BACKGROUND_WORDS, bg["bg"]))
