@@ -1,14 +1,14 @@
 """End-to-end benchmark on a GPU: Wan-1.3B shape with random weights, streaming at 832x480.
 
     python bench/e2e.py --out bench/results [--chunks 6] [--budget 300] [--backend sdpa]
-                        [--modes eager,eager+fused,cuda-graphs,cuda-graphs+fused,compile,compile+cuda-graphs]
+                        [--modes none,none+fused,cuda-graphs,cuda-graphs+fused,compile,compile+cuda-graphs]
 
 Per chunk (3 latent frames = 12 video frames): 4 denoising forwards + the t = 0 cache pass, in
 bf16. Three stages, each row written to the JSON as soon as it is measured (a run cut short
 keeps its rows; ``--budget`` seconds stop new rows from starting):
 
 1. **DiT only**, every mode (reward_forcing.pipelines.accelerate; ``+fused`` runs the blocks'
-   per-token work through reward_forcing.fused, ``CausalWanModel.set_fused``): ``eager``,
+   per-token work through reward_forcing.fused, ``CausalWanModel.set_fused``): ``none``,
    ``cuda-graphs`` (one graph per denoising step and one for the cache pass, captured at the
    first steady-state chunk), ``compile`` (the blocks through ``torch.compile``, compiled once
    and shared; the fused ops are what inductor generates there anyway, so no ``compile+fused``),
@@ -16,7 +16,7 @@ keeps its rows; ``--budget`` seconds stop new rows from starting):
    3 warm-up chunks (the warm-up holds compilation and captures: ``warmup_s``); GPU ms by kind
    (attention / GEMM / other, torch.profiler, one chunk); peak memory.
 2. **End to end** through ``StreamingPipeline`` (the code a user runs: the pipeline's
-   ``forward_chunk`` replaced by the mode's) for ``eager`` and the best DiT mode of stage 1, with
+   ``forward_chunk`` replaced by the mode's) for ``none`` and the best DiT mode of stage 1, with
    each decoder: the Wan2.1 VAE (diffusers' ``AutoencoderKLWan()`` defaults = Wan2.1 layout, random
    weights; needs diffusers, carried in ``.whl/``) and the light TAEHV-architecture decoder
    (``reward_forcing.models.tiny_decoder.TinyDecoder``, random weights), overlapped (decode of
@@ -44,11 +44,14 @@ import torch
 
 from reward_forcing.models.causal_wan import CausalWanModel
 from reward_forcing.models.wan_config import WAN_1_3B
+from reward_forcing.pipelines.accelerate import ACCELERATE_MODES, CompiledForwardChunk, make_forward_chunk
 from reward_forcing.scheduler import FewStepFlowSchedule
 
 LATENT = (16, 3, 60, 104)  # channels, frames per chunk, 480/8, 832/8
 VIDEO_FRAMES_PER_CHUNK = 12
-MODES = ("eager", "eager+fused", "cuda-graphs", "cuda-graphs+fused", "compile", "compile+cuda-graphs")
+# the pipeline's accelerate modes, and "+fused" variants of those that do not compile (inductor
+# fuses the same per-token work itself)
+MODES = tuple(m for a in ACCELERATE_MODES for m in ((a,) if "compile" in a else (a, f"{a}+fused")))
 WARMUP_CHUNKS = 3  # fill sink + window: the steady state (and the captures) start at chunk 2
 PROMPT = "a red fox running through snow"
 
@@ -77,26 +80,16 @@ class Accelerators:
     """The forward_chunk of each mode; the compiled blocks are made once and shared."""
 
     def __init__(self, model):
-        self.model, self._compiled, self.import_error = model, None, None
-        try:
-            from reward_forcing.pipelines import accelerate
-
-            self.accelerate = accelerate
-        except ImportError as e:  # e.g. einops missing on the GPU image
-            self.import_error = f"reward_forcing.pipelines does not import: {e}"
+        self.model, self._compiled = model, None
 
     def compiled(self):
         if self._compiled is None:
-            self._compiled = self.accelerate.CompiledForwardChunk(self.model)
+            self._compiled = CompiledForwardChunk(self.model)
         return self._compiled
 
     def forward_chunk(self, mode, cache):
-        if mode == "eager":
-            return self.model.forward_chunk
-        if self.import_error:
-            raise RuntimeError(self.import_error)
         compiled = self.compiled() if "compile" in mode else None
-        return self.accelerate.make_forward_chunk(self.model, cache, mode, compiled=compiled)
+        return make_forward_chunk(self.model, cache, mode, compiled=compiled)
 
 
 def timed_chunks(forward_chunk, text, cache, sched, gen, chunks):
@@ -360,11 +353,11 @@ def main():
         )
         if "fps" in row:
             fps[mode] = row["fps"]
-    best = max(fps, key=fps.get) if fps else "eager"
+    best = max(fps, key=fps.get) if fps else "none"
     print(f"best DiT mode: {best}", flush=True)
 
-    # 2. end to end, eager and the best mode, each decoder, overlapped and sequential
-    for mode in dict.fromkeys(["eager", best]):
+    # 2. end to end, no acceleration and the best mode, each decoder, overlapped and sequential
+    for mode in dict.fromkeys(["none", best]):
         for name, module in decoders.items():
             for overlap in (True, False):
                 run.measure(

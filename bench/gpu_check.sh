@@ -2,7 +2,7 @@
 # One-shot GPU check (H100/H200, ~9 minutes): build the extension with its CUDA kernels (sm_90a),
 # run the GPU tests (ops; the accelerated pipeline: CUDA graphs / torch.compile vs eager; the
 # fused per-token ops; overlapped decode; flash-attn where it imports), then the end-to-end
-# benchmark (bench/e2e.py: every DiT mode, then eager and the best mode end to end with the Wan2.1
+# benchmark (bench/e2e.py: every DiT mode, then mode "none" and the best mode end to end with the Wan2.1
 # VAE and the light decoder, overlapped and not; flash-attn on the best mode) and, when time is
 # left and STEPS asks for it, the kernel benchmark. Everything useful lands in $OUT:
 #   build.log, gpu_tests.log, e2e.log, <device>-e2e.json / .md, env.txt
