@@ -6,8 +6,15 @@ suite runs this file in a subprocess (tests/test_ops_fuzz.py):
 
     python tests/op_fuzz.py --examples 300 --seed 0
 
-Under AddressSanitizer (an extension configured with ``-DRF_ASAN=ON``, see the README), run it
-with ``LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0``.
+Under AddressSanitizer, build the extension with ``-DRF_ASAN=ON`` beside the normal install and
+preload the runtime and libstdc++ (python does not link libstdc++; without it ASAN's
+``__cxa_throw`` interceptor aborts on the first C++ exception the ops raise)::
+
+    pip install --no-build-isolation --no-deps --target /tmp/asan-site \
+        -C cmake.define.RF_ASAN=ON -C build-dir=build/asan .
+    PYTHONPATH=/tmp/asan-site ASAN_OPTIONS=detect_leaks=0 \
+        LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)" \
+        python tests/op_fuzz.py --examples 1500 --seed 1
 """
 
 from __future__ import annotations
