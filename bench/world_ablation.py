@@ -70,6 +70,10 @@ BASE = dict(
 )
 # name -> (what it tests, TrainConfig overrides); "init" starts from a weights file
 ARMS = {
+    "committed": (
+        "the committed CPU teacher as it is (run with --cpu-minutes 0: the reference row)",
+        {"init": str(COMMITTED_TEACHER)},
+    ),
     "baseline": ("today's design (WAN_WORLD, 8-px tokens, linear head, plain x0 loss, uniform noise levels)", {}),
     "continued": (
         "the committed CPU teacher (17,385 steps) continued with the object-weighted loss (1 + 20 x mask)",
@@ -155,59 +159,54 @@ def run(arm: str, cpu_minutes: float, eval_minutes: float, root: Path) -> None:
 
 
 def table(root: Path, results: Path) -> None:
+    """The table of every arm run under ``root``; arms in an earlier ``world-ablation.json`` that
+    did not run under ``root`` keep their rows (the table grows over sessions)."""
+    saved = results / "world-ablation.json"
+    earlier = json.loads(saved.read_text())["arms"] if saved.is_file() else {}
+    text = MiniLMTextEncoder.from_pretrained(text_len=32)
     arms = {}
     for arm in ARMS:
         log = root / arm / "ablation.jsonl"
         if log.is_file():
-            arms[arm] = [json.loads(line) for line in log.read_text().splitlines()]
+            rows = [json.loads(line) for line in log.read_text().splitlines()]
+            ckpt = latest_checkpoint(root / arm)  # colour binding of its newest checkpoint (EMA weights)
+            model = load_causal_wan(ckpt, dtype=torch.float32).eval() if ckpt is not None else None
+            binding = colour_binding(model, text, PixelCodec()) if model is not None else None
+            arms[arm] = {"what": ARMS[arm][0], "rows": rows, "colour_binding": binding}
+        elif arm in earlier:
+            arms[arm] = earlier[arm]
     if not arms:
-        raise SystemExit(f"no arm has run under {root}")
-    text = MiniLMTextEncoder.from_pretrained(text_len=32)
-    binding = {}
-    for arm in arms:  # measured on the arm's newest checkpoint (EMA weights)
-        ckpt = latest_checkpoint(root / arm)
-        if ckpt is not None:
-            binding[arm] = colour_binding(load_causal_wan(ckpt, dtype=torch.float32).eval(), text, PixelCodec())
-    at45 = {a: min(rows, key=lambda r: abs(r["cpu_seconds"] - 2700)) for a, rows in arms.items()}
-    compared = [a for a in at45 if a != "overfit"]
+        raise SystemExit(f"no arm has run under {root} or in {saved}")
+    at45 = {a: min(v["rows"], key=lambda r: abs(r["cpu_seconds"] - 2700)) for a, v in arms.items()}
+    compared = [a for a in at45 if a not in ("overfit", "committed") and at45[a]["cpu_seconds"] > 0]
     worst = max(compared, key=lambda a: at45[a]["x0"]["0.8"]["object"]) if len(compared) > 1 else None
-    out = {
-        "arms": {
-            a: {"what": ARMS[a][0], "rows": rows, "colour_binding": binding.get(a), "stopped_by_kill_rule": a == worst}
-            for a, rows in arms.items()
-        }
-    }
+    for a, v in arms.items():
+        v["stopped_by_kill_rule"] = a == worst
+    keys = ("found", "colour_right", "shape_right", "background_right", "direction_right", "keeps_moving")
     lines = [
         "| arm | CPU-min | steps | "
         + " | ".join(f"obj / bg x0 MSE @ {s}" for s in SIGMAS)
         + " | colour binding @ 0.95 | probe found / colour / shape / bg / direction / moving |",
         "|" + "---|" * (len(SIGMAS) + 5),
     ]
-    for a, rows in arms.items():
-        last = rows[-1]
+    for a, v in arms.items():
+        last = v["rows"][-1]
         errs = " | ".join(
             f"{last['x0'][str(s)]['object']:.4f} / {last['x0'][str(s)]['background']:.4f}" for s in SIGMAS
         )
-        probe = next((r["probe"] for r in reversed(rows) if "probe" in r), None)
-        p = (
-            " / ".join(
-                f"{probe[k]['mean']:.2f}"
-                for k in ("found", "colour_right", "shape_right", "background_right", "direction_right", "keeps_moving")
-            )
-            if probe
-            else "-"
-        )
-        bind = f"{binding[a]:.2f}" if a in binding else "-"
+        probe = next((r["probe"] for r in reversed(v["rows"]) if "probe" in r), None)
+        p = " / ".join(f"{probe[k]['mean']:.2f}" for k in keys) if probe else "-"
+        bind = f"{v['colour_binding']:.2f}" if v.get("colour_binding") is not None else "-"
         lines.append(
             f"| {a}{' (killed)' if a == worst else ''} | {last['cpu_seconds'] / 60:.0f} | "
             f"{last['step']} | {errs} | {bind} | {p} |"
         )
     results.mkdir(parents=True, exist_ok=True)
-    (results / "world-ablation.json").write_text(json.dumps(out, indent=1))
+    saved.write_text(json.dumps({"arms": arms}, indent=1))
     (results / "world-ablation.md").write_text(
         "Teacher designs at equal process CPU time (one thread each, 2-core AMD EPYC without AVX-512, float32); "
         "x0 errors on 16 held clips, probe: 8-step CFG samples of 16 gate prompts x 2 seeds.\n\n"
-        + "\n".join(f"- **{a}**: {ARMS[a][0]}" for a in arms)
+        + "\n".join(f"- **{a}**: {v['what']}" for a, v in arms.items())
         + "\n\n"
         + "\n".join(lines)
         + "\n"
