@@ -14,6 +14,7 @@ marked stopped in the table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reward_forcing.models.causal_wan import CausalWanModel
 from reward_forcing.models.loading import load_causal_wan
 from reward_forcing.models.pixel_codec import PixelCodec
 from reward_forcing.models.text_encoder import MiniLMTextEncoder
@@ -85,6 +87,12 @@ ARMS = {
         "weight biases the optimum most",
         {"init": str(COMMITTED_TEACHER), "object_weight": 20.0, "object_weight_until": 0.7},
     ),
+    "continued-mlp": (
+        "the committed CPU teacher with its linear token head grown into a GELU head (1024 hidden, "
+        "initialised to compute the same function: GELU(z) - GELU(-z) = z) and the object-weighted loss "
+        "(1 + 20 x mask): the continued arm with a head that can draw sharp edges",
+        {"init": str(COMMITTED_TEACHER), "grow_head": 1024, "object_weight": 20.0},
+    ),
     "mlp-weighted": (
         "GELU token head (1024) + object-weighted loss (1 + 10 x mask) + noise levels shifted to high noise (shift 3)",
         {"teacher": "world-mlp", "object_weight": 10.0, "shift": 3.0},
@@ -97,11 +105,37 @@ ARMS = {
 HELD_SEED, PROBE_SEEDS = 12345, (0, 1)
 
 
+@torch.no_grad()
+def grow_head(model: CausalWanModel, hidden: int) -> CausalWanModel:
+    """``model`` (a linear token head ``W x + b``) as a model with a GELU head of ``hidden`` units that
+    computes the same function: units ``[x; -x]`` into ``[W, -W]`` (GELU(z) - GELU(-z) = z, exactly,
+    for the tanh form too), the other units random in and zero out, so they start learning at once."""
+    linear = model.head.head
+    if not isinstance(linear, torch.nn.Linear) or hidden < 2 * linear.in_features:
+        raise ValueError(f"grow_head: needs a linear head and hidden >= {2 * linear.in_features}")
+    torch.manual_seed(0)
+    grown = CausalWanModel(dataclasses.replace(model.config, head_hidden=hidden)).to(model.dtype)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.head.")}
+    missing, unexpected = grown.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("head.head.") for k in missing), (missing, unexpected)
+    first, last = grown.head.head[0], grown.head.head[2]
+    d = linear.in_features
+    eye = torch.eye(d, dtype=first.weight.dtype)
+    first.weight[: 2 * d] = torch.cat([eye, -eye])
+    first.bias[: 2 * d] = 0
+    last.weight.zero_()
+    last.weight[:, : 2 * d] = torch.cat([linear.weight, -linear.weight], dim=1)
+    last.bias.copy_(linear.bias)
+    return grown
+
+
 def _trainer(arm: str, out: Path, text) -> TeacherTrainer:
     overrides = dict(ARMS[arm][1])
-    init = overrides.pop("init", None)
+    init, hidden = overrides.pop("init", None), overrides.pop("grow_head", 0)
     cfg = TrainConfig.from_dict({**BASE, **overrides, "out_dir": str(out)})
     model = load_model(init or cfg.teacher, "teacher", cfg.seed + 1, torch.device("cpu"))
+    if hidden:
+        model = grow_head(model, hidden)
     data = WorldClips(PixelCodec(), cfg.latent_frames, fixed=cfg.fixed_clips, fixed_seed=cfg.seed)
     return TeacherTrainer(cfg, model, text, data)
 
