@@ -120,3 +120,4 @@ void dispatch_float(at::ScalarType t, const char* what, F&& f) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+}  // namespace reward_forcing::cuda
