@@ -187,6 +187,25 @@ class StreamingPipeline:
         kwargs.setdefault("width", 112)
         return cls(model.to(device), tiny_random_wan_vae(seed, device=device), text.to(device), **kwargs)
 
+    def sibling(self, **cache_fields) -> "StreamingPipeline":
+        """A pipeline sharing this one's model, decoder weights and text encoder (loaded once) with
+        its own cache, decoder state and stream (what the server makes per client); ``cache_fields``
+        (e.g. ``sink_frames``, ``alpha``) replace fields of this pipeline's cache config."""
+        return StreamingPipeline(
+            self.model,
+            self.vae,
+            self.text_encoder,
+            height=self.height,
+            width=self.width,
+            cache_config=CacheConfig.of(self.cache.config, **cache_fields),
+            schedule=self.schedule,
+            fps=self.fps,
+            recache=self.recache,
+            sink_recache=self.sink_recache,
+            accelerate=self.accelerate,
+            overlap=self.overlap,
+        )
+
     # ------------------------------------------------------------------ timing
     @property
     def chunk_frames(self) -> int:

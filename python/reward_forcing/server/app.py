@@ -160,28 +160,9 @@ class _Slots:
 
 def sibling_factory(base) -> Callable[..., Any]:
     """A ``pipeline_factory`` making pipelines that share ``base``'s model, VAE and text encoder
-    (loaded once) with their own cache and decoder state; sink/window/alpha per stream."""
-    from ..cache import CacheConfig
-    from ..pipelines import StreamingPipeline
-
-    c = base.cache
-
-    def make(*, sink_frames: int, window_frames: int, alpha: float):
-        return StreamingPipeline(
-            base.model,
-            base.vae,
-            base.text_encoder,
-            height=base.height,
-            width=base.width,
-            cache_config=CacheConfig.of(c.config, sink_frames=sink_frames, window_frames=window_frames, alpha=alpha),
-            schedule=base.schedule,
-            fps=base.fps,
-            recache=base.recache,
-            sink_recache=base.sink_recache,
-            overlap=base.overlap,
-        )
-
-    return make
+    (loaded once) with their own cache and decoder state; sink/window/alpha per stream
+    (:meth:`~reward_forcing.pipelines.StreamingPipeline.sibling`)."""
+    return base.sibling
 
 
 def create_app(
