@@ -50,6 +50,34 @@ def one_line(capsys):
     return err[0]
 
 
+TRAIN = ["-m", "reward_forcing.cli", "train", "--stage", "ode-init", "--no-progress"]
+TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _signal_after_first_checkpoint(args, out, signum) -> tuple[str, int]:
+    """Runs ``python ARGS``, sends ``signum`` a second after the first checkpoint appears in
+    ``out`` and waits for the exit; asserts that no partial file is left. Returns (stderr, status)."""
+    proc = subprocess.Popen(
+        [sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ONE_THREAD
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while latest_checkpoint(out) is None:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+            time.sleep(0.1)
+        time.sleep(1.0)
+        proc.send_signal(signum)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    names = [p.name for p in out.iterdir()]
+    assert not [n for n in names if n.endswith((".part", ".tmp"))], names
+    return proc.stderr.read(), proc.returncode
+
+
 def test_yaml_syntax_errors(tmp_path, capsys):
     """Base b543e33: a yaml.ScannerError/ParserError traceback."""
     bad = tmp_path / "bad.yaml"
@@ -120,41 +148,10 @@ def test_signal_stops_with_complete_checkpoints_and_resumes(tmp_path, signum):
     """A long run gets the signal after its first checkpoint: it exits with 128 + signum, leaves
     no partial file, and the next run resumes from the newest checkpoint. Base b543e33: the
     signal killed it (a checkpoint being written stayed as ``.tmp``)."""
-    path = config(tmp_path, max_steps=100000)
-    out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "reward_forcing.cli",
-            "train",
-            "--config",
-            str(path),
-            "--stage",
-            "ode-init",
-            "--no-progress",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while latest_checkpoint(out) is None:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
-            time.sleep(0.1)
-        time.sleep(1.0)
-        proc.send_signal(signum)
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    err = proc.stderr.read()
-    assert proc.returncode == 128 + signum, err[-2000:]
+    path, out = config(tmp_path, max_steps=100000), tmp_path / "run"
+    err, returncode = _signal_after_first_checkpoint(TRAIN + ["--config", str(path)], out, signum)
+    assert returncode == 128 + signum, err[-2000:]
     assert "resumes the run" in err
-    names = [p.name for p in out.iterdir()]
-    assert not [n for n in names if n.endswith((".part", ".tmp"))], names
     step = torch.load(latest_checkpoint(out), weights_only=True)["step"]
     config(tmp_path, max_steps=step + 1)
     assert train("--config", path, "--stage", "ode-init") == 0
@@ -163,55 +160,16 @@ def test_signal_stops_with_complete_checkpoints_and_resumes(tmp_path, signum):
 
 @pytest.mark.slow
 def test_sigterm_to_torchrun_stops_both_ranks_with_resumable_checkpoints(tmp_path):
-    """SIGTERM to the torchrun agent reaches both gloo ranks: the run ends within a minute, leaves
+    """SIGTERM to the torchrun agent reaches both gloo ranks: the run ends, leaves
     no partial file, and its newest checkpoint resumes the same 2-rank run."""
-    path = config(tmp_path, max_steps=100000)
     out = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "reward_forcing.cli",
-        "train",
-        "--config",
-        str(path),
-        "--stage",
-        "ode-init",
-        "--no-progress",
-    ]
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while latest_checkpoint(out) is None:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
-            time.sleep(0.1)
-        time.sleep(1.0)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    err = proc.stderr.read()
-    assert proc.returncode != 0, err[-2000:]
-    names = [p.name for p in out.iterdir()]
-    assert not [n for n in names if n.endswith((".part", ".tmp"))], names
+    command = TORCHRUN + TRAIN + ["--config", str(config(tmp_path, max_steps=100000))]
+    err, returncode = _signal_after_first_checkpoint(command, out, signal.SIGTERM)
+    assert returncode != 0, err[-2000:]
     state = torch.load(latest_checkpoint(out), weights_only=True)
     assert state["world"] == 2
     config(tmp_path, max_steps=state["step"] + 1)
-    resumed = subprocess.run(
-        command, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
+    resumed = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=240, env=ONE_THREAD)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"at step {state['step']}" in resumed.stdout
     assert torch.load(latest_checkpoint(out), weights_only=True)["step"] == state["step"] + 1
