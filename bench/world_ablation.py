@@ -73,7 +73,7 @@ BASE = dict(
 # name -> (what it tests, TrainConfig overrides); "init" starts from a weights file
 ARMS = {
     "committed": (
-        "the committed CPU teacher as it is (run with --cpu-minutes 0: the reference row)",
+        "the CPU teacher committed before the ablation (17,385 steps) as it was (--cpu-minutes 0: the reference row)",
         {"init": str(COMMITTED_TEACHER)},
     ),
     "baseline": ("today's design (WAN_WORLD, 8-px tokens, linear head, plain x0 loss, uniform noise levels)", {}),
@@ -96,6 +96,16 @@ ARMS = {
     "mlp-weighted": (
         "GELU token head (1024) + object-weighted loss (1 + 10 x mask) + noise levels shifted to high noise (shift 3)",
         {"teacher": "world-mlp", "object_weight": 10.0, "shift": 3.0},
+    ),
+    "v2-decayed": (
+        "control for the second round: the teacher committed after the first round (the continued-decayed arm "
+        "at 80 CPU-min, 19,039 steps) continued with the same loss (configs/world-teacher.yaml)",
+        {"init": str(COMMITTED_TEACHER), "object_weight": 20.0, "object_weight_until": 0.7},
+    ),
+    "v2-overfit": (
+        "diagnostic: the teacher committed after the first round trained on 16 fixed clips with its own loss "
+        "(scored on their prompts: can this model, sampler and conditioning reach the gate at all?)",
+        {"init": str(COMMITTED_TEACHER), "object_weight": 20.0, "object_weight_until": 0.7, "fixed_clips": 16},
     ),
     "overfit": (
         "diagnostic: today's design on 16 fixed clips (must reach the gate on their prompts)",
@@ -150,7 +160,7 @@ def _evaluate(trainer: TeacherTrainer, text, held, probe: bool) -> dict:
     return row
 
 
-def run(arm: str, cpu_minutes: float, eval_minutes: float, root: Path) -> None:
+def run(arm: str, cpu_minutes: float, eval_minutes: float, probe_minutes: float, root: Path) -> None:
     torch.set_num_threads(1)
     out = root / arm
     text = MiniLMTextEncoder.from_pretrained(text_len=32)
@@ -165,6 +175,7 @@ def run(arm: str, cpu_minutes: float, eval_minutes: float, root: Path) -> None:
     else:
         held = WorldClips(PixelCodec(), 8, start_at_zero=1.0).sample(16, np.random.default_rng(HELD_SEED))
     budget, next_eval = 60 * cpu_minutes, spent + 60 * eval_minutes
+    next_probe = (spent // (60 * probe_minutes) + 1) * 60 * probe_minutes
     start = time.process_time() - spent
     from tqdm import tqdm
 
@@ -174,7 +185,8 @@ def run(arm: str, cpu_minutes: float, eval_minutes: float, root: Path) -> None:
         done = now >= budget
         if now >= next_eval or done:
             eval_start = time.process_time()
-            row = {"arm": arm, "cpu_seconds": now, "step": trainer.step, **_evaluate(trainer, text, held, probe=done)}
+            probe = done or now >= next_probe
+            row = {"arm": arm, "cpu_seconds": now, "step": trainer.step, **_evaluate(trainer, text, held, probe)}
             start += time.process_time() - eval_start  # evaluation time is not training time
             rows.append(row)
             out.mkdir(parents=True, exist_ok=True)
@@ -183,6 +195,8 @@ def run(arm: str, cpu_minutes: float, eval_minutes: float, root: Path) -> None:
             os.replace(tmp, log)
             trainer.save_checkpoint()
             next_eval += 60 * eval_minutes
+            while next_probe <= now:
+                next_probe += 60 * probe_minutes
             tqdm.write(json.dumps({k: row[k] for k in ("cpu_seconds", "step")} | {"x0": row["x0"]}))
         if done:
             break
@@ -255,13 +269,14 @@ def main() -> None:
     r.add_argument("arm", choices=sorted(ARMS))
     r.add_argument("--cpu-minutes", type=float, default=45.0, help="total process CPU-minutes")
     r.add_argument("--eval-minutes", type=float, default=5.0, help="CPU-minutes between evaluations")
+    r.add_argument("--probe-minutes", type=float, default=45.0, help="CPU-minutes between sample probes")
     t = sub.add_parser("table", help="the comparison table")
     t.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     for p in (r, t):
         p.add_argument("--root", type=Path, default=ROOT / "runs" / "ablation")
     args = parser.parse_args()
     if args.command == "run":
-        run(args.arm, args.cpu_minutes, args.eval_minutes, args.root)
+        run(args.arm, args.cpu_minutes, args.eval_minutes, args.probe_minutes, args.root)
     else:
         table(args.root, args.out)
 
