@@ -42,6 +42,28 @@ def test_generate_with_the_random_model(tmp_path, capsys):
     assert leftovers(tmp_path, out) == []
 
 
+def test_embedded_model_warns_in_one_line_about_unknown_words(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from reward_forcing.models import default as default_model
+    from reward_forcing.models.causal_wan import CausalWanModel
+    from reward_forcing.models.wan_config import WAN_WORLD
+
+    torch.manual_seed(0)
+    settings = dict(height=64, width=64, fps=16.0, sink_frames=1, window_frames=2, chunk_frames=2)
+    weights = tmp_path / "world.safetensors"
+    default_model.export(
+        CausalWanModel(WAN_WORLD), settings | dict(alpha=0.999, steps=[1000.0, 500.0], shift=3.0), weights
+    )
+    monkeypatch.setattr(default_model, "WEIGHTS", weights)
+    out = tmp_path / "video.mp4"
+    prompt = "a red dragon flying to the right on a black background"
+    assert main(["generate", "--prompt", prompt, "--seconds", "0.5", "--out", str(out)]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "dragon" in line]
+    unknown = f"the word(s) dragon, flying in {prompt!r}: they will be ignored or misread"
+    assert warned == [f"reward-forcing: warning: the model was not trained on {unknown}"]
+
+
 def test_timed_prompt_switches(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# time<TAB>prompt\n0\ta red ball\n\n0.75\ta blue square slides right\n")

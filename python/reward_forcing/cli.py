@@ -333,8 +333,18 @@ def _eval(args) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)  # exits with status 2 on bad options
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning  # one line each, as the CLI's own warnings
+        return _main(args)
+
+
+def _main(args) -> int:
     if args.command == "serve":
         return _serve(args)
     if args.command == "eval":

@@ -87,6 +87,21 @@ def test_default_pipeline_streams_the_settings(random_export):
     assert StreamingPipeline.default(path=path, alpha=1.0, sink_frames=3).cache.sink_frames == 3
 
 
+def test_default_pipeline_warns_about_words_it_was_not_trained_on(random_export, recwarn):
+    from reward_forcing.pipelines import UnknownWordsWarning
+
+    _, path = random_export
+    pipe = StreamingPipeline.default(path=path)
+    pipe.generate("a red circle moving to the right on a black background", 0.25)
+    assert not [w for w in recwarn if w.category is UnknownWordsWarning]
+    with pytest.warns(UnknownWordsWarning, match=r"word\(s\) dragon, flying in"):
+        pipe.generate("A red dragon flying to the right on a black background, dragon", 0.25)
+    with pytest.warns(UnknownWordsWarning, match="sunset"):  # a switch's prompt too, and a server's sibling
+        pipe.sibling().generate(
+            None, 0.5, prompts=[(0, "a red circle moving up on a black background"), (0.25, "sunset")]
+        )
+
+
 @shipped
 def test_shipped_model_is_small_and_faster_than_real_time():
     assert default_model.WEIGHTS.stat().st_size <= 30e6

@@ -20,6 +20,7 @@ from reward_forcing.world import (
     sample_scene,
     scene_split,
     stream_scene,
+    unknown_words,
 )
 
 
@@ -31,6 +32,18 @@ def test_prompt_round_trip_over_many_scenes():
         assert parse_prompt(scene.prompt) == scene.spec, scene.prompt
         prompts.add(scene.prompt)
     assert len(prompts) == 600  # wording varies
+
+
+def test_unknown_words_are_the_words_no_prompt_uses():
+    rng = np.random.default_rng(1)
+    assert not [s.prompt for s in (sample_scene(rng) for _ in range(2000)) if unknown_words(s.prompt)]
+    assert unknown_words("A Purple dragon FLYING over a red circle, moving left on a black background; dragon!") == [
+        "dragon",
+        "flying",
+        "over",
+    ]
+    assert unknown_words("a turquoise ball heading northeast against a grey backdrop") == []
+    assert unknown_words("") == [] and unknown_words("zebra", frozenset({"zebra"})) == []
 
 
 def test_parse_prompt_examples_and_rejection():

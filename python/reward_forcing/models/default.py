@@ -24,8 +24,8 @@ WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "world-student.sa
 SETTINGS = ("height", "width", "fps", "sink_frames", "window_frames", "chunk_frames", "alpha", "steps", "shift")
 
 
-def available(path=WEIGHTS) -> bool:
-    return Path(path).is_file()
+def available(path=None) -> bool:
+    return Path(path or WEIGHTS).is_file()
 
 
 def export(

@@ -23,8 +23,13 @@ from ..models.text_encoder import HashedTextEncoder, SharedTextEncoder, clean_pr
 from ..models.pixel_codec import streaming_decoder
 from ..models.wan_config import WAN_TINY
 from ..scheduler import FewStepFlowSchedule
+from ..world import VOCABULARY, unknown_words
 
 _STATE_VERSION = 1
+
+
+class UnknownWordsWarning(UserWarning):
+    """A prompt has words outside the vocabulary of a model trained on a closed set of prompts."""
 
 
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
@@ -47,7 +52,8 @@ class StreamingPipeline:
     frame rate, which turns seconds into frames. ``recache`` re-encodes the cache under a new
     prompt at a prompt switch; ``sink_recache`` then keeps the sink (``"keep"``) or rebuilds it
     from the kept clean latents (``"reinit"``). ``offload_text_encoder`` moves the text encoder to
-    the CPU after each use.
+    the CPU after each use. ``vocabulary`` (a set of lower-case words; :meth:`default` sets the
+    world's): a prompt with other words raises an :class:`UnknownWordsWarning` naming them.
 
     Output: :meth:`stream` yields, chunk by chunk, ``uint8`` numpy arrays ``[frames, H, W, 3]``
     (RGB): ``1 + 4 (C - 1)`` frames for the first chunk, ``4 C`` for every later one (Wan's VAE).
@@ -83,6 +89,7 @@ class StreamingPipeline:
         accelerate: str = "none",
         overlap: bool | None = None,
         cache_backend: str | None = None,
+        vocabulary: frozenset[str] | None = None,
         **geometry,
     ):
         from .accelerate import ACCELERATE_MODES, make_forward_chunk
@@ -98,6 +105,7 @@ class StreamingPipeline:
         self.decoder = streaming_decoder(vae)
         self.schedule = schedule or FewStepFlowSchedule()
         self.fps, self.recache, self.sink_recache = float(fps), recache, sink_recache
+        self.vocabulary = vocabulary
 
         cfg, scale = model.config, self.decoder.spatial_scale
         pt, ph, pw = cfg.patch_size
@@ -166,7 +174,8 @@ class StreamingPipeline:
 
         model, settings = default_model.load(path or default_model.WEIGHTS, device=device)
         text = MiniLMTextEncoder.from_pretrained(text_len=model.config.text_len, device=device)
-        return cls(model, PixelCodec(), text, **(default_model.pipeline_kwargs(settings) | kwargs))
+        kwargs = default_model.pipeline_kwargs(settings) | {"vocabulary": VOCABULARY} | kwargs
+        return cls(model, PixelCodec(), text, **kwargs)
 
     @classmethod
     def tiny_random(cls, *, device="cpu", seed: int = 0, **kwargs) -> "StreamingPipeline":
@@ -204,6 +213,7 @@ class StreamingPipeline:
             sink_recache=self.sink_recache,
             accelerate=self.accelerate,
             overlap=self.overlap,
+            vocabulary=self.vocabulary,
         )
 
     # ------------------------------------------------------------------ timing
@@ -343,8 +353,18 @@ class StreamingPipeline:
 
     # ------------------------------------------------------------------ prompts
     def _encode(self, prompts) -> dict[str, torch.Tensor]:
-        """Runs the text encoder once for the given (cleaned) prompts."""
+        """Runs the text encoder once for the given (cleaned) prompts; warns about words outside the
+        model's vocabulary (when it has one)."""
         prompts = list(dict.fromkeys(prompts))
+        for prompt in prompts:
+            unknown = unknown_words(prompt, self.vocabulary) if self.vocabulary is not None else []
+            if unknown:
+                warnings.warn(
+                    f"the model was not trained on the word(s) {', '.join(unknown)} in {prompt!r}: "
+                    "they will be ignored or misread",
+                    UnknownWordsWarning,
+                    stacklevel=3,
+                )
         states = self.text_encoder(prompts)
         if states.shape[1] > self.model.config.text_len:
             raise ValueError(

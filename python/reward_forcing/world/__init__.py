@@ -9,6 +9,7 @@ from .scene import (
     SHAPES,
     SIZES,
     SPEEDS,
+    VOCABULARY,
     ObjectSpec,
     PromptSpec,
     Scene,
@@ -27,6 +28,7 @@ from .scene import (
     speed_px,
     stream_scene,
     trajectory,
+    unknown_words,
 )
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "SHAPES",
     "SIZES",
     "SPEEDS",
+    "VOCABULARY",
     "ObjectSpec",
     "PromptSpec",
     "Scene",
@@ -56,4 +59,5 @@ __all__ = [
     "speed_px",
     "stream_scene",
     "trajectory",
+    "unknown_words",
 ]

@@ -441,6 +441,41 @@ _OBJECT_RE = re.compile(
 _BACKGROUND_RE = re.compile(rf"\b(?P<bg>{_alternation(_BACKGROUND_WORDS)}) (?:background|backdrop)\b")
 
 
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+(?:-[a-z]+)*", text.lower())
+
+
+# Every word describe() can write: the embedded model has seen no other.
+VOCABULARY = frozenset(
+    word
+    for phrase in (
+        *(
+            w
+            for table in (
+                _COLOUR_WORDS,
+                _BACKGROUND_WORDS,
+                _SHAPE_WORDS,
+                _SIZE_WORDS,
+                _SPEED_ADJECTIVES,
+                _SPEED_ADVERBS,
+                _DIRECTION_WORDS,
+            )
+            for ws in table.values()
+            for w in ws
+        ),
+        *_VERBS,
+        *_COUNT_WORDS.values(),
+        "a an on against and background backdrop shapes objects",
+    )
+    for word in _words(phrase)
+)
+
+
+def unknown_words(text: str, vocabulary: frozenset[str] = VOCABULARY) -> list[str]:
+    """The words of ``text`` outside ``vocabulary``, each once, in order of appearance."""
+    return list(dict.fromkeys(w for w in _words(text) if w not in vocabulary))
+
+
 def parse_prompt(text: str) -> PromptSpec:
     """Recover the attributes from a prompt written by describe(); ValueError if it is not one."""
     text = text.lower()
