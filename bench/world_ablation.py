@@ -107,6 +107,16 @@ ARMS = {
         "(scored on their prompts: can this model, sampler and conditioning reach the gate at all?)",
         {"init": str(COMMITTED_TEACHER), "object_weight": 20.0, "object_weight_until": 0.7, "fixed_clips": 16},
     ),
+    "v2-motion": (
+        "v2-decayed plus 5 x the squared error of the x0 prediction's frame-to-frame differences "
+        "(motion_weight: same optimum, objects that jump between frames cost more)",
+        {"init": str(COMMITTED_TEACHER), "object_weight": 20.0, "object_weight_until": 0.7, "motion_weight": 5.0},
+    ),
+    "v2-shift3": (
+        "v2-decayed with noise levels drawn shifted to high noise (shift 3: 43 % above 0.8, was 20 %), "
+        "where a sample decides where its objects are and how they move",
+        {"init": str(COMMITTED_TEACHER), "object_weight": 20.0, "object_weight_until": 0.7, "shift": 3.0},
+    ),
     "overfit": (
         "diagnostic: today's design on 16 fixed clips (must reach the gate on their prompts)",
         {"fixed_clips": 16},

@@ -15,7 +15,7 @@ from reward_forcing.models.loading import load_causal_wan
 from reward_forcing.models.text_encoder import HashedTextEncoder
 from reward_forcing.models.wan_config import NAMED_CONFIGS, WAN_WORLD
 from reward_forcing.train import TrainConfig
-from reward_forcing.train.teacher import TeacherTrainer, object_weight_scale
+from reward_forcing.train.teacher import TeacherTrainer, frame_difference_loss, object_weight_scale
 from reward_forcing.train.checkpoints import latest_checkpoint
 from reward_forcing.train.world_data import WorldClips, world_prompts
 from reward_forcing.world import parse_prompt, scene_split
@@ -67,6 +67,30 @@ def test_probe_and_object_weight_in_the_teacher_stage(tmp_path):
     assert weighted["loss"] > plain[0]["loss"]
     decayed = _teacher(tmp_path / "d", object_weight=20.0, object_weight_until=0.5).train_step()
     assert plain[0]["loss"] < decayed["loss"] < weighted["loss"]
+    assert _teacher(tmp_path / "e", motion_weight=1.0).train_step()["loss"] > plain[0]["loss"]
+
+
+def test_frame_difference_loss_is_the_x0_errors_change_between_video_frames():
+    from einops import rearrange
+
+    g = torch.Generator().manual_seed(0)
+    x0, noise, velocity = (torch.randn(2, 48, 3, 4, 4, generator=g) for _ in range(3))
+    sigma = torch.tensor([0.3, 0.9])
+    err = sigma.view(2, 1, 1, 1, 1) * (velocity - (noise - x0))
+    video = rearrange(err, "b (t c p q) f h w -> b c (f t) (h p) (w q)", t=4, c=3, p=2, q=2)  # 12 frames
+    expected = (video[:, :, 1:] - video[:, :, :-1]).pow(2).mean(dim=(1, 2, 3, 4))
+    assert torch.allclose(frame_difference_loss(velocity, noise, x0, sigma, 4), expected, atol=1e-6)
+    # an error that is the same in every frame (a still object drawn wrong) costs nothing
+    still = rearrange(
+        torch.randn(2, 3, 1, 8, 8, generator=g).expand(2, 3, 12, 8, 8),
+        "b c (f t) (h p) (w q) -> b (t c p q) f h w",
+        t=4,
+        p=2,
+        q=2,
+    )
+    assert frame_difference_loss(noise - x0 + still, noise, x0, torch.ones(2), 4).abs().max() < 1e-6
+    with pytest.raises(ValueError, match="motion_weight"):
+        TrainConfig(motion_weight=-1.0)
 
 
 def test_object_weight_falls_to_zero_above_its_noise_level():

@@ -50,6 +50,9 @@ class TrainConfig:
     # stage teacher: above this noise level the object weight falls linearly to 0 at noise 1, where
     # a mask-dependent weight biases the x0 optimum most (docs/design.md §10); 1.0 keeps it constant
     object_weight_until: float = 1.0
+    # stage teacher: adds this times the squared error of the x0 prediction's frame-to-frame
+    # differences (train/teacher.py: frame_difference_loss; same optimum, jitter weighted more)
+    motion_weight: float = 0.0
     # stage teacher: train on this many fixed clips (the overfit diagnostic); 0 draws new ones
     fixed_clips: int = 0
     # stage teacher: every this many steps, log the EMA's x0 error on object and background pixels
@@ -171,10 +174,10 @@ class TrainConfig:
             raise ValueError(f"fsdp must be true or false, got {self.fsdp!r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes must be positive or null, got {self.max_minutes}")
-        if self.object_weight < 0 or self.fixed_clips < 0 or self.probe_every < 0:
+        if min(self.object_weight, self.motion_weight, self.fixed_clips, self.probe_every) < 0:
             raise ValueError(
-                f"object_weight, fixed_clips and probe_every must be >= 0, got "
-                f"{self.object_weight}, {self.fixed_clips}, {self.probe_every}"
+                f"object_weight, motion_weight, fixed_clips and probe_every must be >= 0, got "
+                f"{self.object_weight}, {self.motion_weight}, {self.fixed_clips}, {self.probe_every}"
             )
         if not 0 < self.object_weight_until <= 1:
             raise ValueError(f"object_weight_until must be in (0, 1], got {self.object_weight_until}")

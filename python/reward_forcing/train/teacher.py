@@ -22,12 +22,29 @@ def object_weight_scale(sigma: torch.Tensor, until: float) -> torch.Tensor:
     return ((1 - sigma) / (1 - until)).clamp(max=1) if until < 1 else torch.ones_like(sigma)
 
 
+def frame_difference_loss(
+    velocity: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, temporal: int
+) -> torch.Tensor:
+    """Per-sample mean squared error ``[B]`` of the x0 prediction's differences between consecutive
+    video frames, the latents in the pixel codec's layout (``temporal`` frames per latent frame,
+    outermost in the channels). Linear in the x0 error, so the optimum stays where the x0 loss has
+    it (E[x0 diff | x_t] is the diff of E[x0 | x_t]); what it adds is weight on the error that
+    changes from frame to frame, i.e. objects that jump instead of moving."""
+    err = broadcast_sigma(sigma, x0) * (velocity.float() - (noise - x0.detach()).float())  # = x0 - x0_hat
+    b, c, f, h, w = err.shape
+    frames = (
+        err.reshape(b, temporal, c // temporal, f, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c // temporal, -1, h, w)
+    )
+    return frames.diff(dim=2).pow(2).mean(dim=(1, 2, 3, 4))
+
+
 class TeacherTrainer(TrainLoop):
     """The stage before ODE init when there is no pretrained teacher (the embedded world model):
     flow-matching training of the bidirectional ``model`` on data clips. ``data.sample(n, rng)`` returns
     (clean latents ``[n, C, F, H, W]``, prompts, object masks in the latent layout:
     :class:`~.world_data.Clips`), the masks weighting the loss by ``1 + object_weight`` (decayed
-    above noise level ``object_weight_until``); a prompt is replaced by the negative prompt with
+    above noise level ``object_weight_until``), plus ``motion_weight`` times
+    :func:`frame_difference_loss`; a prompt is replaced by the negative prompt with
     probability ``cond_dropout``, so the teacher also
     learns the unconditional branch that classifier-free guidance (and DMD's real score) uses.
     Noise levels are ``shift_sigma(u, shift)``, ``u ~ U(0, 1)``, as Wan trains. Its checkpoints
@@ -78,6 +95,9 @@ class TeacherTrainer(TrainLoop):
             with self._autocast():
                 velocity = self.model(dmd.add_noise(x0, noise, sigma), timestep_of(sigma), cond.to(self.device))
             loss = dmd.denoising_loss(velocity, noise, x0, self._loss_sigma(sigma), weight).mean()
+            if cfg.motion_weight:
+                temporal = self.data.codec.temporal_scale
+                loss = loss + cfg.motion_weight * frame_difference_loss(velocity, noise, x0, sigma, temporal).mean()
             (loss / cfg.grad_accum).backward()
             losses.append(loss.detach())
         grad_norm = self._sync_and_clip(self.model)
