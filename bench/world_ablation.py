@@ -7,8 +7,9 @@ CFG sample probe on the gate's prompts (docs/design.md §10).
 
 An arm's run folder (``runs/ablation/ARM``) holds its checkpoints and ``ablation.jsonl`` (one row
 per evaluation: CPU-seconds so far, step, errors); running an arm again continues it. Kill rule:
-an arm whose object error at noise 0.8 is the worst of all arms after its first 45 CPU-minutes is
-marked stopped in the table.
+an arm whose object error at noise 0.8 is the worst of its round's arms after its first 45
+CPU-minutes is marked stopped in the table. The table shows each arm at 45 CPU-minutes and at its
+last sample probe.
 """
 
 from __future__ import annotations
@@ -216,6 +217,18 @@ def run(arm: str, cpu_minutes: float, eval_minutes: float, probe_minutes: float,
     bar.close()
 
 
+DIAGNOSTICS = ("committed", "overfit", "v2-overfit")  # not subject to the kill rule
+
+
+def _round(arm: str) -> int:
+    """Arms named ``v2-*`` start from the teacher committed after the first round."""
+    return 2 if arm.startswith("v2-") else 1
+
+
+def _row_at(rows: list[dict], cpu_seconds: float) -> dict:
+    return min(rows, key=lambda r: abs(r["cpu_seconds"] - cpu_seconds))
+
+
 def table(root: Path, results: Path) -> None:
     """The table of every arm run under ``root``; arms in an earlier ``world-ablation.json`` that
     did not run under ``root`` keep their rows (the table grows over sessions)."""
@@ -235,11 +248,14 @@ def table(root: Path, results: Path) -> None:
             arms[arm] = earlier[arm]
     if not arms:
         raise SystemExit(f"no arm has run under {root} or in {saved}")
-    at45 = {a: min(v["rows"], key=lambda r: abs(r["cpu_seconds"] - 2700)) for a, v in arms.items()}
-    compared = [a for a in at45 if a not in ("overfit", "committed") and at45[a]["cpu_seconds"] > 0]
-    worst = max(compared, key=lambda a: at45[a]["x0"]["0.8"]["object"]) if len(compared) > 1 else None
+    at45 = {a: _row_at(v["rows"], 2700) for a, v in arms.items()}
+    killed = set()
+    for round_ in {_round(a) for a in arms}:  # the kill rule compares arms of one round (same start)
+        compared = [a for a in arms if _round(a) == round_ and a not in DIAGNOSTICS and at45[a]["cpu_seconds"] > 0]
+        if len(compared) > 1:
+            killed.add(max(compared, key=lambda a: at45[a]["x0"]["0.8"]["object"]))
     for a, v in arms.items():
-        v["stopped_by_kill_rule"] = a == worst
+        v["stopped_by_kill_rule"] = a in killed
     keys = ("found", "colour_right", "shape_right", "background_right", "direction_right", "keeps_moving")
     lines = [
         "| arm | CPU-min | steps | "
@@ -248,17 +264,20 @@ def table(root: Path, results: Path) -> None:
         "|" + "---|" * (len(SIGMAS) + 5),
     ]
     for a, v in arms.items():
-        last = v["rows"][-1]
-        errs = " | ".join(
-            f"{last['x0'][str(s)]['object']:.4f} / {last['x0'][str(s)]['background']:.4f}" for s in SIGMAS
-        )
-        probe = next((r["probe"] for r in reversed(v["rows"]) if "probe" in r), None)
-        p = " / ".join(f"{probe[k]['mean']:.2f}" for k in keys) if probe else "-"
-        bind = f"{v['colour_binding']:.2f}" if v.get("colour_binding") is not None else "-"
-        lines.append(
-            f"| {a}{' (killed)' if a == worst else ''} | {last['cpu_seconds'] / 60:.0f} | "
-            f"{last['step']} | {errs} | {bind} | {p} |"
-        )
+        probed = [r for r in v["rows"] if "probe" in r] or v["rows"][-1:]
+        shown = [_row_at(probed, 2700)]  # equal time: the probe nearest 45 CPU-minutes, and the last one
+        shown += [probed[-1]] if probed[-1]["cpu_seconds"] > shown[0]["cpu_seconds"] + 300 else []
+        for row in shown:
+            errs = " | ".join(
+                f"{row['x0'][str(s)]['object']:.4f} / {row['x0'][str(s)]['background']:.4f}" for s in SIGMAS
+            )
+            probe = row.get("probe")
+            p = " / ".join(f"{probe[k]['mean']:.2f}" for k in keys) if probe else "-"
+            bind = f"{v['colour_binding']:.2f}" if v.get("colour_binding") is not None and row is shown[-1] else "-"
+            lines.append(
+                f"| {a}{' (killed)' if a in killed else ''} | {row['cpu_seconds'] / 60:.0f} | "
+                f"{row['step']} | {errs} | {bind} | {p} |"
+            )
     results.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps({"arms": arms}, indent=1))
     (results / "world-ablation.md").write_text(
