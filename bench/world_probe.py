@@ -5,7 +5,9 @@ level and the colour binding — the check to pass before spending ODE-init / DM
 
     python bench/world_probe.py training/world-teacher/ema.safetensors --out bench/results/world-teacher-gate
 
-Writes <out>.json and <out>.png (rows: the first seed of each prompt; columns: every 4th frame).
+Writes <out>.json, <out>.png (rows: the first seed of each prompt; columns: every 4th frame) and
+<out>-x0.png (for 4 held clips: the clip, then the x0 prediction from it noised to 0.95, 0.8, 0.6
+and 0.3: where along the noise levels objects get their place, motion and shape).
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ from reward_forcing.models.text_encoder import MiniLMTextEncoder
 from reward_forcing.train.checkpoints import latest_checkpoint
 from reward_forcing.train.world_data import WorldClips
 from reward_forcing.train.world_probe import (
+    SIGMAS,
     colour_binding,
+    decode_videos,
     gate_prompts,
     sample_videos,
     score_videos,
     summarize,
     x0_errors,
+    x0_predictions,
 )
 
 
@@ -74,6 +79,12 @@ def main() -> None:
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     strip = np.concatenate([np.concatenate(list(v[::4]), 1) for v in videos[:: len(seeds)]], 0)
     cv2.imwrite(str(args.out.with_suffix(".png")), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
+    with torch.no_grad():
+        shown = held.latents[:4]
+        predicted = x0_predictions(model, text(held.prompts[:4]), shown, sorted(SIGMAS, reverse=True))
+    frames = [decode_videos(codec, x) for x in (shown, *predicted.values())]
+    x0_strip = np.concatenate([np.concatenate(list(f[b, ::4]), 1) for b in range(len(shown)) for f in frames], 0)
+    cv2.imwrite(str(args.out.parent / f"{args.out.name}-x0.png"), cv2.cvtColor(x0_strip, cv2.COLOR_RGB2BGR))
     print(json.dumps({k: result[k] for k in ("x0_mse", "colour_binding", "gate")}, indent=1))
 
 

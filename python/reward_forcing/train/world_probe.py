@@ -36,10 +36,9 @@ SCORES = tuple(GATE)
 
 
 @torch.no_grad()
-def x0_errors(model, cond: torch.Tensor, clips: Clips, sigmas=SIGMAS, seed: int = 5) -> dict:
-    """Mean squared x0 error on object pixels and on background pixels at each noise level
-    (``{"0.8": {"object": e, "background": e}, ...}``), the same noise for every model."""
-    x0, obj = clips.latents.float(), clips.masks.float()
+def x0_predictions(model, cond: torch.Tensor, latents: torch.Tensor, sigmas=SIGMAS, seed: int = 5) -> dict:
+    """``{sigma: x0 prediction}`` from ``latents`` noised to each level, the same noise for every model."""
+    x0 = latents.float()
     gen = torch.Generator(x0.device).manual_seed(seed)
     total = FewStepFlowSchedule().num_train_timesteps
     out = {}
@@ -47,7 +46,17 @@ def x0_errors(model, cond: torch.Tensor, clips: Clips, sigmas=SIGMAS, seed: int 
         noise = torch.randn(x0.shape, generator=gen, device=x0.device)
         s = torch.full((len(x0),), float(sigma), device=x0.device)
         x_t = dmd.add_noise(x0, noise, s)
-        err = (dmd.predict_x0(x_t, model(x_t, s * total, cond).float(), s) - x0).pow(2)
+        out[sigma] = dmd.predict_x0(x_t, model(x_t, s * total, cond).float(), s)
+    return out
+
+
+def x0_errors(model, cond: torch.Tensor, clips: Clips, sigmas=SIGMAS, seed: int = 5) -> dict:
+    """Mean squared x0 error on object pixels and on background pixels at each noise level
+    (``{"0.8": {"object": e, "background": e}, ...}``), the same noise for every model."""
+    x0, obj = clips.latents.float(), clips.masks.float()
+    out = {}
+    for sigma, x0_hat in x0_predictions(model, cond, x0, sigmas, seed).items():
+        err = (x0_hat - x0).pow(2)
         out[str(sigma)] = {
             "object": float((err * obj).sum() / obj.sum().clamp(min=1e-9)),
             "background": float((err * (1 - obj)).sum() / (1 - obj).sum().clamp(min=1e-9)),
@@ -161,7 +170,12 @@ def sample_videos(
     x = teacher_trajectory(
         model, cond, uncond, noise.to(model.device), FewStepFlowSchedule(shift=shift), guidance, steps
     )[:, -1]
-    video = ((codec.decode(x.cpu()).permute(0, 2, 3, 4, 1) + 1) * 127.5).round().clamp(0, 255)
+    return decode_videos(codec, x)
+
+
+def decode_videos(codec, latents: torch.Tensor) -> np.ndarray:
+    """Latents ``[B, C, F, H, W]`` -> ``uint8 [B, F', H', W', 3]`` (numpy)."""
+    video = ((codec.decode(latents.cpu()).permute(0, 2, 3, 4, 1) + 1) * 127.5).round().clamp(0, 255)
     return video.to(torch.uint8).numpy()
 
 
