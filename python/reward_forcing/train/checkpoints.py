@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +68,14 @@ def write_checkpoint(state: dict, out_dir: Path, keep: int) -> Path:
 
 def read_checkpoint(path: Path) -> dict:
     """The state in ``path``; a ValueError naming the file for truncated, corrupt or foreign files."""
-    try:  # zip and unpickling (weights_only) errors
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    with warnings.catch_warnings(record=True) as caught:  # torch warns before refusing a foreign pickle
+        warnings.simplefilter("always")
+        try:  # zip and unpickling (weights_only) errors
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    for w in caught:  # a readable file: its warnings as they were
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if not isinstance(state, dict):
         raise ValueError(f"{path}: not a checkpoint of this trainer (a {type(state).__name__})")
     return state
