@@ -71,7 +71,9 @@ BASE = dict(
     keep_checkpoints=1,
     log_every=10**7,
 )
-# name -> (what it tests, TrainConfig overrides); "init" starts from a weights file
+# name -> (what it tests, TrainConfig overrides); "init" starts from a weights file. COMMITTED_TEACHER
+# is the file as it is when an arm runs: round 1 ran from the 17,385-step teacher, round 2 (v2-*)
+# from the 19,039-step one; rerunning an arm today starts from today's committed teacher.
 ARMS = {
     "committed": (
         "the CPU teacher committed before the ablation (17,385 steps) as it was (--cpu-minutes 0: the reference row)",
