@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -71,9 +72,11 @@ BASE = dict(
     keep_checkpoints=1,
     log_every=10**7,
 )
+SHIFT3 = {"object_weight": 20.0, "object_weight_until": 0.7, "shift": 3.0}  # configs/world-teacher.yaml's loss
 # name -> (what it tests, TrainConfig overrides); "init" starts from a weights file. COMMITTED_TEACHER
 # is the file as it is when an arm runs: round 1 ran from the 17,385-step teacher, round 2 (v2-*)
-# from the 19,039-step one; rerunning an arm today starts from today's committed teacher.
+# from the 19,039-step one, round 3 (v3-*) from the 20,202-step one; rerunning an arm today starts
+# from today's committed teacher.
 ARMS = {
     "committed": (
         "the CPU teacher committed before the ablation (17,385 steps) as it was (--cpu-minutes 0: the reference row)",
@@ -119,6 +122,23 @@ ARMS = {
         "v2-decayed with noise levels drawn shifted to high noise (shift 3: 43 % above 0.8, was 20 %), "
         "where a sample decides where its objects are and how they move",
         {"init": str(COMMITTED_TEACHER), "object_weight": 20.0, "object_weight_until": 0.7, "shift": 3.0},
+    ),
+    "v3-constant": (
+        "control for the third round: the teacher committed after the second round (v2-shift3 at 65 CPU-min, "
+        "20,202 steps) continued with configs/world-teacher.yaml: constant learning rate, EMA from step 100",
+        {"init": str(COMMITTED_TEACHER), **SHIFT3},
+    ),
+    "v3-cosine": (
+        "v3-constant with a restart that keeps its ground: learning rate warmed up over 50 steps, then "
+        "cosine-decayed to 0.1x by step 800 (~45 CPU-min), and the EMA averaging from step 0",
+        {
+            "init": str(COMMITTED_TEACHER),
+            **SHIFT3,
+            "warmup_steps": 50,
+            "lr_decay_steps": 800,
+            "lr_floor": 0.1,
+            "ema_start": 0,
+        },
     ),
     "overfit": (
         "diagnostic: today's design on 16 fixed clips (must reach the gate on their prompts)",
@@ -223,8 +243,9 @@ DIAGNOSTICS = ("committed", "overfit", "v2-overfit")  # not subject to the kill 
 
 
 def _round(arm: str) -> int:
-    """Arms named ``v2-*`` start from the teacher committed after the first round."""
-    return 2 if arm.startswith("v2-") else 1
+    """Arms named ``vN-*`` start from the teacher committed after round N - 1; the others are round 1."""
+    match = re.match(r"v(\d+)-", arm)
+    return int(match.group(1)) if match else 1
 
 
 def _row_at(rows: list[dict], cpu_seconds: float) -> dict:

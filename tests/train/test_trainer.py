@@ -79,15 +79,17 @@ def _assert_equal(a, b):
         assert a == b
 
 
-def test_resume_is_bitwise_exact(tmp_path):
-    straight = _trainer(_config(tmp_path / "a", max_steps=3, save_every=100))
+@pytest.mark.parametrize("schedule", [{}, {"warmup_steps": 2, "lr_decay_steps": 3, "lr_floor": 0.5}])
+def test_resume_is_bitwise_exact(tmp_path, schedule):
+    straight = _trainer(_config(tmp_path / "a", max_steps=3, save_every=100, **schedule))
     for _ in range(3):
         last = straight.train_step()
-    stopped = _trainer(_config(tmp_path / "b"))
+    stopped = _trainer(_config(tmp_path / "b", **schedule))
     stopped.train_step()
     stopped.train_step()
     path = stopped.save_checkpoint()
-    resumed = _trainer(_config(tmp_path / "b"), seed=123)  # other init: everything must come from the file
+    # other init: everything must come from the file
+    resumed = _trainer(_config(tmp_path / "b", **schedule), seed=123)
     assert resumed.resume() == path
     assert resumed.step == 2
     again = resumed.train_step()
@@ -254,6 +256,48 @@ def test_bf16_autocast_path_runs(tmp_path, monkeypatch):
     losses = [v for r in logs for k, v in r.items() if k.endswith("loss")]
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(v)) for v in losses)
     assert all(p.dtype == torch.float32 for p in trainer.generator.parameters())
+
+
+def test_lr_scale_warms_up_then_decays_to_its_floor():
+    cfg = TrainConfig(warmup_steps=4, lr_decay_steps=14, lr_floor=0.2)
+    scales = [cfg.lr_scale(step) for step in range(20)]
+    assert scales[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert scales[4] == 1.0 and scales[9] == pytest.approx(0.6)  # halfway down the cosine: (1 + 0.2) / 2
+    assert scales[14:] == pytest.approx([0.2] * 6)
+    assert all(a >= b for a, b in zip(scales[3:], scales[4:]))
+    assert {TrainConfig().lr_scale(step) for step in (0, 10**6)} == {1.0}
+    assert TrainConfig(warmup_steps=3).lr_scale(10**6) == 1.0
+    for bad, match in (
+        ({"warmup_steps": -1}, "warmup_steps"),
+        ({"warmup_steps": 5, "lr_decay_steps": 5}, "lr_decay_steps"),
+        ({"lr_floor": 1.5}, "lr_floor"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**bad)
+
+
+def test_every_optimizer_steps_with_the_scheduled_rate(tmp_path, monkeypatch):
+    cfg = _config(tmp_path, warmup_steps=2, lr_decay_steps=4, lr_floor=0.5, max_steps=5)
+    trainer = _trainer(cfg)
+    seen = []  # (optimizer, trainer step, its rate) at every optimizer step
+
+    def spy(opt):
+        step = opt.step
+
+        def record(*args, **kw):
+            seen.append((opt, trainer.step, opt.param_groups[0]["lr"]))
+            return step(*args, **kw)
+
+        monkeypatch.setattr(opt, "step", record)
+
+    spy(trainer.opt_g)
+    spy(trainer.opt_c)
+    for _ in range(5):
+        trainer.train_step()
+    assert {opt for opt, _, _ in seen} == {trainer.opt_g, trainer.opt_c}
+    assert {step for _, step, _ in seen} == set(range(5))
+    for _, step, lr in seen:
+        assert lr == pytest.approx(1e-4 * cfg.lr_scale(step))
 
 
 def test_ema_copies_before_its_start_then_averages(tmp_path):

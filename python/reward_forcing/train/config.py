@@ -96,6 +96,12 @@ class TrainConfig:
     lr_critic: float = 4e-7
     betas: tuple[float, float] = (0.0, 0.999)
     weight_decay: float = 0.01
+    # learning-rate schedule (every optimizer, by trainer step: lr_scale): a linear warm-up over the
+    # first warmup_steps of a run (a run that starts from weights starts with a fresh optimizer),
+    # then, when lr_decay_steps > 0, a cosine decay to lr_floor x the rate at step lr_decay_steps
+    warmup_steps: int = 0
+    lr_decay_steps: int = 0
+    lr_floor: float = 0.1
     critic_ratio: int = 5  # critic steps per generator step
     batch_size: int = 1  # per rank
     grad_accum: int = 8
@@ -179,6 +185,16 @@ class TrainConfig:
                 f"object_weight, motion_weight, fixed_clips and probe_every must be >= 0, got "
                 f"{self.object_weight}, {self.motion_weight}, {self.fixed_clips}, {self.probe_every}"
             )
+        if self.warmup_steps < 0 or self.lr_decay_steps < 0:
+            raise ValueError(
+                f"warmup_steps and lr_decay_steps must be >= 0, got {self.warmup_steps}, {self.lr_decay_steps}"
+            )
+        if self.lr_decay_steps and self.lr_decay_steps <= self.warmup_steps:
+            raise ValueError(
+                f"lr_decay_steps={self.lr_decay_steps} must be 0 (no decay) or after warmup_steps={self.warmup_steps}"
+            )
+        if not 0 <= self.lr_floor <= 1:
+            raise ValueError(f"lr_floor must be in [0, 1], got {self.lr_floor}")
         if not 0 < self.object_weight_until <= 1:
             raise ValueError(f"object_weight_until must be in (0, 1], got {self.object_weight_until}")
         if self.data_workers < 0:
@@ -189,6 +205,15 @@ class TrainConfig:
             raise ValueError(f"data must be 'world' or null, got {self.data!r}")
         if self.reward is not None and not (isinstance(self.reward, str) and self.reward):
             raise ValueError(f"reward must be 'flow', a VLM reward folder or null, got {self.reward!r}")
+
+    def lr_scale(self, step: int) -> float:
+        """The factor on every base learning rate at trainer step ``step``."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if not self.lr_decay_steps:
+            return 1.0
+        progress = min(1.0, (step - self.warmup_steps) / (self.lr_decay_steps - self.warmup_steps))
+        return self.lr_floor + (1 - self.lr_floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     def cache_config(self) -> CacheConfig:
         """The student's streaming cache during training (float32 K/V: the rollout runs outside

@@ -87,12 +87,22 @@ class TrainLoop:
     def train_step(self) -> dict:
         """One training step; returns its log record."""
         start = time.perf_counter()
+        self._schedule_lr()
         logs = {"step": self.step, **self._step()}
         self.step += 1
         logs["seconds"] = time.perf_counter() - start
         return logs
 
     # ------------------------------------------------------------------ pieces
+    def _schedule_lr(self) -> None:
+        """Sets every optimizer's rates to its base rate (the one it was built with, kept in its
+        param groups, so checkpoints carry it) times :meth:`TrainConfig.lr_scale` at this step."""
+        scale = self.cfg.lr_scale(self.step)
+        for opt in self._optimizers().values():
+            for group in opt.param_groups:
+                group.setdefault("base_lr", group["lr"])
+                group["lr"] = group["base_lr"] * scale
+
     def _autocast(self):
         if self.device.type == "cuda" and self.cfg.bf16:
             return torch.autocast("cuda", dtype=torch.bfloat16)
