@@ -374,6 +374,22 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
+_BACKDROP_WORDS = ["background", "backdrop"]
+_LIST_WORDS = ["and"]  # joins the objects of a prompt: "{o1}, {o2} and {o3}"
+_ONE_OBJECT_TEMPLATES = [
+    "{objs} on a {bg} {backdrop}",
+    "{objs} against a {bg} {backdrop}",
+    "{objs}, {bg} {backdrop}",
+    "on a {bg} {backdrop}, {objs}",
+]
+_OBJECTS_TEMPLATES = [
+    "{count} shapes: {objs} on a {bg} {backdrop}",
+    "{objs}, on a {bg} {backdrop}",
+    "{count} objects on a {bg} {backdrop}: {objs}",
+    "{objs} against a {bg} {backdrop}",
+]
+
+
 def _describe_object(obj: ObjectSpec, rng: np.random.Generator) -> str:
     def choice(words: list[str]) -> str:
         return str(rng.choice(words))
@@ -398,23 +414,10 @@ def describe(spec: PromptSpec, rng: np.random.Generator | int | None = None) -> 
     """A plain-English prompt stating every attribute of spec, in randomly chosen wording."""
     rng = np.random.default_rng(rng)
     parts = [_describe_object(o, rng) for o in spec.objects]
-    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + f" {_LIST_WORDS[0]} " + parts[-1]
     bg = str(rng.choice(_BACKGROUND_WORDS[spec.background]))
-    backdrop = str(rng.choice(["background", "backdrop"]))
-    if len(parts) == 1:
-        templates = [
-            "{objs} on a {bg} {backdrop}",
-            "{objs} against a {bg} {backdrop}",
-            "{objs}, {bg} {backdrop}",
-            "on a {bg} {backdrop}, {objs}",
-        ]
-    else:
-        templates = [
-            "{count} shapes: {objs} on a {bg} {backdrop}",
-            "{objs}, on a {bg} {backdrop}",
-            "{count} objects on a {bg} {backdrop}: {objs}",
-            "{objs} against a {bg} {backdrop}",
-        ]
+    backdrop = str(rng.choice(_BACKDROP_WORDS))
+    templates = _ONE_OBJECT_TEMPLATES if len(parts) == 1 else _OBJECTS_TEMPLATES
     text = str(rng.choice(templates)).format(
         objs=listed, bg=bg, backdrop=backdrop, count=_COUNT_WORDS.get(len(parts), str(len(parts)))
     )
@@ -438,7 +441,7 @@ _OBJECT_RE = re.compile(
     rf"(?:(?P<adverb1>{_alternation(_SPEED_ADVERBS)}) )?(?P<direction>{_alternation(_DIRECTION_WORDS)})"
     rf"(?: (?P<adverb2>{_alternation(_SPEED_ADVERBS)}))?\b"
 )
-_BACKGROUND_RE = re.compile(rf"\b(?P<bg>{_alternation(_BACKGROUND_WORDS)}) (?:background|backdrop)\b")
+_BACKGROUND_RE = re.compile(rf"\b(?P<bg>{_alternation(_BACKGROUND_WORDS)}) (?:{'|'.join(_BACKDROP_WORDS)})\b")
 
 
 def _words(text: str) -> list[str]:
@@ -465,7 +468,11 @@ VOCABULARY = frozenset(
         ),
         *_VERBS,
         *_COUNT_WORDS.values(),
-        "a an on against and background backdrop shapes objects",
+        *_BACKDROP_WORDS,
+        *_LIST_WORDS,
+        "a",  # the articles _article writes
+        "an",
+        *(re.sub(r"\{\w+\}", " ", t) for t in _ONE_OBJECT_TEMPLATES + _OBJECTS_TEMPLATES),
     )
     for word in _words(phrase)
 )
