@@ -131,6 +131,26 @@ def test_stream_frames_prompt_switch_and_recording(make_client):
     wait_idle(client)
 
 
+def test_prompts_with_unknown_words_get_a_warning(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        base = StreamingPipeline.tiny_random(height=32, width=48, vocabulary=frozenset({"a", "red", "blue", "ball"}))
+    app = create_app(sibling_factory(base), recordings_dir=tmp_path, pace=False, allowed_hosts=HOSTS)
+    with TestClient(app) as client, client.websocket_connect("/ws") as ws:
+        ws.send_json(start_msg(prompt="a red zeppelin"))
+        recv_json(ws, "started")
+        message = recv(ws)  # right after "started", before any frame
+        assert message["type"] == "warning" and "word(s) zeppelin in 'a red zeppelin'" in message["message"]
+        ws.send_json({"type": "prompt", "prompt": "a blue ball"})
+        recv_json(ws, "prompt_switched")
+        ws.send_json({"type": "prompt", "prompt": "a purple ball"})
+        warning = recv_json(ws, "warning")
+        assert "word(s) purple in 'a purple ball'" in warning["message"]
+        ws.send_json({"type": "stop"})
+        recv_json(ws, "stopped")
+        wait_idle(client)
+
+
 @pytest.mark.parametrize(
     "name", ["abc", "../../etc/passwd", "A" * 32, "0" * 31, "0" * 32, "0" * 32 + "/..", "%2e%2e%2fsecret"]
 )

@@ -352,19 +352,22 @@ class StreamingPipeline:
         return torch.randn(self.latent_shape, generator=self.generator, device=self.device)
 
     # ------------------------------------------------------------------ prompts
+    def vocabulary_warning(self, prompt: str) -> str | None:
+        """What :class:`UnknownWordsWarning` says about ``prompt`` (the words outside the model's
+        vocabulary); None when it has none or the pipeline has no vocabulary."""
+        unknown = unknown_words(prompt, self.vocabulary) if self.vocabulary is not None else []
+        if not unknown:
+            return None
+        words = ", ".join(unknown)
+        return f"the model was not trained on the word(s) {words} in {prompt!r}: they will be ignored or misread"
+
     def _encode(self, prompts) -> dict[str, torch.Tensor]:
         """Runs the text encoder once for the given (cleaned) prompts; warns about words outside the
         model's vocabulary (when it has one)."""
         prompts = list(dict.fromkeys(prompts))
         for prompt in prompts:
-            unknown = unknown_words(prompt, self.vocabulary) if self.vocabulary is not None else []
-            if unknown:
-                warnings.warn(
-                    f"the model was not trained on the word(s) {', '.join(unknown)} in {prompt!r}: "
-                    "they will be ignored or misread",
-                    UnknownWordsWarning,
-                    stacklevel=3,
-                )
+            if message := self.vocabulary_warning(prompt):
+                warnings.warn(message, UnknownWordsWarning, stacklevel=3)
         states = self.text_encoder(prompts)
         if states.shape[1] > self.model.config.text_len:
             raise ValueError(

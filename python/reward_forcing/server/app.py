@@ -8,8 +8,9 @@ client -> server
     ``{"type": "prompt", "prompt": str}`` (switch from the next chunk on), ``{"type": "stop"}``.
 server -> client
     ``started`` (size, fps, recording id), binary JPEG frames, ``stats`` (twice a second: frames
-    sent, dropped), ``prompt_switched``, ``error`` (invalid input: the socket stays open; or a
-    failed stream), ``busy`` (all stream slots taken: the socket closes with code 1013),
+    sent, dropped), ``prompt_switched``, ``warning`` (a prompt, at the start or a switch, has words
+    the model was not trained on: ``message`` names them), ``error`` (invalid input: the socket
+    stays open; or a failed stream), ``busy`` (all stream slots taken: the socket closes with code 1013),
     ``stopped`` (frames, dropped, ``recording``: the download URL or null), then the close.
 
 Safety: inputs are validated with clear messages; every request must name an allowed host in
@@ -309,8 +310,10 @@ def create_app(
                     "prompt": request.prompt,
                 }
             )
+            if warning := pipe.vocabulary_warning(request.prompt):
+                await send({"type": "warning", "message": warning})
             sender = asyncio.create_task(_send_frames(ws, send, lock, session, stats_interval))
-            receiver = asyncio.create_task(_receive_controls(ws, send, session))
+            receiver = asyncio.create_task(_receive_controls(ws, send, session, pipe.vocabulary_warning))
             await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
             session.stop()
             if receiver.done():
@@ -372,8 +375,11 @@ async def _wait_start(ws: WebSocket, send, timeout: float) -> StartRequest | Non
             await send({"type": "error", "message": str(e)})
 
 
-async def _receive_controls(ws: WebSocket, send, session: StreamSession) -> str:
-    """Applies prompt switches; returns ``"stop"`` or ``"disconnect"``."""
+async def _receive_controls(
+    ws: WebSocket, send, session: StreamSession, vocabulary_warning: Callable[[str], str | None]
+) -> str:
+    """Applies prompt switches (warning about words the model does not know); returns ``"stop"``
+    or ``"disconnect"``."""
     while True:
         message = await ws.receive()
         if message["type"] == "websocket.disconnect":
@@ -386,7 +392,10 @@ async def _receive_controls(ws: WebSocket, send, session: StreamSession) -> str:
                 return "stop"
             if data["type"] != "prompt":
                 raise ValueError(f'unknown message type {data["type"]!r} while streaming (expected "prompt" or "stop")')
-            session.set_prompt(PromptRequest.model_validate(data).prompt)
+            prompt = PromptRequest.model_validate(data).prompt
+            session.set_prompt(prompt)
+            if warning := vocabulary_warning(prompt):
+                await send({"type": "warning", "message": warning})
         except ValidationError as e:
             await send({"type": "error", "message": f"invalid prompt switch: {_message(e)}"})
         except ValueError as e:

@@ -67,7 +67,7 @@ function onMessage(msg) {
     case "stats": $("dropped").textContent = msg.dropped; break;
     case "prompt_switched": $("current").textContent = msg.prompt; break;
     case "busy": showError(msg.message); setStatus("busy"); break;
-    case "error": showError(msg.message); break;
+    case "warning": case "error": showError(msg.message); break;
     case "stopped":
       $("dropped").textContent = msg.dropped;
       setStatus(`stopped after ${msg.generated} frames`);
