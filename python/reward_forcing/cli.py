@@ -8,8 +8,8 @@ the output's folder, renamed over ``--out`` at the end (removed on error or Ctrl
 tab (or spaces), the prompt; blank lines and lines starting with ``#`` are ignored. A line at
 time 0 may replace ``--prompt``::
 
-    0	a red ball rolls to the left on green grass
-    4.5	a blue square slides to the right
+    0	a red circle moving to the right on a black background
+    4.5	a blue square sliding to the left on a black background
 
 Bad arguments print one line on stderr and exit with status 2.
 
