@@ -31,6 +31,17 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
+def lr_scale(step: int, warmup_steps: int, decay_steps: int, floor: float) -> float:
+    """Linear warm-up over ``warmup_steps``, then (``decay_steps`` > 0) a cosine from 1 down to
+    ``floor`` at step ``decay_steps``, and ``floor`` after it; 1 throughout without either."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if not decay_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / (decay_steps - warmup_steps))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 @dataclass
 class TrainConfig:
     # models and data: paths, or "tiny" / "world" for random WAN_TINY / WAN_WORLD models
@@ -208,12 +219,7 @@ class TrainConfig:
 
     def lr_scale(self, step: int) -> float:
         """The factor on every base learning rate at trainer step ``step``."""
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if not self.lr_decay_steps:
-            return 1.0
-        progress = min(1.0, (step - self.warmup_steps) / (self.lr_decay_steps - self.warmup_steps))
-        return self.lr_floor + (1 - self.lr_floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return lr_scale(step, self.warmup_steps, self.lr_decay_steps, self.lr_floor)
 
     def cache_config(self) -> CacheConfig:
         """The student's streaming cache during training (float32 K/V: the rollout runs outside

@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from ..scheduler import sigma_of
 from . import dmd
+from .config import lr_scale
 
 METHODS = ("dmd", "weighted", "tilted")
 
@@ -98,10 +99,7 @@ def train(method: str, seed: int, cfg: ToyConfig = ToyConfig()) -> dict:
     opt_g = torch.optim.AdamW(generator.parameters(), lr=cfg.lr, betas=(0.0, 0.999), weight_decay=0.0)
     opt_c = torch.optim.AdamW(critic.parameters(), lr=cfg.lr, betas=(0.0, 0.999), weight_decay=0.0)
 
-    decay = [
-        torch.optim.lr_scheduler.LambdaLR(o, lambda i: 0.5 * (1 + math.cos(math.pi * i / cfg.steps)))
-        for o in (opt_g, opt_c)
-    ]
+    decay = [torch.optim.lr_scheduler.LambdaLR(o, lambda i: lr_scale(i, 0, cfg.steps, 0.0)) for o in (opt_g, opt_c)]
 
     def sample(n):
         return generator(torch.randn(n, 1, generator=gen)).squeeze(-1)
