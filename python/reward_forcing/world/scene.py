@@ -375,7 +375,7 @@ def _article(word: str) -> str:
 
 
 _BACKDROP_WORDS = ["background", "backdrop"]
-_LIST_WORDS = ["and"]  # joins the objects of a prompt: "{o1}, {o2} and {o3}"
+_AND = "and"  # joins the last two objects of a prompt: "{o1}, {o2} and {o3}"
 _ONE_OBJECT_TEMPLATES = [
     "{objs} on a {bg} {backdrop}",
     "{objs} against a {bg} {backdrop}",
@@ -414,7 +414,7 @@ def describe(spec: PromptSpec, rng: np.random.Generator | int | None = None) -> 
     """A plain-English prompt stating every attribute of spec, in randomly chosen wording."""
     rng = np.random.default_rng(rng)
     parts = [_describe_object(o, rng) for o in spec.objects]
-    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + f" {_LIST_WORDS[0]} " + parts[-1]
+    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + f" {_AND} " + parts[-1]
     bg = str(rng.choice(_BACKGROUND_WORDS[spec.background]))
     backdrop = str(rng.choice(_BACKDROP_WORDS))
     templates = _ONE_OBJECT_TEMPLATES if len(parts) == 1 else _OBJECTS_TEMPLATES
@@ -469,7 +469,7 @@ VOCABULARY = frozenset(
         *_VERBS,
         *_COUNT_WORDS.values(),
         *_BACKDROP_WORDS,
-        *_LIST_WORDS,
+        _AND,
         "a",  # the articles _article writes
         "an",
         *(re.sub(r"\{\w+\}", " ", t) for t in _ONE_OBJECT_TEMPLATES + _OBJECTS_TEMPLATES),
