@@ -48,6 +48,9 @@ def _config(tmp_path, **kw):
         max_steps=STEPS,
         save_every=100,
         normalize_weights=True,
+        warmup_steps=1,  # a scheduled rate: the resume below restores it from sharded optimizer state
+        lr_decay_steps=STEPS,
+        lr_floor=0.5,
     )
     return TrainConfig(**(base | kw))
 

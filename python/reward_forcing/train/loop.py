@@ -95,13 +95,14 @@ class TrainLoop:
 
     # ------------------------------------------------------------------ pieces
     def _schedule_lr(self) -> None:
-        """Sets every optimizer's rates to its base rate (the one it was built with, kept in its
-        param groups, so checkpoints carry it) times :meth:`TrainConfig.lr_scale` at this step."""
+        """Sets every optimizer's rate to the one it was built with (``defaults``, which loading a
+        checkpoint leaves alone; one rate per optimizer) times :meth:`TrainConfig.lr_scale` at this
+        step. Nothing is added to the param groups: FSDP2's sharded optimizer checkpoints match
+        their keys exactly."""
         scale = self.cfg.lr_scale(self.step)
         for opt in self._optimizers().values():
             for group in opt.param_groups:
-                group.setdefault("base_lr", group["lr"])
-                group["lr"] = group["base_lr"] * scale
+                group["lr"] = opt.defaults["lr"] * scale
 
     def _autocast(self):
         if self.device.type == "cuda" and self.cfg.bf16:
