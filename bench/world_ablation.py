@@ -133,7 +133,8 @@ ARMS = {
     ),
     "v3-constant": (
         "control for the third round: the teacher committed after the second round (v2-shift3 at 65 CPU-min, "
-        "20,202 steps) continued with configs/world-teacher.yaml: constant learning rate, EMA from step 100",
+        "20,202 steps) continued with configs/world-teacher.yaml as it was then: constant learning rate, "
+        "EMA from step 100",
         {"init": str(COMMITTED_TEACHER), **SHIFT3},
     ),
     "v3-cosine": (
@@ -255,7 +256,7 @@ DIAGNOSTICS = ("committed", "overfit", "v2-overfit")  # not subject to the kill 
 
 
 def _round(arm: str) -> int:
-    """Arms named ``vN-*`` start from the teacher committed after round N - 1; the others are round 1."""
+    """Arms named ``vN-*`` form round N (a round's arms start from the same teacher); the others round 1."""
     match = re.match(r"v(\d+)-", arm)
     return int(match.group(1)) if match else 1
 
