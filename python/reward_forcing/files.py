@@ -90,6 +90,21 @@ def exit_on_signals():
 
 
 @contextlib.contextmanager
+def signals_deferred():
+    """SIGTERM and SIGHUP wait (blocked, still pending) until the block ends; main thread only.
+    For writers that call back into Python from native code (``torch.save``): a handler raising
+    there gets turned into a corrupt-file error instead of the clean exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, TERMINATING)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
 def atomic_output(path):
     """Yields the temporary path to write; renames it over the target (:func:`output_target`)
     when the block completes, removes it when the block raises or a signal ends it."""

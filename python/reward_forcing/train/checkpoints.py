@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..files import atomic_output
+from ..files import atomic_output, signals_deferred
 from .curves import read_log
 
 VERSION = 1
@@ -58,7 +58,8 @@ def write_checkpoint(state: dict, out_dir: Path, keep: int) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"checkpoint-{state['step']:08d}.pt"
     with atomic_output(path) as tmp, open(tmp, "wb") as f:
-        torch.save(state, f)
+        with signals_deferred():  # a signal inside torch.save's writer would crash, not exit
+            torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
     for old in sorted(out_dir.glob("checkpoint-*.pt"))[:-keep]:
