@@ -153,6 +153,16 @@ ARMS = {
         "budget on the layout phase",
         {**V3_COSINE, "shift": 6.0},
     ),
+    "v5-causal1": (
+        "v3-cosine trained block-causal over single latent frames, diffusion-forcing style (a clean prefix of "
+        "frames, then an independent noise level per frame) and sampled frame by frame: each latent frame "
+        "continues the trajectories it sees clean in its context instead of placing its objects on its own",
+        {**V3_COSINE, "teacher_chunk_frames": 1},
+    ),
+    "v5-causal2": (
+        "v5-causal1 over chunks of 2 latent frames (the student's chunk)",
+        {**V3_COSINE, "teacher_chunk_frames": 2},
+    ),
     "overfit": (
         "diagnostic: today's design on 16 fixed clips (must reach the gate on their prompts)",
         {"fixed_clips": 16},
@@ -196,12 +206,17 @@ def _trainer(arm: str, out: Path, text) -> TeacherTrainer:
     return TeacherTrainer(cfg, model, text, data)
 
 
+def _chunk_frames(arm: str) -> int | None:
+    """The arm's block-causal chunk (None: a bidirectional teacher)."""
+    return ARMS[arm][1].get("teacher_chunk_frames") or None
+
+
 def _evaluate(trainer: TeacherTrainer, text, held, probe: bool) -> dict:
-    ema = trainer.ema
-    row = {"x0": x0_errors(ema, text(held.prompts), held)}
+    ema, chunk = trainer.ema, trainer.cfg.teacher_chunk_frames or None
+    row = {"x0": x0_errors(ema, text(held.prompts), held, chunk_frames=chunk)}
     if probe:
         prompts = held.prompts[:16] if trainer.cfg.fixed_clips else gate_prompts(16)
-        videos = sample_videos(ema, text, PixelCodec(), prompts, PROBE_SEEDS)
+        videos = sample_videos(ema, text, PixelCodec(), prompts, PROBE_SEEDS, chunk_frames=chunk)
         row["probe"] = summarize(score_videos(videos, prompts))
     return row
 
@@ -278,7 +293,9 @@ def table(root: Path, results: Path) -> None:
             rows = [json.loads(line) for line in log.read_text().splitlines()]
             ckpt = latest_checkpoint(root / arm)  # colour binding of its newest checkpoint (EMA weights)
             model = load_causal_wan(ckpt, dtype=torch.float32).eval() if ckpt is not None else None
-            binding = colour_binding(model, text, PixelCodec()) if model is not None else None
+            binding = None
+            if model is not None:
+                binding = colour_binding(model, text, PixelCodec(), chunk_frames=_chunk_frames(arm))
             arms[arm] = {"what": ARMS[arm][0], "rows": rows, "colour_binding": binding}
         elif arm in earlier:
             arms[arm] = earlier[arm]

@@ -47,19 +47,36 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16, help="sampling steps (default 16)")
     parser.add_argument("--guidance", type=float, default=3.0, help="CFG scale (default 3)")
     parser.add_argument("--shift", type=float, default=3.0, help="noise-level shift (default 3)")
+    parser.add_argument(
+        "--chunk-frames",
+        type=int,
+        default=0,
+        help="a block-causal teacher's chunk (teacher_chunk_frames; 0: bidirectional)",
+    )
     args = parser.parse_args()
     import cv2
 
+    chunk = args.chunk_frames or None
     ckpt = latest_checkpoint(args.checkpoint) or args.checkpoint
     model = load_causal_wan(ckpt, dtype=torch.float32, use_ema=not args.raw).eval()
     text, codec = MiniLMTextEncoder.from_pretrained(text_len=model.config.text_len), PixelCodec()
     held = WorldClips(codec, 8, start_at_zero=1.0).sample(16, np.random.default_rng(12345))
     with torch.no_grad():
-        errors = x0_errors(model, text(held.prompts), held)
+        errors = x0_errors(model, text(held.prompts), held, chunk_frames=chunk)
     prompts, seeds = gate_prompts(args.prompts), tuple(range(args.seeds))
     videos = np.concatenate(
         [
-            sample_videos(model, text, codec, [p], seeds, steps=args.steps, guidance=args.guidance, shift=args.shift)
+            sample_videos(
+                model,
+                text,
+                codec,
+                [p],
+                seeds,
+                steps=args.steps,
+                guidance=args.guidance,
+                shift=args.shift,
+                chunk_frames=chunk,
+            )
             for p in prompts
         ]
     )
@@ -67,9 +84,14 @@ def main() -> None:
     result = {
         "checkpoint": str(ckpt),
         "ema": not args.raw,
-        "sampler": {"steps": args.steps, "guidance": args.guidance, "shift": args.shift},
+        "sampler": {
+            "steps": args.steps,
+            "guidance": args.guidance,
+            "shift": args.shift,
+            "chunk_frames": args.chunk_frames,
+        },
         "x0_mse": errors,
-        "colour_binding": colour_binding(model, text, codec),
+        "colour_binding": colour_binding(model, text, codec, chunk_frames=chunk),
         "gate": summarize(rows),
         "samples": [
             {"prompt": prompts[i // len(seeds)], "seed": seeds[i % len(seeds)], **r} for i, r in enumerate(rows)
@@ -81,7 +103,9 @@ def main() -> None:
     cv2.imwrite(str(args.out.with_suffix(".png")), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
     with torch.no_grad():
         shown = held.latents[:4]
-        predicted = x0_predictions(model, text(held.prompts[:4]), shown, sorted(SIGMAS, reverse=True))
+        predicted = x0_predictions(
+            model, text(held.prompts[:4]), shown, sorted(SIGMAS, reverse=True), chunk_frames=chunk
+        )
     frames = [decode_videos(codec, x) for x in (shown, *predicted.values())]
     x0_strip = np.concatenate([np.concatenate(list(f[b, ::4]), 1) for b in range(len(shown)) for f in frames], 0)
     cv2.imwrite(str(args.out.parent / f"{args.out.name}-x0.png"), cv2.cvtColor(x0_strip, cv2.COLOR_RGB2BGR))

@@ -164,7 +164,7 @@ def teacher_trajectory(
     (``num_steps`` a multiple of 4 for 1000/750/500/250)."""
     n, total = num_steps, schedule.num_train_timesteps
     marks = schedule.grid_marks(n)
-    sigmas = [float(shift_sigma(1 - i / n, schedule.shift)) for i in range(n + 1)]
+    sigmas = euler_sigmas(n, schedule.shift)
     x, states = noise.float(), []
     for i in range(n):
         if i in marks:
@@ -173,3 +173,46 @@ def teacher_trajectory(
         v = cfg(teacher(x, t, cond).float(), teacher(x, t, uncond).float(), guidance_scale)
         x = x + (sigmas[i + 1] - sigmas[i]) * v
     return torch.stack(states + [x], 1)
+
+
+def euler_sigmas(num_steps: int, shift: float) -> list[float]:
+    """The teacher sampler's noise levels: ``num_steps`` Euler steps uniform in the un-shifted time
+    from 1 to 0, warped by ``shift`` (``num_steps + 1`` values)."""
+    return [float(shift_sigma(1 - i / num_steps, shift)) for i in range(num_steps + 1)]
+
+
+@torch.no_grad()
+def causal_teacher_sample(
+    teacher: Callable,
+    cond,
+    uncond,
+    noise: torch.Tensor,
+    chunk_frames: int,
+    shift: float,
+    guidance_scale: float = 3.0,
+    num_steps: int = 16,
+    num_train_timesteps: int = NUM_TRAIN_TIMESTEPS,
+) -> torch.Tensor:
+    """The sampler of a block-causal teacher (``teacher_chunk_frames``): chunk by chunk of
+    ``chunk_frames`` latent frames, the Euler ODE with CFG of :func:`teacher_trajectory` on the chunk
+    while the chunks before it sit in its context clean (t = 0), as in a streaming cache.
+    ``teacher(x, t [B, F], prompt) -> v`` runs on the prefix up to the chunk. Returns the clean
+    latents ``[B, C, F, H, W]`` (float32)."""
+    if chunk_frames < 1:
+        raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    sigmas = euler_sigmas(num_steps, shift)
+    x = noise.float().clone()
+    batch, frames = x.shape[0], x.shape[2]
+    for start in range(0, frames, chunk_frames):
+        end = min(start + chunk_frames, frames)
+        t = torch.zeros(batch, end, device=x.device)
+        for i in range(num_steps):
+            t[:, start:end] = timestep_of(sigmas[i], num_train_timesteps)
+            prefix = x[:, :, :end]
+            v = cfg(
+                teacher(prefix, t, cond)[:, :, start:].float(),
+                teacher(prefix, t, uncond)[:, :, start:].float(),
+                guidance_scale,
+            )
+            x[:, :, start:end] += (sigmas[i + 1] - sigmas[i]) * v
+    return x

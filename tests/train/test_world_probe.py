@@ -24,7 +24,7 @@ class _Oracle(torch.nn.Module):
         super().__init__()
         self.x0, self.masks, self.error = x0, masks, error
 
-    def forward(self, x_t, t, cond):
+    def forward(self, x_t, t, cond, chunk_frames=None):
         sigma = t / 1000
         x0 = self.x0 + self.error * self.masks
         return (x_t - x0) / sigma.view(-1, 1, 1, 1, 1)

@@ -64,6 +64,11 @@ class TrainConfig:
     # stage teacher: adds this times the squared error of the x0 prediction's frame-to-frame
     # differences (train/teacher.py: frame_difference_loss; same optimum, jitter weighted more)
     motion_weight: float = 0.0
+    # stage teacher: 0 trains a bidirectional teacher (all latent frames at one noise level); k > 0 a
+    # block-causal one over chunks of k latent frames, diffusion-forcing style: a clean prefix of
+    # chunks (t = 0, as in a streaming cache), then an independent noise level per chunk. It samples
+    # chunk by chunk (scheduler.causal_teacher_sample), continuing the trajectories in its context
+    teacher_chunk_frames: int = 0
     # stage teacher: train on this many fixed clips (the overfit diagnostic); 0 draws new ones
     fixed_clips: int = 0
     # stage teacher: every this many steps, log the EMA's x0 error on object and background pixels
@@ -191,10 +196,14 @@ class TrainConfig:
             raise ValueError(f"fsdp must be true or false, got {self.fsdp!r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes must be positive or null, got {self.max_minutes}")
-        if min(self.object_weight, self.motion_weight, self.fixed_clips, self.probe_every) < 0:
+        if (
+            min(self.object_weight, self.motion_weight, self.fixed_clips, self.probe_every, self.teacher_chunk_frames)
+            < 0
+        ):
             raise ValueError(
-                f"object_weight, motion_weight, fixed_clips and probe_every must be >= 0, got "
-                f"{self.object_weight}, {self.motion_weight}, {self.fixed_clips}, {self.probe_every}"
+                f"object_weight, motion_weight, fixed_clips, probe_every and teacher_chunk_frames must be >= 0, "
+                f"got {self.object_weight}, {self.motion_weight}, {self.fixed_clips}, {self.probe_every}, "
+                f"{self.teacher_chunk_frames}"
             )
         if self.warmup_steps < 0 or self.lr_decay_steps < 0:
             raise ValueError(

@@ -60,7 +60,7 @@ class TeacherTrainer(TrainLoop):
             model.parameters(), lr=cfg.lr_generator, betas=cfg.betas, weight_decay=cfg.weight_decay
         )
         self.data_rng = np.random.default_rng(cfg.seed)
-        self._probe = WorldProbe(data) if cfg.probe_every else None
+        self._probe = WorldProbe(data, chunk_frames=cfg.teacher_chunk_frames or None) if cfg.probe_every else None
 
     def _modules(self) -> dict:
         return {"generator": self.model, "generator_ema": self.ema}
@@ -75,6 +75,19 @@ class TeacherTrainer(TrainLoop):
         super().load_state_dict(state)
         self.data_rng.bit_generator.state = state["data_rng"]
 
+    def _sigmas(self, batch: int, frames: int) -> torch.Tensor:
+        """This rank's noise levels: ``shift_sigma(u, shift)``, ``u ~ U(0, 1)``, one per sample ``[B]``
+        (bidirectional) or, block-causal, one per chunk after a clean prefix of a uniformly drawn
+        number of chunks ``[B, F]`` (diffusion forcing with the context a streaming cache holds)."""
+        k, n = self.cfg.teacher_chunk_frames, batch * self.world
+        if not k:
+            return shift_sigma(self._mine(torch.rand(n, generator=self.noise_rng, device=self.device)), self.cfg.shift)
+        chunks = -(-frames // k)
+        u = torch.rand(n, chunks, generator=self.noise_rng, device=self.device)
+        clean = torch.randint(0, chunks, (n, 1), generator=self.noise_rng, device=self.device)
+        sigma = torch.where(torch.arange(chunks, device=self.device) < clean, 0.0, shift_sigma(u, self.cfg.shift))
+        return self._mine(sigma.repeat_interleave(k, dim=1)[:, :frames])
+
     def _step(self) -> dict:
         cfg = self.cfg
         self.opt.zero_grad(set_to_none=True)
@@ -85,15 +98,19 @@ class TeacherTrainer(TrainLoop):
             drop = self._mine(self.data_rng.random(len(prompts) * self.world) < cfg.cond_dropout)
             with torch.no_grad():
                 cond = self.text_encoder([cfg.negative_prompt if d else p for p, d in zip(prompts, drop)])
-            u = self._mine(torch.rand(x0.shape[0] * self.world, generator=self.noise_rng, device=self.device))
-            sigma = shift_sigma(u, cfg.shift)
+            sigma = self._sigmas(x0.shape[0], x0.shape[2])
             weight = None
             if cfg.object_weight:
                 scale = object_weight_scale(sigma, cfg.object_weight_until) * cfg.object_weight
                 weight = 1 + broadcast_sigma(scale, x0) * self._mine(masks).to(self.device)
             noise = self._randn(x0.shape)
             with self._autocast():
-                velocity = self.model(dmd.add_noise(x0, noise, sigma), timestep_of(sigma), cond.to(self.device))
+                velocity = self.model(
+                    dmd.add_noise(x0, noise, sigma),
+                    timestep_of(sigma),
+                    cond.to(self.device),
+                    chunk_frames=cfg.teacher_chunk_frames or None,
+                )
             loss = dmd.denoising_loss(velocity, noise, x0, self._loss_sigma(sigma), weight).mean()
             if cfg.motion_weight:
                 temporal = self.data.codec.temporal_scale

@@ -9,6 +9,7 @@ every model learns the background first.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -36,8 +37,11 @@ SCORES = tuple(GATE)
 
 
 @torch.no_grad()
-def x0_predictions(model, cond: torch.Tensor, latents: torch.Tensor, sigmas=SIGMAS, seed: int = 5) -> dict:
-    """``{sigma: x0 prediction}`` from ``latents`` noised to each level, the same noise for every model."""
+def x0_predictions(
+    model, cond: torch.Tensor, latents: torch.Tensor, sigmas=SIGMAS, seed: int = 5, chunk_frames: int | None = None
+) -> dict:
+    """``{sigma: x0 prediction}`` from ``latents`` noised to each level (every frame), the same noise
+    for every model; ``chunk_frames`` runs a block-causal teacher with its mask."""
     x0 = latents.float()
     gen = torch.Generator(x0.device).manual_seed(seed)
     total = FewStepFlowSchedule().num_train_timesteps
@@ -46,16 +50,18 @@ def x0_predictions(model, cond: torch.Tensor, latents: torch.Tensor, sigmas=SIGM
         noise = torch.randn(x0.shape, generator=gen, device=x0.device)
         s = torch.full((len(x0),), float(sigma), device=x0.device)
         x_t = dmd.add_noise(x0, noise, s)
-        out[sigma] = dmd.predict_x0(x_t, model(x_t, s * total, cond).float(), s)
+        out[sigma] = dmd.predict_x0(x_t, model(x_t, s * total, cond, chunk_frames=chunk_frames).float(), s)
     return out
 
 
-def x0_errors(model, cond: torch.Tensor, clips: Clips, sigmas=SIGMAS, seed: int = 5) -> dict:
+def x0_errors(
+    model, cond: torch.Tensor, clips: Clips, sigmas=SIGMAS, seed: int = 5, chunk_frames: int | None = None
+) -> dict:
     """Mean squared x0 error on object pixels and on background pixels at each noise level
     (``{"0.8": {"object": e, "background": e}, ...}``), the same noise for every model."""
     x0, obj = clips.latents.float(), clips.masks.float()
     out = {}
-    for sigma, x0_hat in x0_predictions(model, cond, x0, sigmas, seed).items():
+    for sigma, x0_hat in x0_predictions(model, cond, x0, sigmas, seed, chunk_frames).items():
         err = (x0_hat - x0).pow(2)
         out[str(sigma)] = {
             "object": float((err * obj).sum() / obj.sum().clamp(min=1e-9)),
@@ -74,6 +80,7 @@ def colour_binding(
     *,
     latent_frames: int = 8,
     size: tuple[int, int] = (64, 64),
+    chunk_frames: int | None = None,
 ) -> float:
     """Share of (clip, prompted colour) pairs in which the model's x0 prediction paints the object
     pixels nearest to the *prompted* colour, for a large circle of each of three true colours under
@@ -94,7 +101,8 @@ def colour_binding(
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
         s = torch.full((len(names),), float(sigma))
         x_t = dmd.add_noise(x0.expand(len(names), -1, -1, -1, -1), noise, s).to(model.device)
-        x0_hat = dmd.predict_x0(x_t, model(x_t, s.to(model.device) * total, cond).float(), s.to(model.device))
+        v = model(x_t, s.to(model.device) * total, cond, chunk_frames=chunk_frames)
+        x0_hat = dmd.predict_x0(x_t, v.float(), s.to(model.device))
         pixels = ((codec.decode(x0_hat.cpu()).permute(0, 2, 3, 4, 1) + 1) * 127.5).numpy()
         colours = pixels[:, truth.mask > 0.5].mean(1)
         hits += sum(int(np.argmin(np.linalg.norm(palette - c, axis=1))) == i for i, c in enumerate(colours))
@@ -150,10 +158,12 @@ def sample_videos(
     guidance: float = 3.0,
     shift: float = 3.0,
     negative: str = "static, blurry, low quality",
+    chunk_frames: int | None = None,
 ) -> np.ndarray:
     """CFG samples ``uint8 [len(prompts) * len(seeds), F, H, W, 3]`` (prompt-major), ``steps``
-    Euler steps of the flow ODE warped by ``shift``; one batch."""
-    from ..scheduler import teacher_trajectory
+    Euler steps of the flow ODE warped by ``shift``; one batch. ``chunk_frames``: a block-causal
+    teacher, sampled chunk by chunk."""
+    from ..scheduler import causal_teacher_sample, teacher_trajectory
 
     pairs = [(p, s) for p in prompts for s in seeds]
     height, width = (n // codec.spatial_scale for n in size)
@@ -167,9 +177,21 @@ def sample_videos(
     )
     cond = text_encoder([p for p, _ in pairs]).to(model.device)
     uncond = text_encoder([negative]).to(model.device).expand_as(cond)
-    x = teacher_trajectory(
-        model, cond, uncond, noise.to(model.device), FewStepFlowSchedule(shift=shift), guidance, steps
-    )[:, -1]
+    if chunk_frames:
+        x = causal_teacher_sample(
+            functools.partial(model, chunk_frames=chunk_frames),
+            cond,
+            uncond,
+            noise.to(model.device),
+            chunk_frames,
+            shift,
+            guidance,
+            steps,
+        )
+    else:
+        x = teacher_trajectory(
+            model, cond, uncond, noise.to(model.device), FewStepFlowSchedule(shift=shift), guidance, steps
+        )[:, -1]
     return decode_videos(codec, x)
 
 
@@ -211,13 +233,14 @@ class WorldProbe:
     prompts (one seed) scored with the ground truth. Its random numbers are its own: a probed run
     trains exactly as an unprobed one."""
 
-    def __init__(self, data, clips: int = 8, prompts: int = 4, seed: int = 12345):
+    def __init__(self, data, clips: int = 8, prompts: int = 4, seed: int = 12345, chunk_frames: int | None = None):
         self.codec = data.codec
         latent_frames = data.frames // data.codec.temporal_scale
         held = type(data)(data.codec, latent_frames, data.height, data.width, data.fps, start_at_zero=1.0)
         self.clips = held.sample(clips, np.random.default_rng(seed))
         self.prompts = gate_prompts(16)[:: 16 // prompts][:prompts]
         self.latent_frames, self.size, self.fps = latent_frames, (data.height, data.width), data.fps
+        self.chunk_frames = chunk_frames
 
     @torch.no_grad()
     def __call__(self, model, text_encoder) -> dict:
@@ -225,13 +248,25 @@ class WorldProbe:
         model.eval()
         cond = text_encoder(self.clips.prompts).to(model.device)
         logs = {}
-        for sigma, e in x0_errors(model, cond, _to(self.clips, model.device)).items():
+        for sigma, e in x0_errors(model, cond, _to(self.clips, model.device), chunk_frames=self.chunk_frames).items():
             logs[f"x0_object@{sigma}"], logs[f"x0_background@{sigma}"] = e["object"], e["background"]
         logs["colour_binding"] = colour_binding(
-            model, text_encoder, self.codec, latent_frames=self.latent_frames, size=self.size
+            model,
+            text_encoder,
+            self.codec,
+            latent_frames=self.latent_frames,
+            size=self.size,
+            chunk_frames=self.chunk_frames,
         )
         videos = sample_videos(
-            model, text_encoder, self.codec, self.prompts, (0,), latent_frames=self.latent_frames, size=self.size
+            model,
+            text_encoder,
+            self.codec,
+            self.prompts,
+            (0,),
+            latent_frames=self.latent_frames,
+            size=self.size,
+            chunk_frames=self.chunk_frames,
         )
         for key, value in summarize(score_videos(videos, self.prompts, self.fps)).items():
             if key in SCORES:
