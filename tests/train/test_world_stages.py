@@ -68,6 +68,8 @@ def test_probe_and_object_weight_in_the_teacher_stage(tmp_path):
     decayed = _teacher(tmp_path / "d", object_weight=20.0, object_weight_until=0.5).train_step()
     assert plain[0]["loss"] < decayed["loss"] < weighted["loss"]
     assert _teacher(tmp_path / "e", motion_weight=1.0).train_step()["loss"] > plain[0]["loss"]
+    causal = _teacher(tmp_path / "f", probe_every=1, teacher_chunk_frames=1).train_step()  # sampled frame by frame
+    assert {"x0_object@0.8", "colour_binding", "probe_found"} <= set(causal)
 
 
 def test_frame_difference_loss_is_the_x0_errors_change_between_video_frames():
@@ -91,6 +93,26 @@ def test_frame_difference_loss_is_the_x0_errors_change_between_video_frames():
     assert frame_difference_loss(noise - x0 + still, noise, x0, torch.ones(2), 4).abs().max() < 1e-6
     with pytest.raises(ValueError, match="motion_weight"):
         TrainConfig(motion_weight=-1.0)
+
+
+def test_block_causal_teacher_trains_on_a_clean_prefix_then_a_level_per_chunk(tmp_path, monkeypatch):
+    trainer = _teacher(tmp_path, teacher_chunk_frames=2)
+    sigma = trainer._sigmas(400, 3)  # chunks of frames (0, 1) and (2,)
+    clean = (sigma == 0).sum(1)
+    assert set(clean.tolist()) == {0, 2}  # whole chunks, both prefixes drawn
+    assert bool((sigma[clean == 2, 2] > 0).all()) and bool((sigma[:, 0] == sigma[:, 1]).all())
+    noisy = sigma[clean == 0]
+    assert bool((noisy > 0).all()) and bool((noisy[:, 0] != noisy[:, 2]).any())  # a level per chunk
+    calls = []
+    forward = CausalWanModel.forward
+    monkeypatch.setattr(
+        CausalWanModel,
+        "forward",
+        lambda self, *a, **kw: calls.append(kw.get("chunk_frames")) or forward(self, *a, **kw),
+    )
+    assert np.isfinite(trainer.train_step()["loss"]) and calls == [2, 2]  # grad_accum 2, block-causal
+    with pytest.raises(ValueError, match="teacher_chunk_frames"):
+        TrainConfig(teacher_chunk_frames=-1)
 
 
 def test_object_weight_falls_to_zero_above_its_noise_level():
