@@ -47,11 +47,13 @@ def test_invalid_schedules(kwargs):
         FewStepFlowSchedule(**kwargs)
 
 
-def test_causal_teacher_sample_lands_each_chunk_on_a_point_mass():
+def test_block_causal_teacher_trajectory_lands_each_chunk_on_a_point_mass():
     """For data = one point x*, v = (x - x*) / sigma per frame: every chunk's Euler ODE is a straight
-    line onto x*, and the teacher sees the finished chunks before it at t = 0."""
-    from reward_forcing.scheduler import causal_teacher_sample
+    line onto x* through (1 - sigma) x* + sigma eps at the student's steps, and the teacher sees the
+    finished chunks before it at t = 0."""
+    from reward_forcing.scheduler import teacher_trajectory
 
+    sched = FewStepFlowSchedule()
     target, noise = torch.randn(2, 4, 5, 3, 3, dtype=torch.float64), torch.randn(2, 4, 5, 3, 3, dtype=torch.float64)
     seen = []
 
@@ -59,28 +61,30 @@ def test_causal_teacher_sample_lands_each_chunk_on_a_point_mass():
         seen.append((x.shape[2], t.clone()))
         return (x - target[:, :, : x.shape[2]].float()) / (t / 1000).clamp(min=1e-6)[:, None, :, None, None]
 
-    out = causal_teacher_sample(teacher, None, None, noise.float(), chunk_frames=2, shift=3.0, num_steps=4)
-    torch.testing.assert_close(out.double(), target, atol=1e-5, rtol=0)
-    assert [n for n, _ in seen] == [2] * 8 + [4] * 8 + [5] * 8  # CFG: two calls per step, chunks 2, 2, 1
+    traj = teacher_trajectory(teacher, None, None, noise.float(), sched, num_steps=4, chunk_frames=2)
+    for k, sigma in enumerate(sched.sigmas):
+        torch.testing.assert_close(traj[:, k].double(), (1 - sigma) * target + sigma * noise, atol=1e-5, rtol=0)
+    torch.testing.assert_close(traj[:, -1].double(), target, atol=1e-5, rtol=0)
+    assert [n for n, _ in seen] == [2] * 8 + [4] * 8 + [5] * 8  # CFG: two calls per step; chunks of 2, 2, 1
     last_chunk = seen[-1][1]
     assert torch.equal(last_chunk[:, :4], torch.zeros(2, 4)) and bool((last_chunk[:, 4] > 0).all())
     with pytest.raises(ValueError, match="chunk_frames"):
-        causal_teacher_sample(teacher, None, None, noise.float(), chunk_frames=0, shift=3.0)
+        teacher_trajectory(teacher, None, None, noise.float(), sched, num_steps=4, chunk_frames=0)
 
 
-def test_causal_teacher_sample_is_causal_and_one_chunk_is_the_bidirectional_sampler():
+def test_block_causal_teacher_trajectory_is_causal_and_one_chunk_is_the_whole_clip():
     from reward_forcing.models.causal_wan import CausalWanModel
     from reward_forcing.models.wan_config import WAN_TINY
-    from reward_forcing.scheduler import causal_teacher_sample, teacher_trajectory
+    from reward_forcing.scheduler import teacher_trajectory
 
     torch.manual_seed(0)
     model = CausalWanModel(WAN_TINY).eval()
     cond, uncond = torch.randn(1, 8, 32), torch.randn(1, 8, 32)
-    noise = torch.randn(1, 16, 4, 4, 4)
+    noise, sched = torch.randn(1, 16, 4, 4, 4), FewStepFlowSchedule(shift=3.0)
 
     def sample(n, chunk):
         teacher = lambda x, t, c: model(x, t, c, chunk_frames=chunk)  # noqa: E731
-        return causal_teacher_sample(teacher, cond, uncond, n, chunk, shift=3.0, num_steps=4)
+        return teacher_trajectory(teacher, cond, uncond, n, sched, 3.0, 4, chunk_frames=chunk)[:, -1]
 
     later = noise.clone()
     later[:, :, 2:] = torch.randn(1, 16, 2, 4, 4)  # other noise for the second chunk only
@@ -88,7 +92,6 @@ def test_causal_teacher_sample_is_causal_and_one_chunk_is_the_bidirectional_samp
     assert torch.equal(a[:, :, :2], b[:, :, :2])  # the first chunk never sees the second
     earlier = noise.clone()
     earlier[:, :, :2] = torch.randn(1, 16, 2, 4, 4)
-    c = sample(earlier, 2)
-    assert not torch.allclose(a[:, :, 2:], c[:, :, 2:])  # the second chunk continues the first
-    whole = teacher_trajectory(model, cond, uncond, noise, FewStepFlowSchedule(shift=3.0), 3.0, 4)[:, -1]
+    assert not torch.allclose(a[:, :, 2:], sample(earlier, 2)[:, :, 2:])  # the second chunk continues the first
+    whole = teacher_trajectory(model, cond, uncond, noise, sched, 3.0, 4)[:, -1]  # bidirectional, t per sample
     torch.testing.assert_close(sample(noise, 4), whole, atol=1e-4, rtol=1e-4)

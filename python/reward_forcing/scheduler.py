@@ -147,6 +147,12 @@ class FewStepFlowSchedule:
         return x0
 
 
+def euler_sigmas(num_steps: int, shift: float) -> list[float]:
+    """The teacher sampler's noise levels: ``num_steps`` Euler steps uniform in the un-shifted time
+    from 1 to 0, warped by ``shift`` (``num_steps + 1`` values)."""
+    return [float(shift_sigma(1 - i / num_steps, shift)) for i in range(num_steps + 1)]
+
+
 @torch.no_grad()
 def teacher_trajectory(
     teacher: Callable,
@@ -156,63 +162,43 @@ def teacher_trajectory(
     schedule: FewStepFlowSchedule,
     guidance_scale: float = 3.0,
     num_steps: int = 48,
+    chunk_frames: int | None = None,
 ) -> torch.Tensor:
     """The teacher's multi-step sampler: Euler on the flow ODE ``dx/dsigma = v`` with CFG over
     ``num_steps`` steps, uniform in the un-shifted time and warped by the schedule's shift;
     ``teacher(x, t, prompt) -> v``. Returns its states at the student's timesteps and the clean
     end, ``[B, K + 1, C, F, H, W]`` (float32); the student's steps must lie on the grid
-    (``num_steps`` a multiple of 4 for 1000/750/500/250)."""
+    (``num_steps`` a multiple of 4 for 1000/750/500/250).
+
+    A block-causal teacher (``chunk_frames``, the ``teacher_chunk_frames`` it was trained with) is
+    sampled chunk by chunk: the ODE runs on one chunk while the chunks before it sit in its context
+    clean (t = 0, as in a streaming cache); ``teacher`` then gets the prefix up to the chunk and
+    ``t [B, F]``. Each chunk's states are taken at the same marks."""
     n, total = num_steps, schedule.num_train_timesteps
     marks = schedule.grid_marks(n)
     sigmas = euler_sigmas(n, schedule.shift)
-    x, states = noise.float(), []
-    for i in range(n):
-        if i in marks:
-            states.append(x)
-        t = timestep_of(sigmas[i], total)
-        v = cfg(teacher(x, t, cond).float(), teacher(x, t, uncond).float(), guidance_scale)
-        x = x + (sigmas[i + 1] - sigmas[i]) * v
-    return torch.stack(states + [x], 1)
-
-
-def euler_sigmas(num_steps: int, shift: float) -> list[float]:
-    """The teacher sampler's noise levels: ``num_steps`` Euler steps uniform in the un-shifted time
-    from 1 to 0, warped by ``shift`` (``num_steps + 1`` values)."""
-    return [float(shift_sigma(1 - i / num_steps, shift)) for i in range(num_steps + 1)]
-
-
-@torch.no_grad()
-def causal_teacher_sample(
-    teacher: Callable,
-    cond,
-    uncond,
-    noise: torch.Tensor,
-    chunk_frames: int,
-    shift: float,
-    guidance_scale: float = 3.0,
-    num_steps: int = 16,
-    num_train_timesteps: int = NUM_TRAIN_TIMESTEPS,
-) -> torch.Tensor:
-    """The sampler of a block-causal teacher (``teacher_chunk_frames``): chunk by chunk of
-    ``chunk_frames`` latent frames, the Euler ODE with CFG of :func:`teacher_trajectory` on the chunk
-    while the chunks before it sit in its context clean (t = 0), as in a streaming cache.
-    ``teacher(x, t [B, F], prompt) -> v`` runs on the prefix up to the chunk. Returns the clean
-    latents ``[B, C, F, H, W]`` (float32)."""
-    if chunk_frames < 1:
-        raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
-    sigmas = euler_sigmas(num_steps, shift)
     x = noise.float().clone()
     batch, frames = x.shape[0], x.shape[2]
-    for start in range(0, frames, chunk_frames):
-        end = min(start + chunk_frames, frames)
+    if chunk_frames is not None and chunk_frames < 1:
+        raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    step = chunk_frames or frames
+    states = x.new_empty(batch, len(marks) + 1, *x.shape[1:])
+    for start in range(0, frames, step):
+        end = min(start + step, frames)
         t = torch.zeros(batch, end, device=x.device)
-        for i in range(num_steps):
-            t[:, start:end] = timestep_of(sigmas[i], num_train_timesteps)
-            prefix = x[:, :, :end]
+        for i in range(n):
+            if i in marks:
+                states[:, marks.index(i), :, start:end] = x[:, :, start:end]
+            if chunk_frames is None:
+                prefix, t = x, timestep_of(sigmas[i], total)
+            else:
+                prefix = x[:, :, :end]
+                t[:, start:end] = timestep_of(sigmas[i], total)
             v = cfg(
                 teacher(prefix, t, cond)[:, :, start:].float(),
                 teacher(prefix, t, uncond)[:, :, start:].float(),
                 guidance_scale,
             )
             x[:, :, start:end] += (sigmas[i + 1] - sigmas[i]) * v
-    return x
+    states[:, -1] = x
+    return states

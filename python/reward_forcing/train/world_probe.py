@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..eval.world_scores import world_scores
-from ..scheduler import FewStepFlowSchedule
+from ..scheduler import FewStepFlowSchedule, teacher_trajectory
 from ..world import COLOURS, DIRECTIONS, SHAPES, SIZES, ObjectSpec, PromptSpec, combo_split, describe
 from . import dmd
 from .world_data import Clips
@@ -163,8 +163,6 @@ def sample_videos(
     """CFG samples ``uint8 [len(prompts) * len(seeds), F, H, W, 3]`` (prompt-major), ``steps``
     Euler steps of the flow ODE warped by ``shift``; one batch. ``chunk_frames``: a block-causal
     teacher, sampled chunk by chunk."""
-    from ..scheduler import causal_teacher_sample, teacher_trajectory
-
     pairs = [(p, s) for p in prompts for s in seeds]
     height, width = (n // codec.spatial_scale for n in size)
     noise = torch.cat(
@@ -177,21 +175,11 @@ def sample_videos(
     )
     cond = text_encoder([p for p, _ in pairs]).to(model.device)
     uncond = text_encoder([negative]).to(model.device).expand_as(cond)
-    if chunk_frames:
-        x = causal_teacher_sample(
-            functools.partial(model, chunk_frames=chunk_frames),
-            cond,
-            uncond,
-            noise.to(model.device),
-            chunk_frames,
-            shift,
-            guidance,
-            steps,
-        )
-    else:
-        x = teacher_trajectory(
-            model, cond, uncond, noise.to(model.device), FewStepFlowSchedule(shift=shift), guidance, steps
-        )[:, -1]
+    teacher = functools.partial(model, chunk_frames=chunk_frames)
+    schedule = FewStepFlowSchedule(shift=shift)
+    x = teacher_trajectory(teacher, cond, uncond, noise.to(model.device), schedule, guidance, steps, chunk_frames)[
+        :, -1
+    ]
     return decode_videos(codec, x)
 
 
