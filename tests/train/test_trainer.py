@@ -258,6 +258,38 @@ def test_bf16_autocast_path_runs(tmp_path, monkeypatch):
     assert all(p.dtype == torch.float32 for p in trainer.generator.parameters())
 
 
+def test_score_models_run_with_the_teachers_block_causal_mask(tmp_path, monkeypatch):
+    """With teacher_chunk_frames the teacher (ODE init, DMD) and the critic run block-causal over its
+    chunks, the student over its own; without it the score models are bidirectional."""
+    from reward_forcing.train import ODEInitTrainer
+
+    calls = []
+    forward = CausalWanModel.forward
+
+    def record(self, *args, chunk_frames=None):
+        calls.append((role[id(self)], chunk_frames))
+        return forward(self, *args, chunk_frames=chunk_frames)
+
+    monkeypatch.setattr(CausalWanModel, "forward", record)
+    for chunk in (0, 1):
+        calls.clear()
+        trainer = _trainer(_config(tmp_path / f"dmd{chunk}", teacher_chunk_frames=chunk))
+        role = {id(trainer.teacher): "teacher", id(trainer.critic): "critic", id(trainer.generator): "generator"}
+        trainer.train_step()
+        ode = ODEInitTrainer(
+            _config(tmp_path / f"ode{chunk}", ode_steps=4, teacher_chunk_frames=chunk),
+            CausalWanModel(WAN_TINY),
+            CausalWanModel(WAN_TINY),
+            HashedTextEncoder(WAN_TINY.text_dim, WAN_TINY.text_len),
+            PROMPTS,
+        )
+        role |= {id(ode.teacher): "teacher", id(ode.student): "generator"}
+        ode.train_step()
+        masks = {r: {c for who, c in calls if who == r} for r in ("teacher", "critic", "generator")}
+        assert masks["teacher"] == masks["critic"] == {chunk or None}, masks
+        assert masks["generator"] <= {ode.cfg.chunk_frames}  # the student streams (forward_chunk) or is block-causal
+
+
 def test_lr_scale_warms_up_then_decays_to_its_floor():
     cfg = TrainConfig(warmup_steps=4, lr_decay_steps=14, lr_floor=0.2)
     scales = [cfg.lr_scale(step) for step in range(20)]

@@ -64,10 +64,11 @@ class TrainConfig:
     # stage teacher: adds this times the squared error of the x0 prediction's frame-to-frame
     # differences (train/teacher.py: frame_difference_loss; same optimum, jitter weighted more)
     motion_weight: float = 0.0
-    # stage teacher: 0 trains a bidirectional teacher (all latent frames at one noise level); k > 0 a
-    # block-causal one over chunks of k latent frames, diffusion-forcing style: a clean prefix of
-    # chunks (t = 0, as in a streaming cache), then an independent noise level per chunk. It samples
-    # chunk by chunk (scheduler.causal_teacher_sample), continuing the trajectories in its context
+    # the teacher's attention, in every stage: 0 bidirectional (stage teacher: all latent frames at one
+    # noise level); k > 0 block-causal over chunks of k latent frames, trained diffusion-forcing style
+    # (a clean prefix of chunks at t = 0, as in a streaming cache, then a noise level per chunk) and
+    # sampled chunk by chunk (scheduler.teacher_trajectory); the critic, initialised from the teacher,
+    # runs with the same mask
     teacher_chunk_frames: int = 0
     # stage teacher: train on this many fixed clips (the overfit diagnostic); 0 draws new ones
     fixed_clips: int = 0

@@ -61,6 +61,8 @@ class TrainLoop:
         self.text_encoder = text_encoder
         self.prompts = None if prompts is None else list(prompts)  # None: the data brings its own
         self.schedule = FewStepFlowSchedule(cfg.steps, cfg.shift)
+        # the attention the score models (teacher, critic) were trained with: block-causal chunks or None
+        self.score_chunk = cfg.teacher_chunk_frames or None
         # Global-batch streams, the same on every rank (see the module doc).
         self.noise_rng = torch.Generator(device).manual_seed(cfg.seed)
         self.prompt_rng = random.Random(cfg.seed)

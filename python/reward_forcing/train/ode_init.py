@@ -3,6 +3,7 @@ trajectories, the initialisation the Re-DMD stage (:mod:`.redmd`) starts from.""
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -70,13 +71,14 @@ class ODEInitTrainer(TrainLoop):
             with self._autocast():
                 uncond = self.negative.expand(len(cond), -1, -1)
                 trajectory = teacher_trajectory(
-                    self.teacher,
+                    functools.partial(self.teacher, chunk_frames=self.score_chunk),
                     cond,
                     uncond,
                     self._randn(self.shape),
                     self.schedule,
                     cfg.guidance_scale,
                     cfg.ode_steps,
+                    self.score_chunk,
                 )
                 index = self._mine(
                     torch.randint(

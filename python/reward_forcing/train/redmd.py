@@ -144,10 +144,11 @@ class ReDMDTrainer(TrainLoop):
                 x_t, _, t, sigma = self._noised(x0)
                 uncond = self.negative.expand(len(cond), -1, -1)
                 real_cond, real_uncond = (
-                    predict_x0(x_t, self.teacher(x_t, t, c).float(), sigma) for c in (cond, uncond)
+                    predict_x0(x_t, self.teacher(x_t, t, c, chunk_frames=self.score_chunk).float(), sigma)
+                    for c in (cond, uncond)
                 )
                 x_real = flow_cfg(real_cond, real_uncond, cfg.guidance_scale)
-                x_fake = predict_x0(x_t, self.critic(x_t, t, cond).float(), sigma)
+                x_fake = predict_x0(x_t, self.critic(x_t, t, cond, chunk_frames=self.score_chunk).float(), sigma)
             grad = dmd.dmd_gradient(x0, x_real, x_fake)
             loss = dmd.weighted_mean(dmd.dmd_loss(x0, grad), weights)
             (loss / cfg.grad_accum).backward()
@@ -174,7 +175,7 @@ class ReDMDTrainer(TrainLoop):
                 weights = dmd.critic_weights(self._rewards(x0), cfg.beta, normalize=cfg.normalize_weights)
             x_t, noise, t, sigma = self._noised(x0)
             with self._autocast():
-                velocity = self.critic(x_t, t, cond)
+                velocity = self.critic(x_t, t, cond, chunk_frames=self.score_chunk)
             loss = dmd.weighted_mean(dmd.denoising_loss(velocity, noise, x0, self._loss_sigma(sigma)), weights)
             (loss / cfg.grad_accum).backward()
             losses.append(loss.detach())

@@ -47,7 +47,8 @@ class TeacherTrainer(TrainLoop):
     :func:`frame_difference_loss`; a prompt is replaced by the negative prompt with
     probability ``cond_dropout``, so the teacher also
     learns the unconditional branch that classifier-free guidance (and DMD's real score) uses.
-    Noise levels are ``shift_sigma(u, shift)``, ``u ~ U(0, 1)``, as Wan trains. Its checkpoints
+    Noise levels are ``shift_sigma(u, shift)``, ``u ~ U(0, 1)``, as Wan trains (per chunk after a clean
+    prefix for a block-causal teacher, :meth:`_sigmas`). Its checkpoints
     hold the model as ``generator`` and its EMA as ``generator_ema`` (what the loader prefers)."""
 
     def __init__(self, cfg: TrainConfig, model: CausalWanModel, text_encoder, data):
@@ -60,7 +61,7 @@ class TeacherTrainer(TrainLoop):
             model.parameters(), lr=cfg.lr_generator, betas=cfg.betas, weight_decay=cfg.weight_decay
         )
         self.data_rng = np.random.default_rng(cfg.seed)
-        self._probe = WorldProbe(data, chunk_frames=cfg.teacher_chunk_frames or None) if cfg.probe_every else None
+        self._probe = WorldProbe(data, chunk_frames=self.score_chunk) if cfg.probe_every else None
 
     def _modules(self) -> dict:
         return {"generator": self.model, "generator_ema": self.ema}
@@ -109,7 +110,7 @@ class TeacherTrainer(TrainLoop):
                     dmd.add_noise(x0, noise, sigma),
                     timestep_of(sigma),
                     cond.to(self.device),
-                    chunk_frames=cfg.teacher_chunk_frames or None,
+                    chunk_frames=self.score_chunk,
                 )
             loss = dmd.denoising_loss(velocity, noise, x0, self._loss_sigma(sigma), weight).mean()
             if cfg.motion_weight:
