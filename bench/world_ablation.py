@@ -163,6 +163,12 @@ ARMS = {
         "v5-causal1 over chunks of 2 latent frames (the student's chunk)",
         {**V3_COSINE, "teacher_chunk_frames": 2},
     ),
+    "v6-pooled": (
+        "v3-cosine with the prompt's pooled text states (mean over its tokens, through a zero-initialised "
+        "2-layer MLP) added to the time embedding (WanConfig.text_pooled): every block's modulation sees "
+        "colour, size, shape and direction at once, where cross-attention binds them weakly",
+        {**V3_COSINE, "pool_text": True},
+    ),
     "overfit": (
         "diagnostic: today's design on 16 fixed clips (must reach the gate on their prompts)",
         {"fixed_clips": 16},
@@ -195,13 +201,25 @@ def grow_head(model: CausalWanModel, hidden: int) -> CausalWanModel:
     return grown
 
 
+def add_pooled_text(model: CausalWanModel) -> CausalWanModel:
+    """``model`` with ``text_pooled``: the same weights plus a pooled-text MLP whose zero last layer
+    makes it compute the same function at first."""
+    torch.manual_seed(0)
+    pooled = CausalWanModel(dataclasses.replace(model.config, text_pooled=True)).to(model.dtype)
+    missing, unexpected = pooled.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("text_pool.") for k in missing), (missing, unexpected)
+    return pooled
+
+
 def _trainer(arm: str, out: Path, text) -> TeacherTrainer:
     overrides = dict(ARMS[arm][1])
-    init, hidden = overrides.pop("init", None), overrides.pop("grow_head", 0)
+    init, hidden, pool = overrides.pop("init", None), overrides.pop("grow_head", 0), overrides.pop("pool_text", False)
     cfg = TrainConfig.from_dict({**BASE, **overrides, "out_dir": str(out)})
     model = load_model(init or cfg.teacher, "teacher", cfg.seed + 1, torch.device("cpu"))
     if hidden:
         model = grow_head(model, hidden)
+    if pool:
+        model = add_pooled_text(model)
     data = WorldClips(PixelCodec(), cfg.latent_frames, fixed=cfg.fixed_clips, fixed_seed=cfg.seed)
     return TeacherTrainer(cfg, model, text, data)
 

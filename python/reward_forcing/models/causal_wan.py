@@ -180,6 +180,7 @@ class TextKV:
     made by :meth:`CausalWanModel.encode_text` and reused for every chunk and denoising step."""
 
     kv: list[tuple[torch.Tensor, torch.Tensor]]
+    pooled: torch.Tensor | None = None  # [B, dim] float32, added to the time embedding (WanConfig.text_pooled)
 
     @property
     def batch_size(self) -> int:
@@ -210,6 +211,10 @@ class CausalWanModel(nn.Module):
         )
         self.time_embedding = nn.Sequential(nn.Linear(c.freq_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(c.dim, 6 * c.dim))
+        if c.text_pooled:
+            self.text_pool = nn.Sequential(nn.Linear(c.text_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
+            nn.init.zeros_(self.text_pool[2].weight)
+            nn.init.zeros_(self.text_pool[2].bias)
         self.blocks = nn.ModuleList(WanAttentionBlock(c) for _ in range(c.num_layers))
         self.head = WanHead(c)
 
@@ -238,11 +243,17 @@ class CausalWanModel(nn.Module):
         if context.dim() != 3 or context.shape[-1] != self.config.text_dim:
             raise ValueError(f"context must be [B, L, {self.config.text_dim}], got {tuple(context.shape)}")
         context = context.to(device=self.device, dtype=self.dtype)
+        pooled = None
+        if self.config.text_pooled:  # the mean over the prompt's tokens; the zero padding is not a token
+            tokens = (context != 0).any(-1, keepdim=True).float()
+            mean = (context.float() * tokens).sum(1) / tokens.sum(1).clamp(min=1)
+            pooled = _mlp_float32(cast(nn.Sequential, self.text_pool), mean)
         pad = self.config.text_len - context.shape[1]
         if pad > 0:
             context = F.pad(context, (0, 0, 0, pad))
         context = self.text_embedding(context)
-        return TextKV([cast(WanAttentionBlock, block).cross_attn.encode(context) for block in self.blocks])
+        kv = [cast(WanAttentionBlock, block).cross_attn.encode(context) for block in self.blocks]
+        return TextKV(kv, pooled)
 
     def _text(self, context, batch: int) -> TextKV:
         text = context if isinstance(context, TextKV) else self.encode_text(context)
@@ -253,8 +264,9 @@ class CausalWanModel(nn.Module):
             )
         return text
 
-    def _time(self, t, batch: int, frames: int):
-        """``(e [B, F', dim], e0 [B, F', 6, dim])`` float32, F' = 1 or ``frames``."""
+    def _time(self, t, batch: int, frames: int, pooled: torch.Tensor | None = None):
+        """``(e [B, F', dim], e0 [B, F', 6, dim])`` float32, F' = 1 or ``frames``; ``pooled [B, dim]``
+        (the prompt's, :class:`TextKV`) is added to the time embedding."""
         t = torch.as_tensor(t, device=self.device)
         if t.dim() == 0:
             t = t.expand(batch)
@@ -264,9 +276,12 @@ class CausalWanModel(nn.Module):
             raise ValueError(
                 f"t must be a number, [B] or [B, F] with B={batch}, F={frames}; got shape {tuple(t.shape)}"
             )
-        e = _mlp_float32(self.time_embedding, sinusoidal_embedding(self.config.freq_dim, t.flatten()))
-        e0 = _mlp_float32(self.time_projection, e)
-        return e.unflatten(0, t.shape), e0.unflatten(1, (6, -1)).unflatten(0, t.shape)
+        e = _mlp_float32(self.time_embedding, sinusoidal_embedding(self.config.freq_dim, t.flatten())).unflatten(
+            0, t.shape
+        )
+        if pooled is not None:
+            e = e + pooled[:, None].to(e.device)
+        return e, _mlp_float32(self.time_projection, e).unflatten(2, (6, -1))
 
     # ------------------------------------------------------------------ patches
     def _grid(self, x: torch.Tensor):
@@ -293,8 +308,8 @@ class CausalWanModel(nn.Module):
         ``self.blocks``, same weights) replace the model's own."""
         grid = self._grid(x)
         tokens = self.patch_embedding(x.to(self.dtype)).flatten(2).transpose(1, 2)
-        e, e0 = self._time(t, x.shape[0], grid[0])
         text = self._text(context, x.shape[0])
+        e, e0 = self._time(t, x.shape[0], grid[0], text.pooled)
         for block, kv, attend in zip(blocks or self.blocks, text.kv, attentions):
             tokens = block(tokens, e0, kv, attend)
         out = self._unpatchify(self.head(tokens, e), grid)

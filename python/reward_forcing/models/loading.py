@@ -210,6 +210,7 @@ def infer_config(
         patch_size=tuple(patch),
         eps=eps,
         cross_attn_norm="blocks.0.norm3.weight" in state_dict,
+        text_pooled="text_pool.0.weight" in state_dict,
     )
 
 

@@ -31,6 +31,11 @@ class WanConfig:
     # token's state to its 8x8 pixels cannot place a sharp edge anywhere inside the token; a
     # GELU layer can (docs/design.md §10).
     head_hidden: int = 0
+    # Add a projection of the prompt's pooled text states (the mean over its non-padding tokens) to the
+    # time embedding, so that every block's modulation and the head see the prompt as a whole (SD3's
+    # pooled text vector); cross-attention alone binds global attributes weakly in a small model
+    # (docs/design.md §10). Zero-initialised: adding it to a trained model changes nothing at first.
+    text_pooled: bool = False
 
     def __post_init__(self):
         for name in (
@@ -58,6 +63,8 @@ class WanConfig:
             raise ValueError(f"head dim {self.head_dim} must be even and >= 6 (3-D RoPE)")
         if not isinstance(self.head_hidden, int) or isinstance(self.head_hidden, bool) or self.head_hidden < 0:
             raise ValueError(f"WanConfig.head_hidden must be an int >= 0, got {self.head_hidden!r}")
+        if not isinstance(self.text_pooled, bool):
+            raise ValueError(f"WanConfig.text_pooled must be true or false, got {self.text_pooled!r}")
         if self.prediction not in ("velocity", "x0"):
             raise ValueError(f"WanConfig.prediction must be 'velocity' or 'x0', got {self.prediction!r}")
         if self.freq_dim % 2:

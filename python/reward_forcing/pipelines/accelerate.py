@@ -179,12 +179,15 @@ class CUDAGraphForwardChunk:
     def _load_text(self, context: TextKV) -> None:
         if context is self._text_source:
             return
-        if self._text is None:
-            self._text = TextKV([(k.clone(), v.clone()) for k, v in context.kv])
+        if self._text is None:  # static buffers a captured graph reads
+            pooled = None if context.pooled is None else context.pooled.clone()
+            self._text = TextKV([(k.clone(), v.clone()) for k, v in context.kv], pooled)
         else:
             for (sk, sv), (k, v) in zip(self._text.kv, context.kv):
                 sk.copy_(k)
                 sv.copy_(v)
+            if self._text.pooled is not None and context.pooled is not None:
+                self._text.pooled.copy_(context.pooled)
         self._text_source = context
 
     def _capture(self, key, x, t, context, update_cache):
