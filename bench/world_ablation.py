@@ -169,6 +169,11 @@ ARMS = {
         "colour, size, shape and direction at once, where cross-attention binds them weakly",
         {**V3_COSINE, "pool_text": True},
     ),
+    "v6-weight5": (
+        "v3-cosine with object weight 5 instead of 20: a pixel weight that depends on the clean clip moves the "
+        "x0 optimum towards object colour (objects that swell, blobs instead of shapes); a quarter of the bias",
+        {**V3_COSINE, "object_weight": 5.0},
+    ),
     "overfit": (
         "diagnostic: today's design on 16 fixed clips (must reach the gate on their prompts)",
         {"fixed_clips": 16},
