@@ -220,3 +220,34 @@ def test_bad_inputs_raise():
         model(torch.randn(1, 16, 3, 5, 8), 0.0, ctx)
     with pytest.raises(ValueError, match="batch"):
         model(x, 0.0, model.encode_text(prompt(2)))
+
+
+POOLED = dataclasses.replace(WAN_TINY, text_pooled=True)
+
+
+def test_pooled_text_starts_as_a_no_op_ignores_padding_and_streams():
+    from reward_forcing.models.loading import infer_config
+
+    plain, x, ctx = tiny_model(), latents(2, 4), prompt(2)
+    grown = CausalWanModel(POOLED).eval()
+    missing, unexpected = grown.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("text_pool.") for k in missing)
+    model = tiny_model(POOLED)
+    with torch.no_grad():
+        # zero-initialised last layer: the same function as without it
+        torch.testing.assert_close(grown(x, 700.0, ctx), plain(x, 700.0, ctx), atol=0, rtol=0)
+        # the mean over the prompt's tokens through the MLP, blind to the zero padding
+        short = prompt(2, length=3)
+        padded = torch.cat([short, short.new_zeros(2, WAN_TINY.text_len - 3, WAN_TINY.text_dim)], 1)
+        pooled = model.encode_text(short).pooled
+        torch.testing.assert_close(pooled, model.text_pool(short.mean(1)), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(model.encode_text(padded).pooled, pooled, atol=1e-6, rtol=1e-6)
+        # it changes the output, and streaming through the cache still equals block-causal attention
+        off = dataclasses.replace(model.encode_text(ctx), pooled=None)
+        assert (model(x, 700.0, ctx) - model(x, 700.0, off)).abs().max() > 1e-3
+        t = torch.rand(2, 4) * 1000
+        cache = model.new_cache(2, TOKENS_H, TOKENS_W, sink_frames=0, window_frames=4, chunk_frames=2)
+        got = stream(model, x, t, model.encode_text(ctx), cache, 2)
+        torch.testing.assert_close(got, model(x, t, ctx, chunk_frames=2), atol=1e-5, rtol=1e-5)
+    assert infer_config(model.state_dict(), num_heads=2, text_len=8).text_pooled
+    assert not infer_config(plain.state_dict(), num_heads=2, text_len=8).text_pooled
