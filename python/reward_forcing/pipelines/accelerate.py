@@ -186,7 +186,7 @@ class CUDAGraphForwardChunk:
             for (sk, sv), (k, v) in zip(self._text.kv, context.kv):
                 sk.copy_(k)
                 sv.copy_(v)
-            if self._text.pooled is not None and context.pooled is not None:
+            if self._text.pooled is not None and context.pooled is not None:  # _same_layout: both or neither
                 self._text.pooled.copy_(context.pooled)
         self._text_source = context
 
@@ -216,13 +216,12 @@ class CUDAGraphForwardChunk:
 
 
 def _same_layout(a: TextKV, b: TextKV) -> bool:
-    if len(a.kv) != len(b.kv):
+    if len(a.kv) != len(b.kv) or (a.pooled is None) != (b.pooled is None):
         return False
-    return all(
-        x.shape == y.shape and x.dtype == y.dtype and x.device == y.device
-        for pa, pb in zip(a.kv, b.kv)
-        for x, y in zip(pa, pb)
-    )
+    pairs = [(x, y) for pa, pb in zip(a.kv, b.kv) for x, y in zip(pa, pb)]
+    if a.pooled is not None and b.pooled is not None:
+        pairs.append((a.pooled, b.pooled))
+    return all(x.shape == y.shape and x.dtype == y.dtype and x.device == y.device for x, y in pairs)
 
 
 # ----------------------------------------------------------------------------- torch.compile
