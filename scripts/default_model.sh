@@ -18,7 +18,8 @@ train world-teacher teacher "$TEACHER_MIN"
   --note "EMA weights of the world teacher (stage teacher), float16"
 cp runs/world-teacher/log.jsonl "$state/log.jsonl"
 cp runs/world-teacher/curves.png "$state/curves.png" 2>/dev/null || true
-"$PY" bench/world_probe.py "$state/ema.safetensors" --out "$state/gate"
+chunk=$("$PY" -c "from reward_forcing.train import TrainConfig; print(TrainConfig.load('configs/world-teacher.yaml').teacher_chunk_frames)")
+"$PY" bench/world_probe.py "$state/ema.safetensors" --out "$state/gate" --chunk-frames "$chunk"
 if ! "$PY" -c "import json, sys; sys.exit(not json.load(open('$state/gate.json'))['gate']['passes_gate'])"; then
   echo "the teacher is below the gate ($state/gate.json): not distilling; commit $state and run again"
   exit 0
