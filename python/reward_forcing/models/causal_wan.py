@@ -212,9 +212,10 @@ class CausalWanModel(nn.Module):
         self.time_embedding = nn.Sequential(nn.Linear(c.freq_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(c.dim, 6 * c.dim))
         if c.text_pooled:
-            self.text_pool = nn.Sequential(nn.Linear(c.text_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
-            nn.init.zeros_(self.text_pool[2].weight)
-            nn.init.zeros_(self.text_pool[2].bias)
+            last = nn.Linear(c.dim, c.dim)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            self.text_pool = nn.Sequential(nn.Linear(c.text_dim, c.dim), nn.SiLU(), last)
         self.blocks = nn.ModuleList(WanAttentionBlock(c) for _ in range(c.num_layers))
         self.head = WanHead(c)
 
