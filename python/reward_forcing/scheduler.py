@@ -185,15 +185,15 @@ def teacher_trajectory(
     states = x.new_empty(batch, len(marks) + 1, *x.shape[1:])
     for start in range(0, frames, step):
         end = min(start + step, frames)
-        t = torch.zeros(batch, end, device=x.device)
+        prefix = x[:, :, :end]  # a view: the chunk's Euler updates show in it
+        per_frame = torch.zeros(batch, end, device=x.device)  # the chunks before sit at t = 0
         for i in range(n):
             if i in marks:
                 states[:, marks.index(i), :, start:end] = x[:, :, start:end]
-            if chunk_frames is None:
-                prefix, t = x, timestep_of(sigmas[i], total)
-            else:
-                prefix = x[:, :, :end]
-                t[:, start:end] = timestep_of(sigmas[i], total)
+            t = timestep_of(sigmas[i], total)
+            if chunk_frames is not None:
+                per_frame[:, start:end] = t
+                t = per_frame
             v = cfg(
                 teacher(prefix, t, cond)[:, :, start:].float(),
                 teacher(prefix, t, uncond)[:, :, start:].float(),
