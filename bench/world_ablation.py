@@ -174,6 +174,22 @@ ARMS = {
         "x0 optimum towards object colour (objects that swell, blobs instead of shapes); a quarter of the bias",
         {**V3_COSINE, "object_weight": 5.0},
     ),
+    "v7-committed2": (
+        "reference row for the seventh round: the committed teacher (20,202 steps) as it is, scored on clips "
+        "of 2 latent frames (0.5 s: the student's first chunk, where the direction is measured)",
+        {"init": str(COMMITTED_TEACHER), "latent_frames": 2},
+    ),
+    "v7-short2": (
+        "v3-cosine trained on clips of 2 latent frames (0.5 s) instead of 8: a step costs a fraction, so the "
+        "first chunk - what the samples get wrong, drawn from the prompt alone - sees several times the clips "
+        "per CPU-minute; cosine to 0.1x by step 4,000",
+        {**V3_COSINE, "latent_frames": 2, "lr_decay_steps": 4000},
+    ),
+    "v7-short2-plain": (
+        "v7-short2 with the plain x0 loss (no object weight): a weight that depends on the clean clip moves "
+        "the optimum towards object colour at object edges, i.e. blobs that swell instead of shapes",
+        {**V3_COSINE, "latent_frames": 2, "lr_decay_steps": 4000, "object_weight": 0.0},
+    ),
     "overfit": (
         "diagnostic: today's design on 16 fixed clips (must reach the gate on their prompts)",
         {"fixed_clips": 16},
@@ -239,7 +255,8 @@ def _evaluate(trainer: TeacherTrainer, text, held, probe: bool) -> dict:
     row = {"x0": x0_errors(ema, text(held.prompts), held, chunk_frames=chunk)}
     if probe:
         prompts = held.prompts[:16] if trainer.cfg.fixed_clips else gate_prompts(16)
-        videos = sample_videos(ema, text, PixelCodec(), prompts, PROBE_SEEDS, chunk_frames=chunk)
+        frames = trainer.cfg.latent_frames
+        videos = sample_videos(ema, text, PixelCodec(), prompts, PROBE_SEEDS, latent_frames=frames, chunk_frames=chunk)
         row["probe"] = summarize(score_videos(videos, prompts))
     return row
 
@@ -257,7 +274,10 @@ def run(arm: str, cpu_minutes: float, eval_minutes: float, probe_minutes: float,
     if trainer.data.fixed_pool is not None:  # the overfit arm is scored on its own clips and prompts
         held = trainer.data.fixed_pool
     else:
-        held = WorldClips(PixelCodec(), 8, start_at_zero=1.0).sample(16, np.random.default_rng(HELD_SEED))
+        # the same 16 scenes for every arm, rendered at the arm's clip length (the first frames of each)
+        held = WorldClips(PixelCodec(), trainer.cfg.latent_frames, start_at_zero=1.0).sample(
+            16, np.random.default_rng(HELD_SEED)
+        )
     budget, next_eval = 60 * cpu_minutes, spent + 60 * eval_minutes
     next_probe = (spent // (60 * probe_minutes) + 1) * 60 * probe_minutes
     start = time.process_time() - spent
