@@ -190,6 +190,12 @@ ARMS = {
         "the optimum towards object colour at object edges, i.e. blobs that swell instead of shapes",
         {**V3_COSINE, "latent_frames": 2, "lr_decay_steps": 4000, "object_weight": 0.0},
     ),
+    "v7-short2-start0": (
+        "v7-short2 with every clip starting at frame 0: half of the clips started at a random frame (after "
+        "bounces), where the motion shown is not the prompted direction (a diagonal one in a quarter of "
+        "them), so the prompt's direction was a weak label for a teacher that draws a clip from the prompt alone",
+        {**V3_COSINE, "latent_frames": 2, "lr_decay_steps": 4000, "start_at_zero": 1.0},
+    ),
     "overfit": (
         "diagnostic: today's design on 16 fixed clips (must reach the gate on their prompts)",
         {"fixed_clips": 16},
@@ -241,7 +247,9 @@ def _trainer(arm: str, out: Path, text) -> TeacherTrainer:
         model = grow_head(model, hidden)
     if pool:
         model = add_pooled_text(model)
-    data = WorldClips(PixelCodec(), cfg.latent_frames, fixed=cfg.fixed_clips, fixed_seed=cfg.seed)
+    data = WorldClips(
+        PixelCodec(), cfg.latent_frames, start_at_zero=cfg.start_at_zero, fixed=cfg.fixed_clips, fixed_seed=cfg.seed
+    )
     return TeacherTrainer(cfg, model, text, data)
 
 
