@@ -342,3 +342,31 @@ def test_ode_init_and_dmd_steps_run_under_cpu_bf16(tmp_path):
     for name in ("ode", "dmd"):
         rows = [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
         assert rows and all(np.isfinite(v) for r in rows for k, v in r.items() if "loss" in k), rows
+
+
+def test_start_at_zero_sets_where_the_teacher_clips_start():
+    """Every clip from frame 0 (the prompt's direction is what its first frames show) at 1.0; the
+    run's teacher stage takes the share from its config."""
+    from reward_forcing.models.pixel_codec import PixelCodec
+    from reward_forcing.train.run import _trainer
+    from reward_forcing.world import render, sample_scene
+
+    def first_frames(n, seed):  # what start_at_zero=1.0 must give: each scene rendered from frame 0
+        rng = np.random.default_rng(seed)
+        clips = []
+        for _ in range(n):
+            scene = sample_scene(rng, height=16, width=16, split="train")
+            rng.random()  # the start-frame draw
+            clips.append(render(scene, 12, 0)[0])
+        return PixelCodec().encode(torch.from_numpy(np.stack(clips)))
+
+    cfg = TrainConfig(
+        data="world", vae="pixel", teacher="world", text_encoder="minilm", latent_frames=3, latent_height=4,
+        latent_width=4, chunk_frames=1, start_at_zero=1.0, out_dir="unused",
+    )  # fmt: skip
+    data = _trainer(cfg, "teacher", torch.device("cpu")).data
+    assert torch.equal(data.sample(6, np.random.default_rng(4)).latents, first_frames(6, 4))
+    later = WorldClips(PixelCodec(), 3, 16, 16, start_at_zero=0.0).sample(6, np.random.default_rng(4)).latents
+    assert not torch.equal(later, first_frames(6, 4))
+    with pytest.raises(ValueError, match="start_at_zero"):
+        TrainConfig(start_at_zero=1.5)
