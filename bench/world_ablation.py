@@ -37,6 +37,7 @@ from reward_forcing.train.world_data import WorldClips
 from reward_forcing.train.world_probe import (
     SIGMAS,
     colour_binding,
+    direction_binding,
     gate_prompts,
     sample_videos,
     score_videos,
@@ -362,12 +363,13 @@ def table(root: Path, results: Path) -> None:
         log = root / arm / "ablation.jsonl"
         if log.is_file():
             rows = [json.loads(line) for line in log.read_text().splitlines()]
-            ckpt = latest_checkpoint(root / arm)  # colour binding of its newest checkpoint (EMA weights)
+            ckpt = latest_checkpoint(root / arm)  # bindings of its newest checkpoint (EMA weights)
             model = load_causal_wan(ckpt, dtype=torch.float32).eval() if ckpt is not None else None
-            binding = None
+            binding = directed = None
             if model is not None:
                 binding = colour_binding(model, text, PixelCodec(), chunk_frames=_chunk_frames(arm))
-            arms[arm] = {"what": ARMS[arm][0], "rows": rows, "colour_binding": binding}
+                directed = direction_binding(model, text, PixelCodec(), chunk_frames=_chunk_frames(arm))
+            arms[arm] = {"what": ARMS[arm][0], "rows": rows, "colour_binding": binding, "direction_binding": directed}
         elif arm in earlier:
             arms[arm] = earlier[arm]
     if not arms:
@@ -384,8 +386,9 @@ def table(root: Path, results: Path) -> None:
     lines = [
         "| arm | CPU-min | steps | "
         + " | ".join(f"obj / bg x0 MSE @ {s}" for s in SIGMAS)
-        + " | colour binding @ 0.95 | probe found / colour / shape / bg / direction / moving |",
-        "|" + "---|" * (len(SIGMAS) + 5),
+        + " | colour binding @ 0.95 | direction binding @ 0.9"
+        + " | probe found / colour / shape / bg / direction / moving |",
+        "|" + "---|" * (len(SIGMAS) + 6),
     ]
     for a, v in arms.items():
         probed = [r for r in v["rows"] if "probe" in r] or v["rows"][-1:]
@@ -397,7 +400,10 @@ def table(root: Path, results: Path) -> None:
             )
             probe = row.get("probe")
             p = " / ".join(f"{probe[k]['mean']:.2f}" for k in keys) if probe else "-"
-            bind = f"{v['colour_binding']:.2f}" if v.get("colour_binding") is not None and row is shown[-1] else "-"
+            bind = " | ".join(
+                f"{v[key]:.2f}" if v.get(key) is not None and row is shown[-1] else "-"
+                for key in ("colour_binding", "direction_binding")
+            )
             lines.append(
                 f"| {a}{' (killed)' if a in killed else ''} | {row['cpu_seconds'] / 60:.0f} | "
                 f"{row['step']} | {errs} | {bind} | {p} |"

@@ -1,7 +1,7 @@
 """The teacher gate of the embedded world model (docs/design.md §10): CFG samples of the 16 gate
 prompts (half from the held-out colour x shape x direction split) x 4 seeds scored with the world's
 ground truth, with 95 % intervals, plus the x0 error on object and background pixels per noise
-level and the colour binding — the check to pass before spending ODE-init / DMD time on a teacher.
+level, the colour and direction binding — the check to pass before spending ODE-init / DMD time on a teacher.
 
     python bench/world_probe.py training/world-teacher/ema.safetensors --out bench/results/world-teacher-gate
 
@@ -28,6 +28,7 @@ from reward_forcing.train.world_probe import (
     SIGMAS,
     colour_binding,
     decode_videos,
+    direction_binding,
     gate_prompts,
     sample_videos,
     score_videos,
@@ -92,6 +93,7 @@ def main() -> None:
         },
         "x0_mse": errors,
         "colour_binding": colour_binding(model, text, codec, chunk_frames=chunk),
+        "direction_binding": direction_binding(model, text, codec, chunk_frames=chunk),
         "gate": summarize(rows),
         "samples": [
             {"prompt": prompts[i // len(seeds)], "seed": seeds[i % len(seeds)], **r} for i, r in enumerate(rows)
@@ -109,7 +111,7 @@ def main() -> None:
     frames = [decode_videos(codec, x) for x in (shown, *predicted.values())]
     x0_strip = np.concatenate([np.concatenate(list(f[b, ::4]), 1) for b in range(len(shown)) for f in frames], 0)
     cv2.imwrite(str(args.out.parent / f"{args.out.name}-x0.png"), cv2.cvtColor(x0_strip, cv2.COLOR_RGB2BGR))
-    print(json.dumps({k: result[k] for k in ("x0_mse", "colour_binding", "gate")}, indent=1))
+    print(json.dumps({k: result[k] for k in ("x0_mse", "colour_binding", "direction_binding", "gate")}, indent=1))
 
 
 if __name__ == "__main__":

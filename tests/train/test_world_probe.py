@@ -10,7 +10,7 @@ import torch
 from reward_forcing.models.pixel_codec import PixelCodec
 from reward_forcing.train import dmd
 from reward_forcing.train.world_data import WorldClips
-from reward_forcing.train.world_probe import GATE, gate_prompts, summarize, x0_errors
+from reward_forcing.train.world_probe import GATE, direction_binding, gate_prompts, summarize, x0_errors
 from reward_forcing.world import COLOURS, DIRECTIONS, MAX_OBJECTS, SHAPES, parse_prompt, scene_split
 
 TEACHER = Path(__file__).resolve().parents[2] / "training" / "world-teacher" / "ema.safetensors"
@@ -38,6 +38,46 @@ def test_x0_errors_split_object_and_background_pixels():
         # squared error 0.25 on fully covered pixels, less on anti-aliased edges, which are
         # partly background too
         assert 0.15 < e["object"] < 0.25 and e["background"] < 0.01 * e["object"], sigma
+
+
+class _DirectionText:
+    """Encodes a world prompt as the index of its (first object's) direction."""
+
+    def __call__(self, prompts):
+        return torch.tensor([list(DIRECTIONS).index(parse_prompt(p).objects[0].direction) for p in prompts])
+
+
+def _circle(direction: str, latent_frames: int) -> torch.Tensor:
+    """The latents of a small red circle starting in the middle, moving in ``direction``."""
+    from reward_forcing.world import ObjectSpec, Scene, render
+
+    scene = Scene((ObjectSpec("circle", "red", "small", direction),), "black", ((0.5, 0.5),), "", 64, 64)
+    return CODEC.encode(torch.from_numpy(render(scene, 4 * latent_frames)[0])[None])
+
+
+class _Mover(torch.nn.Module):
+    """Predicts the circle moving in the prompted direction (``follow``), or in the direction its
+    input shows (the rendering nearest to ``x_t``): a model that reads motion off the clip only."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, follow: bool):
+        super().__init__()
+        self.follow = follow
+
+    def forward(self, x_t, t, cond, chunk_frames=None):
+        sigma = (t / 1000).view(-1, 1, 1, 1, 1)
+        clips = torch.cat([_circle(d, x_t.shape[2]) for d in DIRECTIONS])
+        if not self.follow:
+            cond = ((x_t[:, None] - (1 - sigma[:, None]) * clips[None]) ** 2).flatten(2).sum(-1).argmin(1)
+        return (x_t - clips[cond]) / sigma
+
+
+def test_direction_binding_tells_the_prompt_from_the_clip():
+    """1 for a model that moves the object as the prompt says, chance (1/8) for one that reads the
+    motion off the noised clip."""
+    assert direction_binding(_Mover(follow=True), _DirectionText(), CODEC) == 1.0
+    assert direction_binding(_Mover(follow=False), _DirectionText(), CODEC) == 1 / 8
 
 
 def test_object_weighted_loss_counts_object_pixels_more():

@@ -61,8 +61,10 @@ def test_probe_and_object_weight_in_the_teacher_stage(tmp_path):
     probed = _teacher(tmp_path / "b", probe_every=2)
     logs = [probed.train_step() for _ in range(2)]
     assert logs[0]["loss"] == plain[0]["loss"] and "x0_object@0.8" not in logs[0]
-    assert {"x0_object@0.8", "x0_background@0.95", "colour_binding", "probe_found", "probe_shape_right"} <= set(logs[1])
-    assert all(0 <= logs[1][k] <= 1 for k in ("colour_binding", "probe_found"))
+    assert {"x0_object@0.8", "x0_background@0.95", "colour_binding", "direction_binding", "probe_shape_right"} <= set(
+        logs[1]
+    )
+    assert all(0 <= logs[1][k] <= 1 for k in ("colour_binding", "direction_binding", "probe_found"))
     weighted = _teacher(tmp_path / "c", object_weight=20.0).train_step()
     assert weighted["loss"] > plain[0]["loss"]
     decayed = _teacher(tmp_path / "d", object_weight=20.0, object_weight_until=0.5).train_step()
