@@ -168,7 +168,7 @@ ARMS = {
         "v3-cosine with the prompt's pooled text states (mean over its tokens, through a zero-initialised "
         "2-layer MLP) added to the time embedding (WanConfig.text_pooled): every block's modulation sees "
         "colour, size, shape and direction at once, where cross-attention binds them weakly",
-        {**V3_COSINE, "pool_text": True},
+        {**V3_COSINE, "text_pooled": True},
     ),
     "v6-weight5": (
         "v3-cosine with object weight 5 instead of 20: a pixel weight that depends on the clean clip moves the "
@@ -196,6 +196,18 @@ ARMS = {
         "bounces), where the motion shown is not the prompted direction (a diagonal one in a quarter of "
         "them), so the prompt's direction was a weak label for a teacher that draws a clip from the prompt alone",
         {**V3_COSINE, "latent_frames": 2, "lr_decay_steps": 4000, "start_at_zero": 1.0},
+    ),
+    "v8-position2": (
+        "v7-short2-start0 with each token's place in the frame added to its embedding (WanConfig."
+        "absolute_position, zero-initialised): RoPE gives relative positions only, so from pure noise the "
+        "model cannot put an object where its prompt implies (a world object moving right starts on the "
+        "left) - at noise 1 its mean prediction moved 0.3 grey levels between 'right' and 'left' prompts, "
+        "the clips' mean 15",
+        {**V3_COSINE, "latent_frames": 2, "lr_decay_steps": 4000, "start_at_zero": 1.0, "absolute_position": True},
+    ),
+    "v8-position8": (
+        "v3-cosine (8 latent frames, the teacher's clips) with the absolute position of v8-position2",
+        {**V3_COSINE, "absolute_position": True},
     ),
     "overfit": (
         "diagnostic: today's design on 16 fixed clips (must reach the gate on their prompts)",
@@ -229,25 +241,27 @@ def grow_head(model: CausalWanModel, hidden: int) -> CausalWanModel:
     return grown
 
 
-def add_pooled_text(model: CausalWanModel) -> CausalWanModel:
-    """``model`` with ``text_pooled``: the same weights plus a pooled-text MLP whose zero last layer
-    makes it compute the same function at first."""
+def extend(model: CausalWanModel, **options) -> CausalWanModel:
+    """``model`` with zero-initialised config ``options`` switched on (``text_pooled``,
+    ``absolute_position``): the same weights plus the new modules, computing the same function at first."""
     torch.manual_seed(0)
-    pooled = CausalWanModel(dataclasses.replace(model.config, text_pooled=True)).to(model.dtype)
-    missing, unexpected = pooled.load_state_dict(model.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith("text_pool.") for k in missing), (missing, unexpected)
-    return pooled
+    extended = CausalWanModel(dataclasses.replace(model.config, **options)).to(model.dtype)
+    missing, unexpected = extended.load_state_dict(model.state_dict(), strict=False)
+    new = tuple(k for k in extended.state_dict() if k not in model.state_dict())
+    assert not unexpected and sorted(missing) == sorted(new), (missing, unexpected)
+    return extended
 
 
 def _trainer(arm: str, out: Path, text) -> TeacherTrainer:
     overrides = dict(ARMS[arm][1])
-    init, hidden, pool = overrides.pop("init", None), overrides.pop("grow_head", 0), overrides.pop("pool_text", False)
+    init, hidden = overrides.pop("init", None), overrides.pop("grow_head", 0)
+    options = {k: overrides.pop(k) for k in ("text_pooled", "absolute_position") if k in overrides}
     cfg = TrainConfig.from_dict({**BASE, **overrides, "out_dir": str(out)})
     model = load_model(init or cfg.teacher, "teacher", cfg.seed + 1, torch.device("cpu"))
     if hidden:
         model = grow_head(model, hidden)
-    if pool:
-        model = add_pooled_text(model)
+    if options:
+        model = extend(model, **options)
     data = WorldClips(
         PixelCodec(), cfg.latent_frames, start_at_zero=cfg.start_at_zero, fixed=cfg.fixed_clips, fixed_seed=cfg.seed
     )

@@ -251,3 +251,34 @@ def test_pooled_text_starts_as_a_no_op_ignores_padding_and_streams():
         torch.testing.assert_close(got, model(x, t, ctx, chunk_frames=2), atol=1e-5, rtol=1e-5)
     assert infer_config(model.state_dict(), num_heads=2, text_len=8).text_pooled
     assert not infer_config(plain.state_dict(), num_heads=2, text_len=8).text_pooled
+
+
+PLACED = dataclasses.replace(WAN_TINY, absolute_position=True)
+
+
+def test_absolute_position_lets_tokens_tell_where_they_are_and_streams():
+    """RoPE alone is blind to place: tokens of one content get one output wherever they are (attention
+    mixes equal values), so a RoPE-only model cannot put an object where its prompt implies. With
+    ``absolute_position`` they differ by place; grown from zeros it changes nothing."""
+    from reward_forcing.models.loading import infer_config
+
+    plain, ctx = tiny_model(), prompt(2)
+    flat = torch.full((2, WAN_TINY.in_dim, 4, 2 * TOKENS_H, 2 * TOKENS_W), 0.3)
+    grown = CausalWanModel(PLACED).eval()
+    missing, unexpected = grown.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and sorted(missing) == ["position_embedding.bias", "position_embedding.weight"]
+    model = tiny_model(PLACED)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(flat, 700.0, ctx), plain(flat, 700.0, ctx), atol=0, rtol=0)
+        for net, blind in ((plain, True), (model, False)):
+            out = net(flat, 700.0, ctx)
+            shifted = (out - out.roll(2, dims=3)).abs().max() + (out - out.roll(2, dims=4)).abs().max()
+            assert (shifted < 1e-5) == blind, float(shifted)
+        out = plain(flat, 700.0, ctx)  # ...nor can it tell one frame from another
+        torch.testing.assert_close(out, out.roll(1, dims=2), atol=1e-5, rtol=1e-5)
+        x, t = latents(2, 4), torch.rand(2, 4) * 1000
+        cache = model.new_cache(2, TOKENS_H, TOKENS_W, sink_frames=0, window_frames=4, chunk_frames=2)
+        got = stream(model, x, t, model.encode_text(ctx), cache, 2)
+        torch.testing.assert_close(got, model(x, t, ctx, chunk_frames=2), atol=1e-5, rtol=1e-5)
+    assert infer_config(model.state_dict(), num_heads=2, text_len=8).absolute_position
+    assert not infer_config(plain.state_dict(), num_heads=2, text_len=8).absolute_position

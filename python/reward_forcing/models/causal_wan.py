@@ -17,6 +17,7 @@ dtype (as Wan does under autocast); everything else runs in the parameter dtype 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import cast
 
@@ -194,6 +195,7 @@ def _sdpa_attention(q, k, v, cos, sin, mask):
 
 
 X0_MIN_SIGMA = 0.05  # x0-prediction: the velocity's denominator floor (JiT's t_eps)
+POSITION_FREQUENCIES = 6  # WanConfig.absolute_position: sine/cosine of pi * 2^k * (row, column), k < 6
 
 
 class CausalWanModel(nn.Module):
@@ -216,6 +218,10 @@ class CausalWanModel(nn.Module):
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
             self.text_pool = nn.Sequential(nn.Linear(c.text_dim, c.dim), nn.SiLU(), last)
+        if c.absolute_position:
+            self.position_embedding = nn.Linear(4 * POSITION_FREQUENCIES, c.dim)
+            nn.init.zeros_(self.position_embedding.weight)
+            nn.init.zeros_(self.position_embedding.bias)
         self.blocks = nn.ModuleList(WanAttentionBlock(c) for _ in range(c.num_layers))
         self.head = WanHead(c)
 
@@ -296,6 +302,21 @@ class CausalWanModel(nn.Module):
             )
         return tuple(n // p for n, p in zip(x.shape[2:], c.patch_size))
 
+    def _place(self, h: int, w: int) -> torch.Tensor:
+        """``[h * w, dim]``: the learned embedding of each token's place in an ``h x w`` token frame
+        (row-major, as the tokens of one latent frame are)."""
+        freqs = math.pi * 2.0 ** torch.arange(POSITION_FREQUENCIES, device=self.device)
+        rows = ((torch.arange(h, device=self.device) + 0.5) / h)[:, None] * freqs  # [h, K]
+        cols = ((torch.arange(w, device=self.device) + 0.5) / w)[:, None] * freqs  # [w, K]
+        features = torch.cat(
+            [
+                torch.cat([rows.sin(), rows.cos()], -1)[:, None].expand(h, w, -1),
+                torch.cat([cols.sin(), cols.cos()], -1)[None].expand(h, w, -1),
+            ],
+            -1,
+        )
+        return self.position_embedding(features.reshape(h * w, -1).to(self.dtype))
+
     def _unpatchify(self, x: torch.Tensor, grid) -> torch.Tensor:
         (f, h, w), (pt, ph, pw) = grid, self.config.patch_size
         x = x.view(x.shape[0], f, h, w, pt, ph, pw, self.config.out_dim)
@@ -309,6 +330,9 @@ class CausalWanModel(nn.Module):
         ``self.blocks``, same weights) replace the model's own."""
         grid = self._grid(x)
         tokens = self.patch_embedding(x.to(self.dtype)).flatten(2).transpose(1, 2)
+        if self.config.absolute_position:  # tokens are frame-major: the same places in every frame
+            f, h, w = grid
+            tokens = (tokens.unflatten(1, (f, h * w)) + self._place(h, w)).flatten(1, 2)
         text = self._text(context, x.shape[0])
         e, e0 = self._time(t, x.shape[0], grid[0], text.pooled)
         for block, kv, attend in zip(blocks or self.blocks, text.kv, attentions):

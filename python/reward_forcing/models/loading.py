@@ -211,6 +211,7 @@ def infer_config(
         eps=eps,
         cross_attn_norm="blocks.0.norm3.weight" in state_dict,
         text_pooled="text_pool.0.weight" in state_dict,
+        absolute_position="position_embedding.weight" in state_dict,
     )
 
 

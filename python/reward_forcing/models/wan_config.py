@@ -36,6 +36,12 @@ class WanConfig:
     # pooled text vector); cross-attention alone binds global attributes weakly in a small model
     # (docs/design.md §10). Zero-initialised: adding it to a trained model changes nothing at first.
     text_pooled: bool = False
+    # Add a learned function of each token's place in the frame (its row and column as fractions of the
+    # frame, in sine/cosine features) to the patch embedding. RoPE gives attention relative positions
+    # only: from pure noise a token cannot tell where in the frame it is, so a model cannot put an
+    # object where its prompt implies (docs/design.md §10). Zero-initialised, like ``text_pooled``;
+    # the same for every frame, so streaming is unchanged.
+    absolute_position: bool = False
 
     def __post_init__(self):
         for name in (
