@@ -70,6 +70,22 @@ def x0_errors(
     return out
 
 
+def _x0_under_prompts(model, codec, obj: ObjectSpec, start, cond, sigma, seed, size, latent_frames, chunk_frames):
+    """The x0 predictions ``[len(cond), C, F, H, W]`` from one clip of ``obj`` on black (its centre
+    at ``start``, fractions of the frame) noised to ``sigma``, one per prompt of ``cond``, and the
+    clip's ground truth: what the binding probes compare."""
+    from ..world import Scene, render
+
+    scene = Scene((obj,), "black", (start,), "", *size)
+    video, truth = render(scene, codec.temporal_scale * latent_frames)
+    x0 = codec.encode(torch.from_numpy(video)[None])
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    s = torch.full((len(cond),), float(sigma))
+    x_t = dmd.add_noise(x0.expand(len(cond), -1, -1, -1, -1), noise, s).to(model.device)
+    v = model(x_t, s.to(model.device) * FewStepFlowSchedule().num_train_timesteps, cond, chunk_frames=chunk_frames)
+    return dmd.predict_x0(x_t, v.float(), s.to(model.device)), truth
+
+
 @torch.no_grad()
 def colour_binding(
     model,
@@ -87,22 +103,14 @@ def colour_binding(
     prompts that differ only in the colour word (chance 1/8). At noise levels where the object is
     still visible in ``x_t`` a model may copy its colour from the input; at 0.95 the colour has to
     come from the text."""
-    from ..world import Scene, render
-
     names, palette = list(COLOURS), np.array(list(COLOURS.values()), np.float32)
-    prompts = [f"a large {c} circle moving to the right on a black background" for c in names]
-    cond = text_encoder(prompts).to(model.device)
-    total = FewStepFlowSchedule().num_train_timesteps
+    cond = text_encoder([f"a large {c} circle moving to the right on a black background" for c in names])
     hits = 0
     for true in ("red", "blue", "yellow"):
-        scene = Scene((ObjectSpec("circle", true, "large", "right"),), "black", ((0.3, 0.5),), prompts[0], *size)
-        video, truth = render(scene, codec.temporal_scale * latent_frames)
-        x0 = codec.encode(torch.from_numpy(video)[None])
-        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-        s = torch.full((len(names),), float(sigma))
-        x_t = dmd.add_noise(x0.expand(len(names), -1, -1, -1, -1), noise, s).to(model.device)
-        v = model(x_t, s.to(model.device) * total, cond, chunk_frames=chunk_frames)
-        x0_hat = dmd.predict_x0(x_t, v.float(), s.to(model.device))
+        x0_hat, truth = _x0_under_prompts(
+            model, codec, ObjectSpec("circle", true, "large", "right"), (0.3, 0.5), cond.to(model.device),
+            sigma, seed, size, latent_frames, chunk_frames,
+        )  # fmt: skip
         pixels = ((codec.decode(x0_hat.cpu()).permute(0, 2, 3, 4, 1) + 1) * 127.5).numpy()
         colours = pixels[:, truth.mask > 0.5].mean(1)
         hits += sum(int(np.argmin(np.linalg.norm(palette - c, axis=1))) == i for i, c in enumerate(colours))
@@ -126,25 +134,16 @@ def direction_binding(
     middle and moving in each of three true directions, under prompts that differ only in the
     direction (chance 1/8: a model that takes the motion from ``x_t`` alone hits only when the prompt
     is the truth). At 0.9 a clip shows where its object is but hardly how it moves."""
-    from ..world import Scene, render
-
     names = list(DIRECTIONS)
     prompts = [describe(PromptSpec((ObjectSpec("circle", "red", "small", d),), "black"), 0) for d in names]
-    cond = text_encoder(prompts).to(model.device)
-    total = FewStepFlowSchedule().num_train_timesteps
+    cond = text_encoder(prompts)
     hits = 0
     for true in ("right", "up", "down-left"):
-        spec = ObjectSpec("circle", "red", "small", true)
-        scene = Scene((spec,), "black", ((0.5, 0.5),), prompts[names.index(true)], *size)
-        video, _ = render(scene, codec.temporal_scale * latent_frames)
-        x0 = codec.encode(torch.from_numpy(video)[None])
-        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-        s = torch.full((len(names),), float(sigma))
-        x_t = dmd.add_noise(x0.expand(len(names), -1, -1, -1, -1), noise, s).to(model.device)
-        v = model(x_t, s.to(model.device) * total, cond, chunk_frames=chunk_frames)
-        x0_hat = dmd.predict_x0(x_t, v.float(), s.to(model.device))
-        scores = score_videos(decode_videos(codec, x0_hat), prompts)
-        hits += sum(int(r["direction_right"]) for r in scores)
+        x0_hat, _ = _x0_under_prompts(
+            model, codec, ObjectSpec("circle", "red", "small", true), (0.5, 0.5), cond.to(model.device),
+            sigma, seed, size, latent_frames, chunk_frames,
+        )  # fmt: skip
+        hits += sum(int(r["direction_right"]) for r in score_videos(decode_videos(codec, x0_hat), prompts))
     return hits / (3 * len(names))
 
 
