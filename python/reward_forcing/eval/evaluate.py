@@ -86,7 +86,7 @@ def evaluate_frames(
         raise ValueError(f"{count} frame(s); need at least 2 to measure motion")
     kept = np.stack(kept if sample is None else list(sample))
     h, w = kept.shape[1:3]
-    copy = CopyScore(np.stack(refs), np.median(kept.astype(np.float32), axis=0))
+    copy = CopyScore(np.stack(refs), np.median(kept, axis=0))
     background = estimate_background(kept)
     del kept
     n_seg = _segment(count, segment)

@@ -95,7 +95,7 @@ def frame_copying(video, ref_frames: int = 4, segment: float = 0.25, noise_level
     (differences of a few hundredths of a level everywhere) reads as a copy, not as change.
     """
     x = as_video(video)
-    score = CopyScore(x[:ref_frames], np.median(x.astype(np.float32), axis=0), noise_level)
+    score = CopyScore(x[:ref_frames], np.median(x, axis=0), noise_level)
     return copy_summary(np.array([score(frame) for frame in x]), segment)
 
 
