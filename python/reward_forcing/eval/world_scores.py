@@ -24,6 +24,7 @@ from ..world import (
     SHAPES,
     PromptSpec,
     parse_prompt,
+    place_at,
     radius_px,
     shape_area,
     shape_coverage,
@@ -119,6 +120,9 @@ def world_scores(video, prompt: str | PromptSpec, *, fps: float = 16.0, segment:
       prompted speed and within MAX_ANGLE of the prompted direction;
     - keeps_moving: fraction of the consecutive pairs in the last `segment` of the video in which
       that centroid moves at least MIN_SPEED of the prompted speed (freezing or vanishing scores 0);
+    - place_right (only for prompts that state where objects start, averaged over those objects):
+      its colour's centroid in the first frame it is seen (within LEAD_SECONDS) lies in the
+      prompted cell of the 3x3 grid (``world.PLACES``);
     - background_right: the estimated background is nearest to the prompted one;
     - adherence: mean of found, colour_right and direction_right.
     """
@@ -170,6 +174,11 @@ def world_summary(
         step = np.linalg.norm(np.diff(centre[late, k], axis=0), axis=-1)
         moving = seen[late[1:]] & seen[late[:-1]] & (np.nan_to_num(step) >= MIN_SPEED * speed)
         shape_right = seen & (shape[:, k] == SHAPES.index(obj.shape))
+        stated = {}
+        if obj.place is not None:
+            first = np.flatnonzero(seen[:lead])
+            x, y = centre[first[0], k] / (w, h) if len(first) else (math.nan, math.nan)
+            stated["place_right"] = bool(len(first)) and place_at(x, y) == obj.place
         objects.append(
             {
                 "colour": obj.colour,
@@ -180,12 +189,16 @@ def world_summary(
                 "direction_right": bool(direction_right),
                 "keeps_moving": float(moving.mean()),
                 "centroid": centre[:, k],
+                **stated,
             }
         )
     scores = {
         key: float(np.mean([o[key] for o in objects]))
         for key in ("found", "colour_right", "shape_right", "direction_right", "keeps_moving")
     }
+    placed = [o["place_right"] for o in objects if "place_right" in o]
+    if placed:
+        scores["place_right"] = float(np.mean(placed))
     scores["background_right"] = float(names[int(np.argmin(bg_dist))] == spec.background)
     scores["adherence"] = (scores["found"] + scores["colour_right"] + scores["direction_right"]) / 3
     return {**scores, "objects": objects}

@@ -75,6 +75,9 @@ class TrainConfig:
     # stage teacher: share of world clips that start at frame 0, where the prompt's direction is what
     # the first frames show; the others start at a random frame (after bounces)
     start_at_zero: float = 0.5
+    # stage teacher: share of the clips from frame 0 whose prompts also say where each object starts
+    # ("a red ball on the left moving right"; world.with_places)
+    places: float = 0.0
     # stage teacher: every this many steps, log the EMA's x0 error on object and background pixels
     # per noise level, its colour binding and an 8-step sample probe (train/world_probe.py); 0: never
     probe_every: int = 0
@@ -219,8 +222,9 @@ class TrainConfig:
             )
         if not 0 <= self.lr_floor <= 1:
             raise ValueError(f"lr_floor must be in [0, 1], got {self.lr_floor}")
-        if not 0 <= self.start_at_zero <= 1:
-            raise ValueError(f"start_at_zero must be in [0, 1], got {self.start_at_zero}")
+        for name in ("start_at_zero", "places"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0 < self.object_weight_until <= 1:
             raise ValueError(f"object_weight_until must be in (0, 1], got {self.object_weight_until}")
         if self.data_workers < 0:

@@ -131,6 +131,7 @@ def _trainer(cfg: TrainConfig, stage: str, device: torch.device):
             cfg.latent_height * codec.spatial_scale,
             cfg.latent_width * codec.spatial_scale,
             start_at_zero=cfg.start_at_zero,
+            places=cfg.places,
             workers=cfg.data_workers,
             render_device=device if device.type == "cuda" else None,
             fixed=cfg.fixed_clips,

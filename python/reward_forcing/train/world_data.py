@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..models.pixel_codec import PixelCodec
-from ..world import render, render_batch, sample_scene
+from ..world import render, render_batch, sample_scene, with_places
 
 
 class Clips(NamedTuple):
@@ -28,10 +28,12 @@ class WorldClips:
     colour x shape x direction combinations never appear), each clip starting at frame 0 with
     probability ``start_at_zero`` (the prompt's direction is what the first frames show) and
     otherwise at a random frame of the first ``max_start`` (after bounces: what a stream must
-    continue). ``fixed > 0`` draws the clips from a pool of that many, made once from
-    ``fixed_seed`` (the overfit diagnostic: a model that cannot learn 16 clips is broken, not
-    under-trained). Rendering: with numpy in this process, or in ``workers`` processes, or with
-    torch on ``render_device`` (a GPU renders a batch in milliseconds; the same pixels)."""
+    continue). Of the clips from frame 0, a share ``places`` have prompts that also say where each
+    object starts (:func:`world.with_places`; a later start has left that place). ``fixed > 0``
+    draws the clips from a pool of that many, made once from ``fixed_seed`` (the overfit
+    diagnostic: a model that cannot learn 16 clips is broken, not under-trained). Rendering: with
+    numpy in this process, or in ``workers`` processes, or with torch on ``render_device`` (a GPU
+    renders a batch in milliseconds; the same pixels)."""
 
     def __init__(
         self,
@@ -42,6 +44,7 @@ class WorldClips:
         fps: float = 16.0,
         split: str = "train",
         start_at_zero: float = 0.5,
+        places: float = 0.0,
         max_start: int = 160,
         workers: int = 0,
         render_device=None,
@@ -52,7 +55,7 @@ class WorldClips:
             raise ValueError(f"fixed must be >= 0, got {fixed}")
         self.codec, self.frames = codec, latent_frames * codec.temporal_scale
         self.height, self.width, self.fps, self.split = height, width, fps, split
-        self.start_at_zero, self.max_start = start_at_zero, max_start
+        self.start_at_zero, self.places, self.max_start = start_at_zero, places, max_start
         self.render_device = render_device
         self._pool = None
         if workers > 0:  # rendering (~5 ms a clip) would otherwise starve a GPU
@@ -80,6 +83,8 @@ class WorldClips:
         for _ in range(n):
             scene = sample_scene(rng, height=self.height, width=self.width, fps=self.fps, split=self.split)
             start = 0 if rng.random() < self.start_at_zero else int(rng.integers(0, self.max_start))
+            if self.places and start == 0 and rng.random() < self.places:  # no draw at places=0
+                scene = with_places(scene, rng)
             jobs.append((scene, self.frames, start))
         prompts = [job[0].prompt for job in jobs]
         if self.render_device is not None:

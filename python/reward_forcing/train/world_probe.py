@@ -17,7 +17,17 @@ import torch
 
 from ..eval.world_scores import world_scores
 from ..scheduler import FewStepFlowSchedule, teacher_trajectory
-from ..world import COLOURS, DIRECTIONS, SHAPES, SIZES, ObjectSpec, PromptSpec, combo_split, describe
+from ..world import (
+    COLOURS,
+    DIRECTIONS,
+    SHAPES,
+    SIZES,
+    ObjectSpec,
+    PromptSpec,
+    combo_split,
+    describe,
+    start_place,
+)
 from . import dmd
 from .world_data import Clips
 
@@ -128,14 +138,16 @@ def direction_binding(
     latent_frames: int = 2,
     size: tuple[int, int] = (64, 64),
     chunk_frames: int | None = None,
+    place: str | None = None,
 ) -> float:
     """Share of (clip, prompted direction) pairs in which the model's x0 prediction moves the object
     in the *prompted* direction (world_scores' direction_right), for a small circle starting in the
     middle and moving in each of three true directions, under prompts that differ only in the
     direction (chance 1/8: a model that takes the motion from ``x_t`` alone hits only when the prompt
-    is the truth). At 0.9 a clip shows where its object is but hardly how it moves."""
+    is the truth). At 0.9 a clip shows where its object is but hardly how it moves. ``place``: the
+    prompts also say where the object starts ("centre" is where it does)."""
     names = list(DIRECTIONS)
-    prompts = [describe(PromptSpec((ObjectSpec("circle", "red", "small", d),), "black"), 0) for d in names]
+    prompts = [describe(PromptSpec((ObjectSpec("circle", "red", "small", d, place=place),), "black"), 0) for d in names]
     cond = text_encoder(prompts)
     hits = 0
     for true in ("right", "up", "down-left"):
@@ -147,10 +159,11 @@ def direction_binding(
     return hits / (3 * len(names))
 
 
-def gate_prompts(n: int = 16, seed: int = 0) -> list[str]:
+def gate_prompts(n: int = 16, seed: int = 0, places: bool = False) -> list[str]:
     """``n`` (even, >= 16) fixed prompts: the first half of held-out colour x shape x direction
     combinations (``combo_split`` "test"), the second half of training ones; every colour, shape,
-    direction and background appears, every fourth prompt has a second object, sizes cycle."""
+    direction and background appears, every fourth prompt has a second object, sizes cycle.
+    ``places``: each object also starts where it has room to move (:func:`world.start_place`)."""
     if n < 16 or n % 2:
         raise ValueError(f"n must be an even number >= 16, got {n}")
     colours, directions, sizes = list(COLOURS), list(DIRECTIONS), list(SIZES)
@@ -172,7 +185,8 @@ def gate_prompts(n: int = 16, seed: int = 0) -> list[str]:
                         and not (fresh and direction in used)
                     ):
                         used.add(direction)
-                        return ObjectSpec(shape, colour, sizes[j % len(sizes)], direction)
+                        place = start_place(direction) if places else None
+                        return ObjectSpec(shape, colour, sizes[j % len(sizes)], direction, place=place)
             raise AssertionError("unreachable: every colour x shape pair has both splits")
 
         objects = [obj(i)]
@@ -238,17 +252,20 @@ def score_videos(videos: np.ndarray, prompts: list[str], fps: float = 16.0) -> l
 
 def summarize(rows: list[dict]) -> dict:
     """Mean and 95 % interval (normal approximation over samples, clipped to [0, 1]) of every score,
-    and whether the mean passes :data:`GATE`."""
+    and whether the mean passes :data:`GATE`; also of place_right (not gated) where prompts state
+    places."""
     out: dict = {}
-    for key in SCORES:
-        v = np.array([r[key] for r in rows], np.float64)
+    for key in SCORES + ("place_right",):
+        v = np.array([r[key] for r in rows if key in r], np.float64)
+        if not len(v):
+            continue
         half = 1.96 * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else 1.0
         out[key] = {
             "mean": float(v.mean()),
             "ci95": [float(max(0.0, v.mean() - half)), float(min(1.0, v.mean() + half))],
-            "gate": GATE[key],
-            "passes": bool(v.mean() >= GATE[key]),
         }
+        if key in GATE:
+            out[key] |= {"gate": GATE[key], "passes": bool(v.mean() >= GATE[key])}
     out["passes_gate"] = all(out[k]["passes"] for k in SCORES)
     return out
 
@@ -256,7 +273,8 @@ def summarize(rows: list[dict]) -> dict:
 class WorldProbe:
     """The cheap probe the teacher stage logs every ``probe_every`` steps: x0 errors on 8 held
     clips (object / background, per noise level), colour and direction binding, and 8-step samples of 4 gate
-    prompts (one seed) scored with the ground truth. Its random numbers are its own: a probed run
+    prompts (one seed) scored with the ground truth; where the data states places (``data.places``),
+    the prompts and the direction binding do too. Its random numbers are its own: a probed run
     trains exactly as an unprobed one."""
 
     def __init__(self, data, clips: int = 8, prompts: int = 4, seed: int = 12345, chunk_frames: int | None = None):
@@ -264,7 +282,8 @@ class WorldProbe:
         latent_frames = data.frames // data.codec.temporal_scale
         held = type(data)(data.codec, latent_frames, data.height, data.width, data.fps, start_at_zero=1.0)
         self.clips = held.sample(clips, np.random.default_rng(seed))
-        self.prompts = gate_prompts(16)[:: 16 // prompts][:prompts]
+        self.place = "centre" if data.places else None
+        self.prompts = gate_prompts(16, places=data.places > 0)[:: 16 // prompts][:prompts]
         self.latent_frames, self.size, self.fps = latent_frames, (data.height, data.width), data.fps
         self.chunk_frames = chunk_frames
 
@@ -285,7 +304,7 @@ class WorldProbe:
             chunk_frames=self.chunk_frames,
         )
         logs["direction_binding"] = direction_binding(
-            model, text_encoder, self.codec, size=self.size, chunk_frames=self.chunk_frames
+            model, text_encoder, self.codec, size=self.size, chunk_frames=self.chunk_frames, place=self.place
         )
         videos = sample_videos(
             model,
@@ -298,7 +317,7 @@ class WorldProbe:
             chunk_frames=self.chunk_frames,
         )
         for key, value in summarize(score_videos(videos, self.prompts, self.fps)).items():
-            if key in SCORES:
+            if key in SCORES or key == "place_right":
                 logs[f"probe_{key}"] = value["mean"]
         model.train(was_training)
         return logs

@@ -6,6 +6,7 @@ from .scene import (
     DIRECTIONS,
     LEAD_SECONDS,
     MAX_OBJECTS,
+    PLACES,
     SHAPES,
     SIZES,
     SPEEDS,
@@ -26,9 +27,12 @@ from .scene import (
     shape_area,
     shape_coverage,
     speed_px,
+    start_place,
     stream_scene,
     trajectory,
+    place_at,
     unknown_words,
+    with_places,
 )
 
 __all__ = [
@@ -37,6 +41,7 @@ __all__ = [
     "DIRECTIONS",
     "LEAD_SECONDS",
     "MAX_OBJECTS",
+    "PLACES",
     "SHAPES",
     "SIZES",
     "SPEEDS",
@@ -57,7 +62,10 @@ __all__ = [
     "shape_area",
     "shape_coverage",
     "speed_px",
+    "start_place",
     "stream_scene",
     "trajectory",
+    "place_at",
     "unknown_words",
+    "with_places",
 ]

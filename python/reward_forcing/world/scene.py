@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -48,6 +48,20 @@ DIRECTIONS: dict[str, tuple[float, float]] = {
     "down": (0.0, 1.0),
     "down-right": (_D, _D),
 }
+# Where an object starts, when a prompt says so: the cell of a 3x3 grid (column, row) holding its
+# centre at frame 0. Without a place the start is uniform over the frame, and a model sampling from
+# noise must guess it (docs/design.md §10: that entropy swamps the direction in the loss).
+PLACES: dict[str, tuple[int, int]] = {
+    "top-left": (0, 0),
+    "top": (1, 0),
+    "top-right": (2, 0),
+    "left": (0, 1),
+    "centre": (1, 1),
+    "right": (2, 1),
+    "bottom-left": (0, 2),
+    "bottom": (1, 2),
+    "bottom-right": (2, 2),
+}
 # Objects start where they travel this long before their first bounce, so the prompted direction is
 # what the first LEAD_SECONDS show (world_scores measures direction there).
 LEAD_SECONDS = 0.5
@@ -78,6 +92,17 @@ _DIRECTION_WORDS = {
     "down-right": ["down and to the right", "diagonally down-right", "toward the bottom right", "southeast"],
     "down-left": ["down and to the left", "diagonally down-left", "toward the bottom left", "southwest"],
 }
+_PLACE_WORDS = {
+    "top-left": ["in the top left", "in the upper left"],
+    "top": ["at the top"],
+    "top-right": ["in the top right", "in the upper right"],
+    "left": ["on the left"],
+    "centre": ["in the centre", "in the middle"],
+    "right": ["on the right"],
+    "bottom-left": ["in the bottom left", "in the lower left"],
+    "bottom": ["at the bottom"],
+    "bottom-right": ["in the bottom right", "in the lower right"],
+}
 _COUNT_WORDS = {2: "two", 3: "three"}
 
 
@@ -90,6 +115,7 @@ class ObjectSpec:
     size: str = "medium"
     direction: str = "right"
     speed: str = "medium"
+    place: str | None = None  # a key of PLACES: the grid cell it starts in; None: not stated
 
 
 @dataclass(frozen=True)
@@ -164,11 +190,16 @@ def _signed_distance(shape: str, r, dx, dy):
     return xp.maximum(dy - a, (abs(dx) * 2 * a - (dy + a) * r) / norm)
 
 
+def centroid_below_centre(shape: str, radius: float) -> float:
+    """How far (pixels) the shape's area centroid lies below the centre of its bounding box."""
+    return 0.866 * radius / 3 if shape == "triangle" else 0.0
+
+
 def shape_coverage(shape: str, radius: float, centre: tuple[float, float], height: int, width: int) -> np.ndarray:
     """Per-pixel coverage [H, W] in [0, 1] of ``shape`` at ``radius`` whose *area centroid* is at
     ``centre`` (x, y pixels; a triangle's centroid lies a third of its half height below the
     centre of its bounding box, which is where :func:`render` places it)."""
-    dy0 = 0.866 * radius / 3 if shape == "triangle" else 0.0
+    dy0 = centroid_below_centre(shape, radius)
     xs = np.arange(width, dtype=np.float32) + 0.5 - centre[0]
     ys = np.arange(height, dtype=np.float32)[:, None] + 0.5 - (centre[1] - dy0)
     return np.clip(0.5 - _signed_distance(shape, float(radius), xs + 0 * ys, ys + 0 * xs), 0.0, 1.0)
@@ -295,6 +326,31 @@ def stream_scene(scene: Scene, chunk_frames: int = 16, start: int = 0) -> Iterat
         start += chunk_frames
 
 
+def place_at(x: float, y: float) -> str:
+    """The PLACES cell holding the point at fractions ``(x, y)`` of the frame's width and height."""
+    cell = (min(max(int(x * 3), 0), 2), min(max(int(y * 3), 0), 2))
+    return next(name for name, at in PLACES.items() if at == cell)
+
+
+def start_place(direction: str) -> str:
+    """The cell an object moving in ``direction`` starts in when it has the most room ahead: the
+    side opposite its heading, on each axis ("right" -> "left", "up" -> "bottom")."""
+    dx, dy = DIRECTIONS[direction]
+    return place_at((1 - math.copysign(1, dx) * (abs(dx) > 0.1)) / 2, (1 - math.copysign(1, dy) * (abs(dy) > 0.1)) / 2)
+
+
+def with_places(scene: Scene, rng: np.random.Generator | int | None = None) -> Scene:
+    """The same scene (same starts, same frames) with the cell of each object's area centroid at
+    frame 0 (what world_scores measures) stated in a prompt worded anew from ``rng``."""
+    h, w = scene.height, scene.width
+    objects = tuple(
+        replace(o, place=place_at(x, y + centroid_below_centre(o.shape, radius_px(o.size, h, w)) / h))
+        for o, (x, y) in zip(scene.objects, scene.starts)
+    )
+    prompt = describe(PromptSpec(objects, scene.background), rng)
+    return replace(scene, objects=objects, prompt=prompt)
+
+
 # ------------------------------------------------------------------------------- held-out split
 def combo_split(colour: str, shape: str, direction: str) -> str:
     """'test' for the held-out colour x shape x direction combinations, else 'train'.
@@ -398,7 +454,9 @@ def _describe_object(obj: ObjectSpec, rng: np.random.Generator) -> str:
     adjectives = [choice(_SPEED_ADJECTIVES[obj.speed])] if adjective_speed else []
     adjectives += [choice(_SIZE_WORDS[obj.size])] if _SIZE_WORDS[obj.size] else []
     adjectives.append(choice(_COLOUR_WORDS[obj.colour]))
-    words = [_article(adjectives[0]), *adjectives, choice(_SHAPE_WORDS[obj.shape]), choice(_VERBS)]
+    words = [_article(adjectives[0]), *adjectives, choice(_SHAPE_WORDS[obj.shape])]
+    words += [choice(_PLACE_WORDS[obj.place])] if obj.place is not None else []
+    words.append(choice(_VERBS))
     direction = choice(_DIRECTION_WORDS[obj.direction])
     adverb = (
         None if adjective_speed or (obj.speed == "medium" and rng.random() < 0.7) else choice(_SPEED_ADVERBS[obj.speed])
@@ -437,7 +495,7 @@ def _lookup(table: dict[str, list[str]], word: str | None) -> str:
 _OBJECT_RE = re.compile(
     rf"\ban? (?:(?P<speed_adj>{_alternation(_SPEED_ADJECTIVES)}) )?"
     rf"(?:(?P<size>{_alternation(_SIZE_WORDS)}) )?(?P<colour>{_alternation(_COLOUR_WORDS)}) "
-    rf"(?P<shape>{_alternation(_SHAPE_WORDS)}) (?:{'|'.join(_VERBS)}) "
+    rf"(?P<shape>{_alternation(_SHAPE_WORDS)}) (?:(?P<place>{_alternation(_PLACE_WORDS)}) )?(?:{'|'.join(_VERBS)}) "
     rf"(?:(?P<adverb1>{_alternation(_SPEED_ADVERBS)}) )?(?P<direction>{_alternation(_DIRECTION_WORDS)})"
     rf"(?: (?P<adverb2>{_alternation(_SPEED_ADVERBS)}))?\b"
 )
@@ -462,6 +520,7 @@ VOCABULARY = frozenset(
                 _SPEED_ADJECTIVES,
                 _SPEED_ADVERBS,
                 _DIRECTION_WORDS,
+                _PLACE_WORDS,
             )
             for ws in table.values()
             for w in ws
@@ -505,6 +564,7 @@ def parse_prompt(text: str) -> PromptSpec:
                 size=_lookup(_SIZE_WORDS, m["size"]),
                 direction=_lookup(_DIRECTION_WORDS, m["direction"]),
                 speed=_lookup(speed_table, speed_word),
+                place=None if m["place"] is None else _lookup(_PLACE_WORDS, m["place"]),
             )
         )
     return PromptSpec(tuple(objects), _lookup(_BACKGROUND_WORDS, bg["bg"]))
