@@ -44,6 +44,7 @@ GATE = {
 }
 STUDENT_MARGIN = 0.10
 SCORES = tuple(GATE)
+PLACE = "place_right"  # scored (not gated) where prompts say where objects start
 
 
 @torch.no_grad()
@@ -245,7 +246,7 @@ def score_videos(videos: np.ndarray, prompts: list[str], fps: float = 16.0) -> l
     """world_scores of each video against its prompt (``videos`` prompt-major, as sampled)."""
     per = len(videos) // len(prompts)
     return [
-        {k: float(v) for k, v in world_scores(video, prompts[i // per], fps=fps).items() if k in SCORES}
+        {k: float(v) for k, v in world_scores(video, prompts[i // per], fps=fps).items() if k in (*SCORES, PLACE)}
         for i, video in enumerate(videos)
     ]
 
@@ -255,7 +256,7 @@ def summarize(rows: list[dict]) -> dict:
     and whether the mean passes :data:`GATE`; also of place_right (not gated) where prompts state
     places."""
     out: dict = {}
-    for key in SCORES + ("place_right",):
+    for key in (*SCORES, PLACE):
         v = np.array([r[key] for r in rows if key in r], np.float64)
         if not len(v):
             continue
@@ -317,7 +318,7 @@ class WorldProbe:
             chunk_frames=self.chunk_frames,
         )
         for key, value in summarize(score_videos(videos, self.prompts, self.fps)).items():
-            if key in SCORES or key == "place_right":
+            if key in (*SCORES, PLACE):
                 logs[f"probe_{key}"] = value["mean"]
         model.train(was_training)
         return logs
