@@ -7,7 +7,16 @@ import numpy as np
 import pytest
 
 from reward_forcing.eval import world_scores
-from reward_forcing.world import BACKGROUNDS, COLOURS, LEAD_SECONDS, PromptSpec, render, sample_scene
+from reward_forcing.world import (
+    BACKGROUNDS,
+    COLOURS,
+    LEAD_SECONDS,
+    PLACES,
+    PromptSpec,
+    render,
+    sample_scene,
+    with_places,
+)
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +116,23 @@ def test_noise_is_not_an_object(scenes):
     flooded = np.zeros_like(noise)
     flooded[:, 4:-4, 4:-4] = COLOURS[scene.objects[0].colour]  # one colour over the whole frame
     assert world_scores(flooded, scene.prompt)["objects"][0]["colour_right"] == 0.0
+
+
+def test_place_is_scored_only_where_the_prompt_states_it(scenes):
+    """1 for the scene's own start cells, 0 for a cell elsewhere, absent without places."""
+    for i, scene in enumerate(scenes[:12]):
+        placed = with_places(scene, i)
+        video, truth = render(placed, 12)
+        assert "place_right" not in world_scores(video, scene.prompt)
+        if not truth.visible[0].all():
+            continue
+        assert world_scores(video, placed.prompt)["place_right"] == 1.0, placed.prompt
+        far = [
+            dataclasses.replace(
+                o, place=next(p for p, at in PLACES.items() if at == tuple(2 - a for a in PLACES[o.place]))
+            )
+            for o in placed.objects
+        ]
+        moved = [o for o, f in zip(placed.objects, far) if o.place != f.place]
+        wrong = world_scores(video, PromptSpec(tuple(far), scene.background))["place_right"]
+        assert wrong == 1 - len(moved) / len(far), placed.prompt

@@ -11,7 +11,17 @@ from reward_forcing.models.pixel_codec import PixelCodec
 from reward_forcing.train import dmd
 from reward_forcing.train.world_data import WorldClips
 from reward_forcing.train.world_probe import GATE, direction_binding, gate_prompts, summarize, x0_errors
-from reward_forcing.world import COLOURS, DIRECTIONS, MAX_OBJECTS, SHAPES, parse_prompt, scene_split
+from reward_forcing.world import (
+    COLOURS,
+    DIRECTIONS,
+    MAX_OBJECTS,
+    SHAPES,
+    ObjectSpec,
+    PromptSpec,
+    parse_prompt,
+    scene_split,
+    start_place,
+)
 
 TEACHER = Path(__file__).resolve().parents[2] / "training" / "world-teacher" / "ema.safetensors"
 CODEC = PixelCodec()
@@ -78,6 +88,7 @@ def test_direction_binding_tells_the_prompt_from_the_clip():
     motion off the noised clip."""
     assert direction_binding(_Mover(follow=True), _DirectionText(), CODEC) == 1.0
     assert direction_binding(_Mover(follow=False), _DirectionText(), CODEC) == 1 / 8
+    assert direction_binding(_Mover(follow=True), _DirectionText(), CODEC, place="centre") == 1.0
 
 
 def test_object_weighted_loss_counts_object_pixels_more():
@@ -106,14 +117,28 @@ def test_gate_prompts_cover_every_attribute_and_both_splits():
         gate_prompts(15)
 
 
+def test_gate_prompts_with_places_start_each_object_where_it_has_room():
+    """The same objects and backgrounds, each also placed at world.start_place of its direction."""
+    plain, placed = map(lambda p: [parse_prompt(x) for x in gate_prompts(16, places=p)], (False, True))
+    for a, b in zip(plain, placed):
+        assert [o.place for o in a.objects] == [None] * len(a.objects)
+        assert b == PromptSpec(
+            tuple(ObjectSpec(**{**o.__dict__, "place": start_place(o.direction)}) for o in a.objects), a.background
+        )
+
+
 def test_summarize_reports_intervals_and_the_gate():
     rows = [{k: 1.0 for k in GATE} for _ in range(8)]
     rows[0]["colour_right"] = 0.0
     s = summarize(rows)
+    assert "place_right" not in s
     assert s["found"]["mean"] == 1.0 and s["found"]["ci95"] == [1.0, 1.0]
     lo, hi = s["colour_right"]["ci95"]
     assert s["colour_right"]["mean"] == 0.875 and lo < 0.875 < hi and not s["colour_right"]["passes"]
     assert not s["passes_gate"]
+    placed = summarize([r | {"place_right": float(i % 2)} for i, r in enumerate(rows)])
+    assert placed["place_right"]["mean"] == 0.5 and "gate" not in placed["place_right"]
+    assert placed["passes_gate"] == s["passes_gate"]
 
 
 @pytest.fixture(scope="module")

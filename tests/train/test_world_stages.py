@@ -372,3 +372,26 @@ def test_start_at_zero_sets_where_the_teacher_clips_start():
     assert not torch.equal(later, first_frames(6, 4))
     with pytest.raises(ValueError, match="start_at_zero"):
         TrainConfig(start_at_zero=1.5)
+
+
+def test_places_state_the_start_cells_of_clips_from_frame_0():
+    """places=1: every clip from frame 0 has a prompt naming where its objects start, and it shows
+    them there; places=0 draws exactly as before (no extra random numbers); later starts never
+    state a place (the object has moved on)."""
+    from reward_forcing.eval import world_scores
+    from reward_forcing.models.pixel_codec import PixelCodec
+    from reward_forcing.train.world_probe import decode_videos
+
+    codec = PixelCodec()
+    placed = WorldClips(codec, 2, start_at_zero=1.0, places=1.0).sample(8, np.random.default_rng(3))
+    specs = [parse_prompt(p) for p in placed.prompts]
+    assert all(o.place is not None for s in specs for o in s.objects)
+    videos = decode_videos(codec, placed.latents)
+    assert np.mean([world_scores(v, s)["place_right"] for v, s in zip(videos, specs)]) >= 0.9
+    plain = WorldClips(codec, 2, start_at_zero=0.5).sample(8, np.random.default_rng(3))
+    unplaced = WorldClips(codec, 2, start_at_zero=0.5, places=0.0).sample(8, np.random.default_rng(3))
+    assert plain.prompts == unplaced.prompts and torch.equal(plain.latents, unplaced.latents)
+    later = WorldClips(codec, 2, start_at_zero=0.0, places=1.0).sample(8, np.random.default_rng(3))
+    assert all(o.place is None for p in later.prompts for o in parse_prompt(p).objects)
+    with pytest.raises(ValueError, match="places"):
+        TrainConfig(places=-0.1)

@@ -1,3 +1,4 @@
+import dataclasses
 import itertools
 
 import numpy as np
@@ -7,6 +8,7 @@ from reward_forcing.world import (
     COLOURS,
     DIRECTIONS,
     LEAD_SECONDS,
+    PLACES,
     SHAPES,
     ObjectSpec,
     PromptSpec,
@@ -15,12 +17,15 @@ from reward_forcing.world import (
     describe,
     half_extent,
     parse_prompt,
+    place_at,
     radius_px,
     render,
     sample_scene,
     scene_split,
+    start_place,
     stream_scene,
     unknown_words,
+    with_places,
 )
 
 
@@ -162,3 +167,36 @@ def test_batch_renderer_gives_the_same_pixels():
     starts = [int(rng.integers(0, 200)) for _ in scenes]
     expected = np.stack([render(s, 10, t)[0] for s, t in zip(scenes, starts)])
     assert np.array_equal(render_batch(scenes, 10, starts)[0].numpy(), expected)
+
+
+def test_places_state_where_each_object_starts_and_change_nothing_else():
+    """with_places keeps the scene (starts, pixels) and states the cell of each object's area
+    centroid at frame 0; the prompt parses back and uses only known words."""
+    rng = np.random.default_rng(5)
+    seen = set()
+    for i in range(300):
+        scene = sample_scene(rng)
+        placed = with_places(scene, i)
+        assert placed.starts == scene.starts and parse_prompt(placed.prompt) == placed.spec, placed.prompt
+        assert [dataclasses.replace(o, place=None) for o in placed.objects] == list(scene.objects)
+        assert not unknown_words(placed.prompt), placed.prompt
+        _, truth = render(placed, 1)
+        for obj, centroid in zip(placed.objects, truth.position[0]):
+            dy = 0.866 * radius_px(obj.size, 64, 64) / 3 if obj.shape == "triangle" else 0.0
+            assert obj.place == place_at(centroid[0] / 64, (centroid[1] + dy) / 64)
+            seen.add(obj.place)
+    assert seen == set(PLACES)
+    assert np.array_equal(render(placed, 8)[0], render(scene, 8)[0])
+    assert parse_prompt("a red ball in the top left moving right on a black background").objects[0].place == "top-left"
+    assert parse_prompt("a red ball moving right on a black background").objects[0].place is None
+
+
+def test_start_place_is_where_the_world_starts_objects_of_that_direction():
+    """The cell opposite the heading, and one the world draws starts in for that direction."""
+    assert [start_place(d) for d in ("right", "up", "down-left")] == ["left", "bottom", "top-right"]
+    rng = np.random.default_rng(6)
+    drawn = set()
+    for i in range(1500):
+        placed = with_places(sample_scene(rng, n_objects=1), i)
+        drawn.add((placed.objects[0].direction, placed.objects[0].place))
+    assert all((d, start_place(d)) in drawn for d in DIRECTIONS)
