@@ -155,7 +155,7 @@ def world_summary(
     bg_dist = [np.linalg.norm(background - np.array(BACKGROUNDS[n], np.float32)) for n in names]
     lead = min(f, max(3, int(round(LEAD_SECONDS * fps)) + 1))
     late = np.arange(max(0, f - max(2, int(round(f * segment)))), f)
-    objects = []
+    objects, place_hits = [], []
     for k, obj in enumerate(spec.objects):
         expected = shape_area(obj.shape, radius_px(obj.size, h, w))
         speed = speed_px(obj.speed, h, w, fps)
@@ -177,8 +177,8 @@ def world_summary(
         stated = {}
         if obj.place is not None:
             first = np.flatnonzero(seen[:lead])
-            x, y = centre[first[0], k] / (w, h) if len(first) else (math.nan, math.nan)
-            stated["place_right"] = bool(len(first)) and place_at(x, y) == obj.place
+            place_hits.append(bool(len(first)) and place_at(*(centre[first[0], k] / (w, h))) == obj.place)
+            stated["place_right"] = place_hits[-1]
         objects.append(
             {
                 "colour": obj.colour,
@@ -196,9 +196,8 @@ def world_summary(
         key: float(np.mean([o[key] for o in objects]))
         for key in ("found", "colour_right", "shape_right", "direction_right", "keeps_moving")
     }
-    placed = [o["place_right"] for o in objects if "place_right" in o]
-    if placed:
-        scores["place_right"] = float(np.mean(placed))
+    if place_hits:
+        scores["place_right"] = float(np.mean(place_hits))
     scores["background_right"] = float(names[int(np.argmin(bg_dist))] == spec.background)
     scores["adherence"] = (scores["found"] + scores["colour_right"] + scores["direction_right"]) / 3
     return {**scores, "objects": objects}
