@@ -254,6 +254,21 @@ ARMS = {
             "text_len": 48,
         },
     ),
+    "v9-places2-high": (
+        "diagnostic: v9-places2-posinit trained only near noise 1 (shift 100: 90 % of noise levels above "
+        "0.92), where the prompt is all there is to place an object by: can it learn place at all?",
+        {
+            **V3_COSINE,
+            "latent_frames": 2,
+            "lr_decay_steps": 4000,
+            "start_at_zero": 1.0,
+            "absolute_position": True,
+            "position_init_std": 0.1,
+            "places": 1.0,
+            "text_len": 48,
+            "shift": 100.0,
+        },
+    ),
     "overfit": (
         "diagnostic: today's design on 16 fixed clips (must reach the gate on their prompts)",
         {"fixed_clips": 16},
@@ -396,7 +411,7 @@ def run(arm: str, cpu_minutes: float, eval_minutes: float, probe_minutes: float,
     bar.close()
 
 
-DIAGNOSTICS = ("committed", "overfit", "v2-overfit")  # not subject to the kill rule
+DIAGNOSTICS = ("committed", "overfit", "v2-overfit", "v9-places2-high")  # not subject to the kill rule
 
 
 def _round(arm: str) -> int:
