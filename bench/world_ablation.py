@@ -215,7 +215,7 @@ ARMS = {
         "moving right', world.with_places): without a place, where the object is is most of what a sample "
         "from noise must guess and the direction a few per cent of the loss; probed on the gate prompts "
         "without and with places. Prompts padded to 48 tokens, not 32 (a fifth of them are longer than 32 "
-        "with places)",
+        "with places). Stopped by hand after 20 CPU-minutes to free its core for v9-places2-posinit",
         {
             **V3_COSINE,
             "latent_frames": 2,
