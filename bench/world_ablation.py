@@ -83,6 +83,16 @@ V3_COSINE = {
     "lr_floor": 0.1,
     "ema_start": 0,
 }
+# round 9: 2-latent-frame clips from frame 0, absolute position, prompts stating where objects start
+V9 = {
+    **V3_COSINE,
+    "latent_frames": 2,
+    "lr_decay_steps": 4000,
+    "start_at_zero": 1.0,
+    "absolute_position": True,
+    "places": 1.0,
+    "text_len": 48,
+}
 # name -> (what it tests, TrainConfig overrides); "init" starts from a weights file. COMMITTED_TEACHER
 # is the file as it is when an arm runs: round 1 ran from the 17,385-step teacher, round 2 (v2-*)
 # from the 19,039-step one, rounds 3 and 4 (v3-*, v4-*) from the 20,202-step one; rerunning an arm
@@ -216,58 +226,23 @@ ARMS = {
         "from noise must guess and the direction a few per cent of the loss; probed on the gate prompts "
         "without and with places. Prompts padded to 48 tokens, not 32 (a fifth of them are longer than 32 "
         "with places). Stopped by hand after 20 CPU-minutes to free its core for v9-places2-posinit",
-        {
-            **V3_COSINE,
-            "latent_frames": 2,
-            "lr_decay_steps": 4000,
-            "start_at_zero": 1.0,
-            "absolute_position": True,
-            "places": 0.5,
-            "text_len": 48,
-        },
+        {**V9, "places": 0.5},
     ),
     "v9-places2-all": (
         "v9-places2 with every prompt saying where its objects start",
-        {
-            **V3_COSINE,
-            "latent_frames": 2,
-            "lr_decay_steps": 4000,
-            "start_at_zero": 1.0,
-            "absolute_position": True,
-            "places": 1.0,
-            "text_len": 48,
-        },
+        V9,
     ),
     "v9-places2-posinit": (
         "v9-places2-all with the position embedding drawn at random (std 0.1: a place signal of norm ~5 per "
         "token, against ~18 for a token of pure noise) instead of zeros: grown from zeros it stayed below "
         "norm 1 for thousands of steps and no arm put objects at the prompted place (v9-places2-all: place "
         "right 0.06 after 1,000 steps)",
-        {
-            **V3_COSINE,
-            "latent_frames": 2,
-            "lr_decay_steps": 4000,
-            "start_at_zero": 1.0,
-            "absolute_position": True,
-            "position_init_std": 0.1,
-            "places": 1.0,
-            "text_len": 48,
-        },
+        {**V9, "position_init_std": 0.1},
     ),
     "v9-places2-high": (
         "diagnostic: v9-places2-posinit trained only near noise 1 (shift 100: 90 % of noise levels above "
         "0.92), where the prompt is all there is to place an object by: can it learn place at all?",
-        {
-            **V3_COSINE,
-            "latent_frames": 2,
-            "lr_decay_steps": 4000,
-            "start_at_zero": 1.0,
-            "absolute_position": True,
-            "position_init_std": 0.1,
-            "places": 1.0,
-            "text_len": 48,
-            "shift": 100.0,
-        },
+        {**V9, "position_init_std": 0.1, "shift": 100.0},
     ),
     "overfit": (
         "diagnostic: today's design on 16 fixed clips (must reach the gate on their prompts)",
