@@ -19,6 +19,7 @@ from .scene import (
     describe,
     half_extent,
     parse_prompt,
+    place_at,
     radius_px,
     render,
     render_batch,
@@ -30,7 +31,6 @@ from .scene import (
     start_place,
     stream_scene,
     trajectory,
-    place_at,
     unknown_words,
     with_places,
 )
@@ -54,6 +54,7 @@ __all__ = [
     "describe",
     "half_extent",
     "parse_prompt",
+    "place_at",
     "radius_px",
     "render",
     "render_batch",
@@ -65,7 +66,6 @@ __all__ = [
     "start_place",
     "stream_scene",
     "trajectory",
-    "place_at",
     "unknown_words",
     "with_places",
 ]

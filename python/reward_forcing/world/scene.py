@@ -49,8 +49,8 @@ DIRECTIONS: dict[str, tuple[float, float]] = {
     "down-right": (_D, _D),
 }
 # Where an object starts, when a prompt says so: the cell of a 3x3 grid (column, row) holding its
-# centre at frame 0. Without a place the start is uniform over the frame, and a model sampling from
-# noise must guess it (docs/design.md §10: that entropy swamps the direction in the loss).
+# area centroid at frame 0. Without a place the start is uniform over the frame, and a model sampling
+# from noise must guess it (docs/design.md §10).
 PLACES: dict[str, tuple[int, int]] = {
     "top-left": (0, 0),
     "top": (1, 0),
