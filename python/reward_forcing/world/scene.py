@@ -335,8 +335,12 @@ def place_at(x: float, y: float) -> str:
 def start_place(direction: str) -> str:
     """The cell an object moving in ``direction`` starts in when it has the most room ahead: the
     side opposite its heading, on each axis ("right" -> "left", "up" -> "bottom")."""
+
+    def behind(d: float) -> float:  # a fraction of the frame on the side it moves away from
+        return 0.5 if abs(d) < 0.1 else (0.0 if d > 0 else 1.0)
+
     dx, dy = DIRECTIONS[direction]
-    return place_at((1 - math.copysign(1, dx) * (abs(dx) > 0.1)) / 2, (1 - math.copysign(1, dy) * (abs(dy) > 0.1)) / 2)
+    return place_at(behind(dx), behind(dy))
 
 
 def with_places(scene: Scene, rng: np.random.Generator | int | None = None) -> Scene:
