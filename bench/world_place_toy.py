@@ -51,9 +51,9 @@ ARMS = {
         {"oracle": True, "text_len": 3},
     ),
     "no-noise": (
-        "diagnostic: the oracle with zeros instead of noise as the input (still t = 1000): does the noise "
-        "in every token's state hide where it is?",
-        {"oracle": True, "input": "zeros"},
+        "diagnostic: zeros instead of noise as the input (still t = 1000): does the noise in every "
+        "token's state hide where it is?",
+        {"input": "zeros"},
     ),
     "mlp": (
         "reference learner: a per-token MLP (512 hidden) on the one-hot token position and the oracle "
