@@ -35,6 +35,7 @@ from reward_forcing.train.run import load_model
 from reward_forcing.train.teacher import TeacherTrainer
 from reward_forcing.train.checkpoints import latest_checkpoint
 from reward_forcing.train.world_data import WorldClips
+from reward_forcing.world import LayoutTextEncoder
 from reward_forcing.train.world_probe import (
     SIGMAS,
     colour_binding,
@@ -244,6 +245,13 @@ ARMS = {
         "0.92), where the prompt is all there is to place an object by: can it learn place at all?",
         {**V9, "position_init_std": 0.1, "shift": 100.0},
     ),
+    "v10-layout2": (
+        "v9-places2-all with a layout (WanConfig.layout, zero-initialised): each placed object's words on the "
+        "tokens of its 3x3 cell, added to the first latent frame (world.LayoutTextEncoder). In the place toy "
+        "(bench/world_place_toy.py) every arm that had to read the place from the text stayed place-blind for "
+        "28,000 clips",
+        {**V9, "layout": True},
+    ),
     "overfit": (
         "diagnostic: today's design on 16 fixed clips (must reach the gate on their prompts)",
         {"fixed_clips": 16},
@@ -278,7 +286,7 @@ def grow_head(model: CausalWanModel, hidden: int) -> CausalWanModel:
 
 def extend(model: CausalWanModel, **options) -> CausalWanModel:
     """``model`` with zero-initialised config ``options`` switched on (``text_pooled``,
-    ``absolute_position``): the same weights plus the new modules, computing the same function at first."""
+    ``absolute_position``, ``layout``): the same weights plus the new modules, computing the same function at first."""
     torch.manual_seed(0)
     extended = CausalWanModel(dataclasses.replace(model.config, **options)).to(model.dtype)
     missing, unexpected = extended.load_state_dict(model.state_dict(), strict=False)
@@ -290,7 +298,9 @@ def extend(model: CausalWanModel, **options) -> CausalWanModel:
 def _trainer(arm: str, out: Path) -> TeacherTrainer:
     overrides = dict(ARMS[arm][1])
     init, hidden = overrides.pop("init", None), overrides.pop("grow_head", 0)
-    options = {k: overrides.pop(k) for k in ("text_pooled", "absolute_position", "text_len") if k in overrides}
+    options = {
+        k: overrides.pop(k) for k in ("text_pooled", "absolute_position", "layout", "text_len") if k in overrides
+    }
     position_std = overrides.pop("position_init_std", 0.0)
     cfg = TrainConfig.from_dict({**BASE, **overrides, "out_dir": str(out)})
     model = load_model(init or cfg.teacher, "teacher", cfg.seed + 1, torch.device("cpu"))
@@ -308,12 +318,13 @@ def _trainer(arm: str, out: Path) -> TeacherTrainer:
         fixed=cfg.fixed_clips,
         fixed_seed=cfg.seed,
     )
-    return TeacherTrainer(cfg, model, _text_encoder(model.config.text_len), data)
+    return TeacherTrainer(cfg, model, _text_encoder(model.config.text_len, model.config.layout), data)
 
 
 @functools.cache
-def _text_encoder(text_len: int) -> MiniLMTextEncoder:
-    return MiniLMTextEncoder.from_pretrained(text_len=text_len)
+def _text_encoder(text_len: int, layout: bool = False):
+    text = MiniLMTextEncoder.from_pretrained(text_len=text_len)
+    return LayoutTextEncoder(text, 8, 8) if layout else text
 
 
 def _chunk_frames(arm: str) -> int | None:
@@ -433,7 +444,7 @@ def table(root: Path, results: Path) -> None:
             model = load_causal_wan(ckpt, dtype=torch.float32).eval() if ckpt is not None else None
             arms[arm] = {"what": ARMS[arm][0], "rows": rows}
             if model is not None:
-                chunk, text = _chunk_frames(arm), _text_encoder(model.config.text_len)
+                chunk, text = _chunk_frames(arm), _text_encoder(model.config.text_len, model.config.layout)
                 arms[arm]["colour_binding"] = colour_binding(model, text, PixelCodec(), chunk_frames=chunk)
                 arms[arm]["direction_binding"] = direction_binding(model, text, PixelCodec(), chunk_frames=chunk)
                 if ARMS[arm][1].get("places"):

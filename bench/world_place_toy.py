@@ -32,7 +32,7 @@ from reward_forcing.models.pixel_codec import PixelCodec
 from reward_forcing.models.text_encoder import MiniLMTextEncoder
 from reward_forcing.models.wan_config import WAN_WORLD
 from reward_forcing.train.world_data import WorldClips
-from reward_forcing.world import BACKGROUNDS, COLOURS, PLACES, SHAPES, parse_prompt
+from reward_forcing.world import BACKGROUNDS, COLOURS, PLACES, SHAPES, LayoutTextEncoder, parse_prompt
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT_LEN = 48  # MiniLM tokens: 22 % of placed prompts exceed 32
@@ -54,6 +54,11 @@ ARMS = {
         "diagnostic: zeros instead of noise as the input (still t = 1000): does the noise in every "
         "token's state hide where it is?",
         {"input": "zeros"},
+    ),
+    "layout": (
+        "the control with a layout (WanConfig.layout): each placed object's words on the tokens of its cell, "
+        "added to the first latent frame (world.LayoutTextEncoder)",
+        {"layout": True},
     ),
     "mlp": (
         "reference learner: a per-token MLP (512 hidden) on the one-hot token position and the oracle "
@@ -135,13 +140,17 @@ def run(arm: str, cpu_minutes: float, out: Path, eval_every: int, seed: int = 0)
         text = functools.partial(oracle_states, text_len=text_len)
     else:
         text = MiniLMTextEncoder.from_pretrained(text_len=text_len)
+    if options.get("layout"):
+        text = LayoutTextEncoder(text, 8, 8)
     if options.get("model") == "mlp":
         model: nn.Module = TokenMLP()
 
         def predict(x, cond):
             return model(cond)
     else:
-        config = dataclasses.replace(WAN_WORLD, text_len=text_len, absolute_position=True)
+        config = dataclasses.replace(
+            WAN_WORLD, text_len=text_len, absolute_position=True, layout=bool(options.get("layout"))
+        )
         model = wan = CausalWanModel(config)
         if options.get("sincos"):
             table = sincos_table(8, 8, config.dim)

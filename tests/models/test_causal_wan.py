@@ -282,3 +282,53 @@ def test_absolute_position_lets_tokens_tell_where_they_are_and_streams():
         torch.testing.assert_close(got, model(x, t, ctx, chunk_frames=2), atol=1e-5, rtol=1e-5)
     assert infer_config(model.state_dict(), num_heads=2, text_len=8).absolute_position
     assert not infer_config(plain.state_dict(), num_heads=2, text_len=8).absolute_position
+
+
+LAID_OUT = dataclasses.replace(WAN_TINY, layout=True)
+
+
+def test_layout_conditions_the_first_frame_only_and_streams():
+    """``layout``: the context's states after ``text_len`` are added, projected, to the first latent
+    frame's tokens (one per token, row-major); grown from zeros or given a zero layout it changes
+    nothing; it reaches later frames only through attention; streaming adds it to the stream's first
+    chunk only, so streaming through the cache still equals block-causal attention."""
+    from reward_forcing.models.loading import infer_config
+
+    plain, tokens = tiny_model(), TOKENS_H * TOKENS_W
+    text, layout = prompt(2), torch.randn(2, tokens, WAN_TINY.text_dim)
+    ctx, empty = torch.cat([text, layout], 1), torch.cat([text, torch.zeros_like(layout)], 1)
+    grown = CausalWanModel(LAID_OUT).eval()
+    missing, unexpected = grown.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing == ["layout_embedding.weight"]
+    model, x = tiny_model(LAID_OUT), latents(2, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x, 700.0, ctx), plain(x, 700.0, text), atol=0, rtol=0)
+        torch.testing.assert_close(model(x, 700.0, empty), plain_twin(model)(x, 700.0, text), atol=1e-6, rtol=1e-6)
+        # the layout moves the first frame; with frame-causal chunks a later frame's own tokens
+        # are untouched, so frame 1 changes only through attention to frame 0
+        d = (model(x, 700.0, ctx, chunk_frames=1) - model(x, 700.0, empty, chunk_frames=1)).abs()
+        assert d[:, :, 0].max() > 1e-3 and d[:, :, 1].max() > 1e-4
+        one = model(x[:, :, :1], 700.0, ctx) - model(x[:, :, :1], 700.0, empty)
+        torch.testing.assert_close(
+            one,
+            (model(x, 700.0, ctx, chunk_frames=1) - model(x, 700.0, empty, chunk_frames=1))[:, :, :1],
+            atol=1e-5,
+            rtol=1e-5,
+        )
+        t = torch.rand(2, 4) * 1000
+        cache = model.new_cache(2, TOKENS_H, TOKENS_W, sink_frames=0, window_frames=4, chunk_frames=2)
+        got = stream(model, x, t, model.encode_text(ctx), cache, 2)
+        torch.testing.assert_close(got, model(x, t, ctx, chunk_frames=2), atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match="layout state per token"):
+            model(x, 700.0, text)
+        with pytest.raises(ValueError, match="a frame of this x has"):
+            model(x, 700.0, torch.cat([text, layout[:, :-1]], 1))
+    assert infer_config(model.state_dict(), num_heads=2, text_len=8).layout
+    assert not infer_config(plain.state_dict(), num_heads=2, text_len=8).layout
+
+
+def plain_twin(model):
+    """``model`` without its layout embedding (the same other weights)."""
+    twin = CausalWanModel(dataclasses.replace(model.config, layout=False)).eval()
+    twin.load_state_dict({k: v for k, v in model.state_dict().items() if k != "layout_embedding.weight"})
+    return twin

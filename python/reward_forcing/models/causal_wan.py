@@ -182,6 +182,7 @@ class TextKV:
 
     kv: list[tuple[torch.Tensor, torch.Tensor]]
     pooled: torch.Tensor | None = None  # [B, dim] float32, added to the time embedding (WanConfig.text_pooled)
+    layout: torch.Tensor | None = None  # [B, h * w, dim], added to the stream's first latent frame (WanConfig.layout)
 
     @property
     def batch_size(self) -> int:
@@ -222,6 +223,9 @@ class CausalWanModel(nn.Module):
             self.position_embedding = nn.Linear(4 * POSITION_FREQUENCIES, c.dim)
             nn.init.zeros_(self.position_embedding.weight)
             nn.init.zeros_(self.position_embedding.bias)
+        if c.layout:
+            self.layout_embedding = nn.Linear(c.text_dim, c.dim, bias=False)
+            nn.init.zeros_(self.layout_embedding.weight)
         self.blocks = nn.ModuleList(WanAttentionBlock(c) for _ in range(c.num_layers))
         self.head = WanHead(c)
 
@@ -246,10 +250,22 @@ class CausalWanModel(nn.Module):
     # ------------------------------------------------------------------ conditioning
     def encode_text(self, context: torch.Tensor) -> TextKV:
         """Per-block cross-attention K/V of ``context [B, L, text_dim]`` (UMT5 states); shorter
-        prompts are zero-padded to ``text_len`` like Wan, whose model attends to the padding."""
+        prompts are zero-padded to ``text_len`` like Wan, whose model attends to the padding. A
+        layout model (``WanConfig.layout``) takes ``text_len`` text states, then the layout states."""
         if context.dim() != 3 or context.shape[-1] != self.config.text_dim:
             raise ValueError(f"context must be [B, L, {self.config.text_dim}], got {tuple(context.shape)}")
         context = context.to(device=self.device, dtype=self.dtype)
+        layout = None
+        if self.config.layout:
+            if context.shape[1] <= self.config.text_len:
+                raise ValueError(
+                    f"a layout model takes {self.config.text_len} text states, then one layout state per token "
+                    f"of a frame; got {context.shape[1]} states (world.LayoutTextEncoder makes them)"
+                )
+            context, layout = (
+                context[:, : self.config.text_len],
+                self.layout_embedding(context[:, self.config.text_len :]),
+            )
         pooled = None
         if self.config.text_pooled:  # the mean over the prompt's tokens; the zero padding is not a token
             tokens = (context != 0).any(-1, keepdim=True).float()
@@ -260,7 +276,7 @@ class CausalWanModel(nn.Module):
             context = F.pad(context, (0, 0, 0, pad))
         context = self.text_embedding(context)
         kv = [cast(WanAttentionBlock, block).cross_attn.encode(context) for block in self.blocks]
-        return TextKV(kv, pooled)
+        return TextKV(kv, pooled, layout)
 
     def _text(self, context, batch: int) -> TextKV:
         text = context if isinstance(context, TextKV) else self.encode_text(context)
@@ -322,18 +338,23 @@ class CausalWanModel(nn.Module):
         x = x.view(x.shape[0], f, h, w, pt, ph, pw, self.config.out_dim)
         return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(x.shape[0], -1, f * pt, h * ph, w * pw)
 
-    def forward_with(self, x, t, context, attentions, *, blocks=None):
+    def forward_with(self, x, t, context, attentions, *, at_start: bool, blocks=None):
         """The network on latents ``x`` with block i's self-attention ``attentions[i](q, k, v)``
         (un-rotated ``[B, L, H, D]`` in, ``[B, L, H, D]`` out): the per-block hook of
         :meth:`forward`, :meth:`forward_chunk` and the accelerated paths
         (:mod:`reward_forcing.pipelines.accelerate`), whose ``blocks`` (compiled copies of
-        ``self.blocks``, same weights) replace the model's own."""
+        ``self.blocks``, same weights) replace the model's own. ``at_start``: ``x`` begins with
+        the stream's first latent frame (where a layout applies)."""
         grid = self._grid(x)
+        f, h, w = grid
         tokens = self.patch_embedding(x.to(self.dtype)).flatten(2).transpose(1, 2)
         if self.config.absolute_position:  # tokens are frame-major: the same places in every frame
-            f, h, w = grid
             tokens = (tokens.unflatten(1, (f, h * w)) + self._place(h, w)).flatten(1, 2)
         text = self._text(context, x.shape[0])
+        if text.layout is not None and at_start:
+            if text.layout.shape[1] != h * w:
+                raise ValueError(f"the layout has {text.layout.shape[1]} states; a frame of this x has {h * w} tokens")
+            tokens = torch.cat([tokens[:, : h * w] + text.layout.to(tokens.dtype), tokens[:, h * w :]], 1)
         e, e0 = self._time(t, x.shape[0], grid[0], text.pooled)
         for block, kv, attend in zip(blocks or self.blocks, text.kv, attentions):
             tokens = block(tokens, e0, kv, attend)
@@ -366,7 +387,7 @@ class CausalWanModel(nn.Module):
             chunk = torch.arange(f, device=self.device).repeat_interleave(h * w) // chunk_frames
             mask = chunk[:, None] >= chunk[None, :]
         attend = functools.partial(_sdpa_attention, cos=cos, sin=sin, mask=mask)
-        return self.forward_with(x, t, context, [attend] * len(self.blocks))
+        return self.forward_with(x, t, context, [attend] * len(self.blocks), at_start=True)
 
     def forward_chunk(self, x, t, context, cache: StreamingKVCache, update_cache: bool = False):
         """One chunk ``x [B, C, c, H, W]`` of a stream against ``cache`` (as it stands before the
@@ -374,7 +395,7 @@ class CausalWanModel(nn.Module):
         K/V to every layer's cache: eviction and EMA-Sink update (docs/design.md §2)."""
         self.check_cache(x, cache)
         attentions = [functools.partial(cache.layer(i).attend, append=update_cache) for i in range(len(self.blocks))]
-        return self.forward_with(x, t, context, attentions)
+        return self.forward_with(x, t, context, attentions, at_start=cache.frames == 0)
 
     def check_cache(self, x, cache: StreamingKVCache):
         """The token grid of chunk ``x``, after checking that ``cache`` fits this model and chunk."""

@@ -212,6 +212,7 @@ def infer_config(
         cross_attn_norm="blocks.0.norm3.weight" in state_dict,
         text_pooled="text_pool.0.weight" in state_dict,
         absolute_position="position_embedding.weight" in state_dict,
+        layout="layout_embedding.weight" in state_dict,
     )
 
 

@@ -42,6 +42,12 @@ class WanConfig:
     # object where its prompt implies (docs/design.md §10). Zero-initialised, like ``text_pooled``;
     # the same for every frame, so streaming is unchanged.
     absolute_position: bool = False
+    # Condition the stream's first latent frame on a layout: the context holds ``text_len`` text states,
+    # then one layout state per token of a frame (row-major), each projected (a zero-initialised linear
+    # map without bias, so a zero state adds nothing) and added to that token. It says where each object
+    # starts (world.layout: the prompt's place words, with the object's words on its cell), which a model
+    # otherwise has to learn to read from text and draw from pure noise (docs/design.md §10).
+    layout: bool = False
 
     def __post_init__(self):
         for name in (
@@ -69,8 +75,9 @@ class WanConfig:
             raise ValueError(f"head dim {self.head_dim} must be even and >= 6 (3-D RoPE)")
         if not isinstance(self.head_hidden, int) or isinstance(self.head_hidden, bool) or self.head_hidden < 0:
             raise ValueError(f"WanConfig.head_hidden must be an int >= 0, got {self.head_hidden!r}")
-        if not isinstance(self.text_pooled, bool):
-            raise ValueError(f"WanConfig.text_pooled must be true or false, got {self.text_pooled!r}")
+        for name in ("text_pooled", "absolute_position", "layout"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"WanConfig.{name} must be true or false, got {getattr(self, name)!r}")
         if self.prediction not in ("velocity", "x0"):
             raise ValueError(f"WanConfig.prediction must be 'velocity' or 'x0', got {self.prediction!r}")
         if self.freq_dim % 2:

@@ -276,7 +276,9 @@ class CompiledForwardChunk:
     def __call__(self, x, t, context, cache: StreamingKVCache, update_cache: bool = False):
         self.model.check_cache(x, cache)
         self._attend.start(cache, update_cache)
-        return self.model.forward_with(x, t, context, [self._attend] * len(self.blocks), blocks=self.blocks)
+        return self.model.forward_with(
+            x, t, context, [self._attend] * len(self.blocks), at_start=cache.frames == 0, blocks=self.blocks
+        )
 
 
 # ----------------------------------------------------------------------------- by name

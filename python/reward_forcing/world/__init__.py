@@ -1,4 +1,7 @@
-"""The procedural video world: shapes, prompts, rendering with ground truth, held-out split."""
+"""The procedural video world: shapes, prompts, rendering with ground truth, held-out split, and the
+layout a layout model conditions on."""
+
+from .layout import LAYOUT_FEATURES, LayoutTextEncoder, layout_states
 
 from .scene import (
     BACKGROUNDS,
@@ -36,6 +39,9 @@ from .scene import (
 )
 
 __all__ = [
+    "LAYOUT_FEATURES",
+    "LayoutTextEncoder",
+    "layout_states",
     "BACKGROUNDS",
     "COLOURS",
     "DIRECTIONS",

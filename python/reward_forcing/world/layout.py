@@ -1,0 +1,71 @@
+"""The layout a layout model (``WanConfig.layout``) conditions its first latent frame on: each object a
+prompt places (its place words, :data:`PLACES`) drawn on the tokens of its 3x3 cell as the object's
+words in one-hots. From pure noise a model must otherwise learn to read *where* from the text, a
+conjunction of token position and place word that no model tried left after tens of thousands of
+clips (docs/design.md §10); on its own tokens the object is a local, per-token fact."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .scene import COLOURS, DIRECTIONS, PLACES, SHAPES, SIZES, SPEEDS, PromptSpec, parse_prompt
+
+# The feature columns of a layout state: an object's presence, then its words.
+_WORDS = (("colour", tuple(COLOURS)), ("shape", SHAPES), ("size", tuple(SIZES)), ("direction", tuple(DIRECTIONS)),
+          ("speed", tuple(SPEEDS)))  # fmt: skip
+LAYOUT_FEATURES = 1 + sum(len(words) for _, words in _WORDS)
+
+
+def _cover(n: int, cell: int) -> np.ndarray:
+    """``[n]``: the share of each of ``n`` equal token bands that lies in third ``cell`` of the axis."""
+    lo, hi = np.arange(n) / n, np.arange(1, n + 1) / n
+    return (np.clip(np.minimum(hi, (cell + 1) / 3) - np.maximum(lo, cell / 3), 0, None) * n).astype(np.float32)
+
+
+def layout_states(spec: PromptSpec, rows: int, cols: int) -> np.ndarray:
+    """``float32 [rows * cols, LAYOUT_FEATURES]`` (tokens row-major): for every object with a place,
+    its presence and word one-hots times the share of each token inside its cell (objects in one
+    cell add up); zeros where no object is placed."""
+    out = np.zeros((rows, cols, LAYOUT_FEATURES), np.float32)
+    for obj in spec.objects:
+        if obj.place is None:
+            continue
+        features, offset = np.zeros(LAYOUT_FEATURES, np.float32), 1
+        features[0] = 1
+        for field, words in _WORDS:
+            features[offset + words.index(getattr(obj, field))] = 1
+            offset += len(words)
+        col, row = PLACES[obj.place]
+        out += _cover(rows, row)[:, None, None] * _cover(cols, col)[None, :, None] * features
+    return out.reshape(rows * cols, LAYOUT_FEATURES)
+
+
+class LayoutTextEncoder(nn.Module):
+    """A text encoder for a layout model: ``encoder(prompts) [B, text_len, text_dim]`` followed by
+    each prompt's :func:`layout_states` on a ``rows x cols`` token frame, zero-padded to ``text_dim``
+    (a prompt that is not a world prompt, such as a negative prompt, has an empty layout)."""
+
+    def __init__(self, encoder: Callable[[Sequence[str]], torch.Tensor], rows: int, cols: int):
+        super().__init__()
+        if rows < 1 or cols < 1:
+            raise ValueError(f"a layout needs a token frame of at least 1x1, got {rows}x{cols}")
+        self.encoder, self.rows, self.cols = encoder, rows, cols
+
+    @torch.no_grad()
+    def forward(self, prompts: str | Sequence[str]) -> torch.Tensor:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        states = self.encoder(prompts)
+        if states.shape[-1] < LAYOUT_FEATURES:
+            raise ValueError(f"text states of width {states.shape[-1]} cannot hold {LAYOUT_FEATURES} layout features")
+        layout = torch.zeros(len(prompts), self.rows * self.cols, states.shape[-1], dtype=states.dtype)
+        for i, prompt in enumerate(prompts):
+            try:
+                spec = parse_prompt(prompt)
+            except ValueError:
+                continue
+            layout[i, :, :LAYOUT_FEATURES] = torch.from_numpy(layout_states(spec, self.rows, self.cols))
+        return torch.cat([states, layout.to(states.device)], 1)

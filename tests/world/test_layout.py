@@ -1,0 +1,67 @@
+"""world.layout: each placed object's words on the tokens of its 3x3 cell; the text encoder wrapper a
+layout model (WanConfig.layout) takes its context from."""
+
+import numpy as np
+import pytest
+import torch
+
+from reward_forcing.models.text_encoder import HashedTextEncoder
+from reward_forcing.world import (
+    COLOURS,
+    LAYOUT_FEATURES,
+    PLACES,
+    LayoutTextEncoder,
+    ObjectSpec,
+    PromptSpec,
+    describe,
+    layout_states,
+    parse_prompt,
+)
+
+RED = ObjectSpec("triangle", "red", "large", "up-left", "fast", place="bottom-right")
+BLUE = ObjectSpec("circle", "blue", "small", "right", "slow", place="top-left")
+
+
+def test_a_placed_object_covers_its_cell_with_its_words():
+    states = layout_states(PromptSpec((RED,), "black"), 8, 8).reshape(8, 8, LAYOUT_FEATURES)
+    presence = states[..., 0]
+    # a cell is 8/3 tokens wide: two tokens inside, the third two-thirds in
+    np.testing.assert_allclose(presence[:, 5], [0, 0, 0, 0, 0, 4 / 9, 2 / 3, 2 / 3], atol=1e-6)
+    np.testing.assert_allclose(presence[6:, 6:], 1.0)
+    assert presence[:5].max() == 0 and presence[:, :5].max() == 0
+    np.testing.assert_allclose(presence.sum(), 64 / 9, rtol=1e-6)  # a ninth of the frame
+    # the words, as one-hots scaled like the presence: colour, shape, size, direction, speed
+    words = states[7, 7, 1:]
+    assert words.sum() == 5
+    assert words[list(COLOURS).index("red")] == 1
+    np.testing.assert_allclose(states[..., 1:].sum(-1), 5 * presence, atol=1e-6)
+
+
+def test_objects_in_other_cells_do_not_mix_and_unplaced_objects_are_absent():
+    both = layout_states(PromptSpec((RED, BLUE), "white"), 8, 8).reshape(8, 8, LAYOUT_FEATURES)
+    np.testing.assert_allclose(both[:2, :2, 0], 1.0)
+    assert both[0, 0, 1 + list(COLOURS).index("blue")] == 1 and both[0, 0, 1 + list(COLOURS).index("red")] == 0
+    unplaced = PromptSpec((ObjectSpec("circle", "blue"), RED), "white")
+    only_red = layout_states(unplaced, 8, 8)
+    np.testing.assert_allclose(only_red, layout_states(PromptSpec((RED,), "white"), 8, 8))
+    # each of the nine places covers its own ninth
+    cover = sum(layout_states(PromptSpec((ObjectSpec("circle", "red", place=p),), "black"), 6, 9)[:, 0] for p in PLACES)
+    np.testing.assert_allclose(cover, 1.0, atol=1e-6)
+
+
+def test_layout_text_encoder_appends_the_layout_after_the_text():
+    text = HashedTextEncoder(64, 40)
+    encoder = LayoutTextEncoder(text, 8, 8)
+    prompt = describe(PromptSpec((RED, BLUE), "gray"), 0)
+    assert parse_prompt(prompt).objects[0].place == "bottom-right"
+    out = encoder([prompt, "static, blurry, low quality"])
+    assert out.shape == (2, 40 + 64, 64)
+    torch.testing.assert_close(out[:, :40], text([prompt, "static, blurry, low quality"]))
+    want = torch.from_numpy(layout_states(parse_prompt(prompt), 8, 8))
+    torch.testing.assert_close(out[0, 40:, :LAYOUT_FEATURES], want)
+    assert out[0, 40:, LAYOUT_FEATURES:].abs().max() == 0
+    assert out[1, 40:].abs().max() == 0  # not a world prompt: no layout
+    with pytest.raises(ValueError, match="cannot hold"):
+        LayoutTextEncoder(HashedTextEncoder(16, 8), 8, 8)([prompt])
+    with pytest.raises(ValueError, match="at least 1x1"):
+        LayoutTextEncoder(text, 0, 8)
