@@ -252,6 +252,11 @@ ARMS = {
         "28,000 clips",
         {**V9, "layout": True},
     ),
+    "v10-layout8": (
+        "v8-position8 (8 latent frames, half the clips from frame 0) with the layout of v10-layout2 on the clips "
+        "from frame 0, whose prompts all say where their objects start",
+        {**V3_COSINE, "absolute_position": True, "places": 1.0, "text_len": 48, "layout": True},
+    ),
     "overfit": (
         "diagnostic: today's design on 16 fixed clips (must reach the gate on their prompts)",
         {"fixed_clips": 16},

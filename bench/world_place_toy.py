@@ -203,8 +203,10 @@ def run(arm: str, cpu_minutes: float, out: Path, eval_every: int, seed: int = 0)
 
 def table(root: Path, results: Path) -> None:
     """One row per arm run under ``root``: its last evaluation, its best, and the first evaluation at
-    >= 0.5 (where it leaves the place-blind plateau)."""
-    rows = {}
+    >= 0.5 (where it leaves the place-blind plateau); arms without a log there keep their row of the
+    committed table."""
+    saved = results / "world-place-toy.json"
+    rows = json.loads(saved.read_text()) if saved.is_file() else {}
     for path in sorted(root.glob("*.jsonl")):
         if path.stem not in ARMS:
             continue

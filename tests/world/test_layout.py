@@ -62,6 +62,6 @@ def test_layout_text_encoder_appends_the_layout_after_the_text():
     assert out[0, 40:, LAYOUT_FEATURES:].abs().max() == 0
     assert out[1, 40:].abs().max() == 0  # not a world prompt: no layout
     with pytest.raises(ValueError, match="cannot hold"):
-        LayoutTextEncoder(HashedTextEncoder(16, 8), 8, 8)([prompt])
+        LayoutTextEncoder(HashedTextEncoder(16, 40), 8, 8)([prompt])
     with pytest.raises(ValueError, match="at least 1x1"):
         LayoutTextEncoder(text, 0, 8)
