@@ -1,6 +1,7 @@
 """The embedded default model: file format (weights + config + streaming settings in one
 safetensors file), strict loading, the default pipeline, and the shipped weights themselves."""
 
+import dataclasses
 import time
 
 import numpy as np
@@ -100,6 +101,39 @@ def test_default_pipeline_warns_about_words_it_was_not_trained_on(random_export,
         pipe.sibling().generate(
             None, 0.5, prompts=[(0, "a red circle moving up on a black background"), (0.25, "sunset")]
         )
+
+
+def test_default_pipeline_of_a_layout_model_places_the_prompt(tmp_path):
+    """A layout model (WanConfig.layout) streams with its layout: a prompt that does not say where its
+    objects start is placed and reworded (world.fill_places), the layout moves the stream's first
+    chunk, and a KV re-cache of frames that no longer start the stream leaves it out."""
+    from reward_forcing.world import LayoutTextEncoder, describe, fill_places, parse_prompt
+
+    torch.manual_seed(0)
+    model = CausalWanModel(dataclasses.replace(WAN_WORLD, layout=True))
+    torch.nn.init.normal_(model.layout_embedding.weight, std=0.5)
+    path = default_model.export(model, SETTINGS, tmp_path / "m.safetensors")
+    pipe = StreamingPipeline.default(path=path, recache=True, sink_recache="reinit")
+    prompt = "a red circle moving to the right on a black background"
+    placed = describe(fill_places(parse_prompt(prompt)), 0)
+    assert parse_prompt(placed).objects[0].place == "left"
+    encoder = LayoutTextEncoder(lambda prompts: torch.zeros(len(prompts), 32, 384), 8, 8, place_unplaced=True)
+    torch.testing.assert_close(encoder([prompt])[:, 32:], encoder([placed])[:, 32:])
+    first = pipe.generate(prompt, 0.25, seed=1)
+    with torch.no_grad():
+        pipe.model.layout_embedding.weight.zero_()
+    assert not np.array_equal(first, pipe.generate(prompt, 0.25, seed=1))
+    layouts = []
+    forward = pipe.forward_chunk
+    pipe.forward_chunk = lambda x, t, text, cache, update_cache=False: (
+        layouts.append(text.layout is not None) or forward(x, t, text, cache, update_cache=update_cache)
+    )
+    stream = pipe.stream(prompt)
+    for _ in range(6):  # 2 + 4 frames kept: after 4 chunks of 2 frames, frames have left
+        next(stream)
+    layouts.clear()
+    pipe.set_prompt("a blue square moving up on a white background", recache=True)
+    assert layouts and not any(layouts)
 
 
 @shipped

@@ -399,3 +399,31 @@ def test_places_state_the_start_cells_of_clips_from_frame_0():
     assert all(o.place is None for p in later.prompts for o in parse_prompt(p).objects)
     with pytest.raises(ValueError, match="places"):
         TrainConfig(places=-0.1)
+
+
+def test_a_layout_teacher_learns_its_layout_from_placed_clips():
+    """A layout model (WanConfig.layout) gets its text encoder wrapped with the layout of the run's
+    token frame; world prompts for the later stages say where objects start when ``places`` > 0
+    (and are unchanged without); a teacher step on placed clips moves the layout embedding."""
+    from reward_forcing.train.run import _prompts, _text_encoder
+    from reward_forcing.world import LayoutTextEncoder
+
+    laid_out = dataclasses.replace(SMALL, text_dim=32, layout=True)
+    cfg = TrainConfig(**(WORLD | dict(text_encoder="tiny", latent_width=12)))
+    text = _text_encoder(cfg, CausalWanModel(laid_out), torch.device("cpu"))
+    assert isinstance(text, LayoutTextEncoder) and (text.rows, text.cols) == (4, 6)
+    assert not isinstance(_text_encoder(cfg, CausalWanModel(SMALL), torch.device("cpu")), LayoutTextEncoder)
+    placed = _prompts(dataclasses.replace(cfg, places=1.0))
+    assert all(o.place is not None for p in placed[:50] for o in parse_prompt(p).objects)
+    assert _prompts(cfg) == world_prompts(seed=cfg.seed)
+    assert all(o.place is None for p in world_prompts(50) for o in parse_prompt(p).objects)
+
+    run = TrainConfig(
+        out_dir="unused", latent_frames=2, chunk_frames=1, latent_height=8, latent_width=8, batch_size=4, data="world"
+    )
+    torch.manual_seed(0)
+    model = CausalWanModel(laid_out)
+    data = WorldClips(CODEC, 2, 16, 16, start_at_zero=1.0, places=1.0)
+    trainer = TeacherTrainer(run, model, LayoutTextEncoder(HashedTextEncoder(32, 8), 4, 4), data)
+    trainer.train_step()
+    assert model.layout_embedding.weight.abs().max() > 0

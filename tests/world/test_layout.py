@@ -1,6 +1,8 @@
 """world.layout: each placed object's words on the tokens of its 3x3 cell; the text encoder wrapper a
 layout model (WanConfig.layout) takes its context from."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,7 @@ from reward_forcing.world import (
     ObjectSpec,
     PromptSpec,
     describe,
+    fill_places,
     layout_states,
     parse_prompt,
 )
@@ -65,3 +68,20 @@ def test_layout_text_encoder_appends_the_layout_after_the_text():
         LayoutTextEncoder(HashedTextEncoder(16, 40), 8, 8)([prompt])
     with pytest.raises(ValueError, match="at least 1x1"):
         LayoutTextEncoder(text, 0, 8)
+
+
+def test_fill_places_starts_unplaced_objects_where_they_have_room_in_free_cells():
+    right = ObjectSpec("circle", "red", direction="right")
+    also_right = ObjectSpec("square", "blue", direction="right")
+    up = ObjectSpec("circle", "green", direction="up-left", place="centre")
+    filled = fill_places(PromptSpec((right, also_right, up), "black"))
+    assert [o.place for o in filled.objects] == ["left", "top-left", "centre"]  # nearest free cell, then kept
+    assert filled.objects[0] == dataclasses.replace(right, place="left")
+    # the encoder that streams a layout model rewords an unplaced prompt; training's leaves it alone
+    prompt = describe(PromptSpec((right,), "gray"), 0)
+    seen = []
+    encoder = LayoutTextEncoder(lambda ps: seen.extend(ps) or torch.zeros(len(ps), 40, 64), 8, 8, place_unplaced=True)
+    layout = encoder([prompt])[0, 40:, 0].reshape(8, 8)
+    assert parse_prompt(seen[0]).objects[0].place == "left" and layout[3:5, 0].min() == 1
+    seen.clear()
+    assert LayoutTextEncoder(encoder.encoder, 8, 8)([prompt])[0, 40:].abs().max() == 0 and seen == [prompt]

@@ -10,6 +10,7 @@ cache.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from typing import Callable, Iterator, Sequence
@@ -23,7 +24,7 @@ from ..models.text_encoder import HashedTextEncoder, SharedTextEncoder, clean_pr
 from ..models.pixel_codec import streaming_decoder
 from ..models.wan_config import WAN_TINY
 from ..scheduler import FewStepFlowSchedule
-from ..world import VOCABULARY, unknown_words
+from ..world import VOCABULARY, LayoutTextEncoder, unknown_words
 
 _STATE_VERSION = 1
 
@@ -175,7 +176,12 @@ class StreamingPipeline:
         model, settings = default_model.load(path or default_model.WEIGHTS, device=device)
         text = MiniLMTextEncoder.from_pretrained(text_len=model.config.text_len, device=device)
         kwargs = default_model.pipeline_kwargs(settings) | {"vocabulary": VOCABULARY} | kwargs
-        return cls(model, PixelCodec(), text, **kwargs)
+        codec = PixelCodec()
+        if model.config.layout:  # objects the prompt does not place start where they have room to move
+            _, ph, pw = model.config.patch_size
+            rows, cols = kwargs["height"] // codec.spatial_scale // ph, kwargs["width"] // codec.spatial_scale // pw
+            text = LayoutTextEncoder(text, rows, cols, place_unplaced=True)
+        return cls(model, codec, text, **kwargs)
 
     @classmethod
     def tiny_random(cls, *, device="cpu", seed: int = 0, **kwargs) -> "StreamingPipeline":
@@ -369,10 +375,9 @@ class StreamingPipeline:
             if message := self.vocabulary_warning(prompt):
                 warnings.warn(message, UnknownWordsWarning, stacklevel=3)
         states = self.text_encoder(prompts)
-        if states.shape[1] > self.model.config.text_len:
-            raise ValueError(
-                f"the text encoder gives {states.shape[1]} tokens, the model takes at most {self.model.config.text_len}"
-            )
+        limit = self.model.config.text_len + (self.cache.frame_tokens if self.model.config.layout else 0)
+        if states.shape[1] > limit:
+            raise ValueError(f"the text encoder gives {states.shape[1]} tokens, the model takes at most {limit}")
         return {p: states[i : i + 1] for i, p in enumerate(prompts)}
 
     @torch.no_grad()
@@ -388,16 +393,18 @@ class StreamingPipeline:
         re-encodes the window frames after it; ``"reinit"`` rebuilds sink and window from the
         last ``sink + window`` frames. The cache's frame counters restart (RoPE only sees
         differences of positions), so the EMA slot order restarts at slot 0."""
-        cache, frames = self.cache, self._kept
+        cache, frames, text = self.cache, self._kept, self._text
         s, w = cache.sink_frames, cache.window_frames
         if cache.frames == 0:
             return
         keep_sink = self.sink_recache == "keep" and cache.frames > s + w and s > 0
         if keep_sink:
             frames = frames[:, :, frames.shape[2] - w :]
+        elif cache.frames > s + w:  # the kept frames do not start the stream: a layout is not theirs
+            text = dataclasses.replace(text, layout=None)
         cache.reset(keep_sink=keep_sink)
         for piece in frames.split(cache.chunk_frames, 2):
-            self.forward_chunk(piece, 0.0, self._text, cache, update_cache=True)
+            self.forward_chunk(piece, 0.0, text, cache, update_cache=True)
 
     # ------------------------------------------------------------------ state
     @torch.no_grad()

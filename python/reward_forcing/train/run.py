@@ -119,7 +119,7 @@ def _vae(cfg: TrainConfig, device):
 def _prompts(cfg: TrainConfig) -> list[str]:
     if cfg.prompts is None:
         if cfg.data == "world":
-            return world_prompts(seed=cfg.seed)
+            return world_prompts(seed=cfg.seed, places=cfg.places > 0)
         return ["a red ball bounces across a wooden floor"]
     lines = _need(cfg.prompts, "prompt file").read_text().splitlines()
     prompts = [p.strip() for p in lines if p.strip()]

@@ -109,7 +109,9 @@ def _render(scene, frames: int, start: int) -> tuple[np.ndarray, np.ndarray]:
     return video, truth.mask
 
 
-def world_prompts(n: int = 4096, seed: int = 0, split: str = "train") -> list[str]:
-    """``n`` prompts of random ``split`` scenes (the same for a seed)."""
+def world_prompts(n: int = 4096, seed: int = 0, split: str = "train", places: bool = False) -> list[str]:
+    """``n`` prompts of random ``split`` scenes (the same for a seed); ``places``: each also says
+    where its objects start (:func:`world.with_places`, the cells the scene drew)."""
     rng = np.random.default_rng(seed)
-    return [sample_scene(rng, split=split).prompt for _ in range(n)]
+    scenes = (sample_scene(rng, split=split) for _ in range(n))
+    return [(with_places(s, rng) if places else s).prompt for s in scenes]

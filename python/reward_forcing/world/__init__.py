@@ -1,7 +1,7 @@
 """The procedural video world: shapes, prompts, rendering with ground truth, held-out split, and the
 layout a layout model conditions on."""
 
-from .layout import LAYOUT_FEATURES, LayoutTextEncoder, layout_states
+from .layout import LAYOUT_FEATURES, LayoutTextEncoder, fill_places, layout_states
 
 from .scene import (
     BACKGROUNDS,
@@ -41,6 +41,7 @@ from .scene import (
 __all__ = [
     "LAYOUT_FEATURES",
     "LayoutTextEncoder",
+    "fill_places",
     "layout_states",
     "BACKGROUNDS",
     "COLOURS",

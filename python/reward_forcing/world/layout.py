@@ -6,13 +6,14 @@ clips (docs/design.md §10); on its own tokens the object is a local, per-token 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from .scene import COLOURS, DIRECTIONS, PLACES, SHAPES, SIZES, SPEEDS, PromptSpec, parse_prompt
+from .scene import COLOURS, DIRECTIONS, PLACES, SHAPES, SIZES, SPEEDS, PromptSpec, describe, parse_prompt, start_place
 
 # The feature columns of a layout state: an object's presence, then its words.
 _WORDS = (("colour", tuple(COLOURS)), ("shape", SHAPES), ("size", tuple(SIZES)), ("direction", tuple(DIRECTIONS)),
@@ -44,28 +45,65 @@ def layout_states(spec: PromptSpec, rows: int, cols: int) -> np.ndarray:
     return out.reshape(rows * cols, LAYOUT_FEATURES)
 
 
+def fill_places(spec: PromptSpec) -> PromptSpec:
+    """``spec`` with every object that has no place started where it has room to move
+    (:func:`start_place` of its direction), or, when an earlier object holds that cell, in the free
+    cell nearest to it."""
+    taken = {o.place for o in spec.objects if o.place is not None}
+    objects = []
+    for obj in spec.objects:
+        if obj.place is None:
+            col, row = PLACES[start_place(obj.direction)]
+            free = [p for p in PLACES if p not in taken] or list(PLACES)
+            place = min(free, key=lambda p: (PLACES[p][0] - col) ** 2 + (PLACES[p][1] - row) ** 2)
+            taken.add(place)
+            obj = dataclasses.replace(obj, place=place)
+        objects.append(obj)
+    return PromptSpec(tuple(objects), spec.background)
+
+
 class LayoutTextEncoder(nn.Module):
     """A text encoder for a layout model: ``encoder(prompts) [B, text_len, text_dim]`` followed by
     each prompt's :func:`layout_states` on a ``rows x cols`` token frame, zero-padded to ``text_dim``
-    (a prompt that is not a world prompt, such as a negative prompt, has an empty layout)."""
+    (a prompt that is not a world prompt, such as a negative prompt, has an empty layout).
 
-    def __init__(self, encoder: Callable[[Sequence[str]], torch.Tensor], rows: int, cols: int):
+    ``place_unplaced`` (streaming a model trained on placed prompts): a world prompt that leaves an
+    object's start open gets one (:func:`fill_places`) and is reworded to say so
+    (:func:`describe`), as the prompts it was trained on were. Training leaves it off: a clip that
+    does not start at frame 0 has no layout."""
+
+    def __init__(
+        self, encoder: Callable[[Sequence[str]], torch.Tensor], rows: int, cols: int, *, place_unplaced: bool = False
+    ):
         super().__init__()
         if rows < 1 or cols < 1:
             raise ValueError(f"a layout needs a token frame of at least 1x1, got {rows}x{cols}")
-        self.encoder, self.rows, self.cols = encoder, rows, cols
+        self.encoder, self.rows, self.cols, self.place_unplaced = encoder, rows, cols, place_unplaced
+
+    @property
+    def tokens(self) -> int:
+        """Layout states after the text states."""
+        return self.rows * self.cols
 
     @torch.no_grad()
     def forward(self, prompts: str | Sequence[str]) -> torch.Tensor:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        states = self.encoder(prompts)
-        if states.shape[-1] < LAYOUT_FEATURES:
-            raise ValueError(f"text states of width {states.shape[-1]} cannot hold {LAYOUT_FEATURES} layout features")
-        layout = torch.zeros(len(prompts), self.rows * self.cols, states.shape[-1], dtype=states.dtype)
+        specs: list[PromptSpec | None] = []
         for i, prompt in enumerate(prompts):
             try:
                 spec = parse_prompt(prompt)
             except ValueError:
+                specs.append(None)
                 continue
-            layout[i, :, :LAYOUT_FEATURES] = torch.from_numpy(layout_states(spec, self.rows, self.cols))
+            if self.place_unplaced and any(o.place is None for o in spec.objects):
+                spec = fill_places(spec)
+                prompts[i] = describe(spec, 0)
+            specs.append(spec)
+        states = self.encoder(prompts)
+        if states.shape[-1] < LAYOUT_FEATURES:
+            raise ValueError(f"text states of width {states.shape[-1]} cannot hold {LAYOUT_FEATURES} layout features")
+        layout = torch.zeros(len(prompts), self.tokens, states.shape[-1], dtype=states.dtype)
+        for i, spec in enumerate(specs):
+            if spec is not None:
+                layout[i, :, :LAYOUT_FEATURES] = torch.from_numpy(layout_states(spec, self.rows, self.cols))
         return torch.cat([states, layout.to(states.device)], 1)
