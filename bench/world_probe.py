@@ -1,6 +1,7 @@
 """The teacher gate of the embedded world model (docs/design.md §10): CFG samples of the 16 gate
 prompts (half from the held-out colour x shape x direction split) x 4 seeds scored with the world's
-ground truth, with 95 % intervals, plus the x0 error on object and background pixels per noise
+ground truth, with 95 % intervals (a layout model, WanConfig.layout, gets the places the default pipeline
+gives prompts that do not state them), plus the x0 error on object and background pixels per noise
 level, the colour and direction binding — the check to pass before spending ODE-init / DMD time on a teacher.
 
     python bench/world_probe.py training/world-teacher/ema.safetensors --out bench/results/world-teacher-gate
@@ -24,6 +25,7 @@ from reward_forcing.models.pixel_codec import PixelCodec
 from reward_forcing.models.text_encoder import MiniLMTextEncoder
 from reward_forcing.train.checkpoints import latest_checkpoint
 from reward_forcing.train.world_data import WorldClips
+from reward_forcing.world import LayoutTextEncoder
 from reward_forcing.train.world_probe import (
     SIGMAS,
     colour_binding,
@@ -61,7 +63,14 @@ def main() -> None:
     ckpt = latest_checkpoint(args.checkpoint) or args.checkpoint
     model = load_causal_wan(ckpt, dtype=torch.float32, use_ema=not args.raw).eval()
     text, codec = MiniLMTextEncoder.from_pretrained(text_len=model.config.text_len), PixelCodec()
-    held = WorldClips(codec, 8, start_at_zero=1.0).sample(16, np.random.default_rng(12345))
+    places = 0.0
+    if model.config.layout:  # as the default pipeline streams it: unplaced gate prompts get their places
+        _, ph, pw = model.config.patch_size
+        text = LayoutTextEncoder(
+            text, 64 // codec.spatial_scale // ph, 64 // codec.spatial_scale // pw, place_unplaced=True
+        )
+        places = 1.0  # held clips whose prompts say where their objects are
+    held = WorldClips(codec, 8, start_at_zero=1.0, places=places).sample(16, np.random.default_rng(12345))
     with torch.no_grad():
         errors = x0_errors(model, text(held.prompts), held, chunk_frames=chunk)
     prompts, seeds = gate_prompts(args.prompts), tuple(range(args.seeds))

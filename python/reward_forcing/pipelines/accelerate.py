@@ -179,7 +179,7 @@ class CUDAGraphForwardChunk:
     def _load_text(self, context: TextKV) -> None:
         if context is self._text_source:
             return
-        if self._text is None:  # static buffers a captured graph reads
+        if self._text is None:  # static buffers a captured graph reads (a layout never: it applies at frame 0)
             pooled = None if context.pooled is None else context.pooled.clone()
             self._text = TextKV([(k.clone(), v.clone()) for k, v in context.kv], pooled)
         else:
