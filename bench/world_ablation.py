@@ -254,8 +254,16 @@ ARMS = {
     ),
     "v10-layout8": (
         "v8-position8 (8 latent frames, half the clips from frame 0) with the layout of v10-layout2 on the clips "
-        "from frame 0, whose prompts all say where their objects start",
+        "from frame 0, whose prompts all say where their objects start. Stopped by hand after 30 CPU-minutes "
+        "(place right 0.06 at 25) to free its core for v11-layout8-from2",
         {**V3_COSINE, "absolute_position": True, "places": 1.0, "text_len": 48, "layout": True},
+    ),
+    "v11-layout8-from2": (
+        "the layout learnt on cheap 2-latent-frame clips first (v10-layout2 after 35 CPU-minutes, step 3,361, "
+        "exported to runs/init/v10-layout2-35min.safetensors), then the teacher's clips (v10-layout8's data): "
+        "at 8 latent frames v10-layout8 placed objects no better than chance after 25 CPU-minutes (place "
+        "right 0.06), v10-layout2 0.38 after 20",
+        {**V3_COSINE, "init": str(ROOT / "runs" / "init" / "v10-layout2-35min.safetensors"), "places": 1.0},
     ),
     "overfit": (
         "diagnostic: today's design on 16 fixed clips (must reach the gate on their prompts)",
