@@ -148,7 +148,8 @@ def teacher():
     from reward_forcing.models.loading import load_causal_wan
     from reward_forcing.models.text_encoder import MiniLMTextEncoder
 
-    return (load_causal_wan(TEACHER, dtype=torch.float32).eval(), MiniLMTextEncoder.from_pretrained(text_len=32))
+    model = load_causal_wan(TEACHER, dtype=torch.float32).eval()
+    return model, MiniLMTextEncoder.from_pretrained(text_len=model.config.text_len)
 
 
 def test_the_colour_word_reaches_the_teachers_cross_attention(teacher):
@@ -169,6 +170,8 @@ def test_the_colour_word_reaches_the_teachers_cross_attention(teacher):
     try:
         with torch.no_grad():
             cond = text(prompts)
+            if model.config.layout:  # an empty layout: the text path alone
+                cond = torch.cat([cond, cond.new_zeros(len(prompts), 64, cond.shape[-1])], 1)
             x0 = dmd.predict_x0(x_t, model(x_t, torch.full((2,), 950.0), cond), torch.tensor([0.95, 0.95]))
             kv = model.encode_text(cond)
             mass = []

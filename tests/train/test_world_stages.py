@@ -403,8 +403,9 @@ def test_places_state_the_start_cells_of_clips_from_frame_0():
 
 def test_a_layout_teacher_learns_its_layout_from_placed_clips():
     """A layout model (WanConfig.layout) gets its text encoder wrapped with the layout of the run's
-    token frame; world prompts for the later stages say where objects start when ``places`` > 0
-    (and are unchanged without); a teacher step on placed clips moves the layout embedding."""
+    token frame; world prompts for the later stages say where objects start for a layout model or
+    when ``places`` > 0 (and are unchanged without); a teacher step on placed clips moves the layout
+    embedding."""
     from reward_forcing.train.run import _prompts, _text_encoder
     from reward_forcing.world import LayoutTextEncoder
 
@@ -415,6 +416,7 @@ def test_a_layout_teacher_learns_its_layout_from_placed_clips():
     assert not isinstance(_text_encoder(cfg, CausalWanModel(SMALL), torch.device("cpu")), LayoutTextEncoder)
     placed = _prompts(dataclasses.replace(cfg, places=1.0))
     assert all(o.place is not None for p in placed[:50] for o in parse_prompt(p).objects)
+    assert _prompts(cfg, layout=True) == placed
     assert _prompts(cfg) == world_prompts(seed=cfg.seed)
     assert all(o.place is None for p in world_prompts(50) for o in parse_prompt(p).objects)
 

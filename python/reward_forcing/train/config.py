@@ -77,7 +77,7 @@ class TrainConfig:
     start_at_zero: float = 0.5
     # stage teacher: share of the clips from frame 0 whose prompts also say where each object starts
     # ("a red ball on the left moving right"; world.with_places); stages ode-init and dmd with world
-    # prompts: > 0 makes every prompt say it (what a layout model, WanConfig.layout, is conditioned on)
+    # prompts: > 0 makes every prompt say it (always so for a layout model, WanConfig.layout)
     places: float = 0.0
     # stage teacher: every this many steps, log the EMA's x0 error on object and background pixels
     # per noise level, its colour binding and an 8-step sample probe (train/world_probe.py); 0: never

@@ -116,10 +116,12 @@ def _vae(cfg: TrainConfig, device):
     return load_wan_vae(_need(cfg.vae, "VAE folder"), device=device)
 
 
-def _prompts(cfg: TrainConfig) -> list[str]:
+def _prompts(cfg: TrainConfig, layout: bool = False) -> list[str]:
+    """The prompt file's prompts, or world prompts (saying where objects start for a layout model, or
+    when ``places`` > 0)."""
     if cfg.prompts is None:
         if cfg.data == "world":
-            return world_prompts(seed=cfg.seed, places=cfg.places > 0)
+            return world_prompts(seed=cfg.seed, places=layout or cfg.places > 0)
         return ["a red ball bounces across a wooden floor"]
     lines = _need(cfg.prompts, "prompt file").read_text().splitlines()
     prompts = [p.strip() for p in lines if p.strip()]
@@ -150,7 +152,7 @@ def _trainer(cfg: TrainConfig, stage: str, device: torch.device):
         )
         return TeacherTrainer(cfg, model, _text_encoder(cfg, model, device), data)
     generator, critic, teacher = _models(cfg, device, critic=stage == "dmd")
-    text_encoder, prompts = _text_encoder(cfg, generator, device), _prompts(cfg)
+    text_encoder, prompts = _text_encoder(cfg, generator, device), _prompts(cfg, generator.config.layout)
     if stage == "ode-init":
         return ODEInitTrainer(cfg, generator, teacher, text_encoder, prompts)
     reward, decode = _reward(cfg, device)
