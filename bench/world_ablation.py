@@ -413,10 +413,11 @@ def run(arm: str, cpu_minutes: float, eval_minutes: float, probe_minutes: float,
 DIAGNOSTICS = ("committed", "overfit", "v2-overfit", "v9-places2-high")  # not subject to the kill rule
 
 
-def _round(arm: str) -> int:
-    """Arms named ``vN-*`` form round N (a round's arms start from the same teacher); the others round 1."""
+def _round(arm: str) -> tuple[int, int]:
+    """Arms named ``vN-*`` form round N (a round's arms start from the same teacher), the others round 1;
+    the kill rule compares arms of one round and clip length (their x0 errors are on the same held clips)."""
     match = re.match(r"v(\d+)-", arm)
-    return int(match.group(1)) if match else 1
+    return int(match.group(1)) if match else 1, ARMS[arm][1].get("latent_frames", BASE["latent_frames"])
 
 
 def _row_at(rows: list[dict], cpu_seconds: float) -> dict:
@@ -470,7 +471,7 @@ def table(root: Path, results: Path) -> None:
         raise SystemExit(f"no arm has run under {root} or in {saved}")
     at45 = {a: _row_at(v["rows"], 2700) for a, v in arms.items()}
     killed = set()
-    for round_ in {_round(a) for a in arms}:  # the kill rule compares arms of one round (same start)
+    for round_ in {_round(a) for a in arms}:  # the kill rule compares arms of one round and clip length
         compared = [a for a in arms if _round(a) == round_ and a not in DIAGNOSTICS and at45[a]["cpu_seconds"] > 0]
         if len(compared) > 1:
             killed |= _kill_rule({a: arms[a]["rows"] for a in compared}, at45)

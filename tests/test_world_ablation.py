@@ -1,5 +1,5 @@
-"""bench/world_ablation.py's kill rule: an arm stops only when it is the worst of its round at noise 0.8
-and 0.95, by more than the evaluations' own noise."""
+"""bench/world_ablation.py's kill rule: an arm stops only when it is the worst of its round (and clip
+length) at noise 0.8 and 0.95, by more than the evaluations' own noise."""
 
 import importlib.util
 from pathlib import Path
@@ -32,3 +32,9 @@ def test_kill_rule_needs_the_worst_error_at_both_levels_beyond_the_noise():
     # worst at both, but by less than the eval-to-eval changes of a compared arm
     noisy = _rows([0.044, 0.046, 0.043, 0.045], [0.26, 0.28, 0.25, 0.27])
     assert _kill({"a": noisy, "b": _rows([0.0455] * 4, [0.271] * 4)}) == set()
+
+
+def test_the_kill_rule_compares_arms_of_one_round_and_clip_length():
+    assert ablation._round("v10-layout2") == (10, 2) and ablation._round("v10-layout8") == (10, 8)
+    assert ablation._round("v3-cosine") == ablation._round("v3-constant") == (3, 8)
+    assert ablation._round("baseline") == (1, 8)
