@@ -174,7 +174,7 @@ class StreamingPipeline:
         from ..models.text_encoder import MiniLMTextEncoder
 
         model, settings = default_model.load(path or default_model.WEIGHTS, device=device)
-        text = MiniLMTextEncoder.from_pretrained(text_len=model.config.text_len, device=device)
+        text: torch.nn.Module = MiniLMTextEncoder.from_pretrained(text_len=model.config.text_len, device=device)
         kwargs = default_model.pipeline_kwargs(settings) | {"vocabulary": VOCABULARY} | kwargs
         codec = PixelCodec()
         if model.config.layout:  # objects the prompt does not place start where they have room to move

@@ -103,7 +103,7 @@ class LayoutTextEncoder(nn.Module):
         if states.shape[-1] < LAYOUT_FEATURES:
             raise ValueError(f"text states of width {states.shape[-1]} cannot hold {LAYOUT_FEATURES} layout features")
         layout = torch.zeros(len(prompts), self.tokens, states.shape[-1], dtype=states.dtype)
-        for i, spec in enumerate(specs):
-            if spec is not None:
-                layout[i, :, :LAYOUT_FEATURES] = torch.from_numpy(layout_states(spec, self.rows, self.cols))
+        for i, placed in enumerate(specs):
+            if placed is not None:
+                layout[i, :, :LAYOUT_FEATURES] = torch.from_numpy(layout_states(placed, self.rows, self.cols))
         return torch.cat([states, layout.to(states.device)], 1)
