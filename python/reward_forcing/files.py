@@ -91,17 +91,24 @@ def exit_on_signals():
 
 @contextlib.contextmanager
 def signals_deferred():
-    """SIGTERM and SIGHUP wait (blocked, still pending) until the block ends; main thread only.
+    """SIGTERM and SIGHUP wait until the block ends, then act as they would have; main thread only.
     For writers that call back into Python from native code (``torch.save``): a handler raising
-    there gets turned into a corrupt-file error instead of the clean exit."""
+    there gets turned into a corrupt-file error (or a hang) instead of the clean exit. The signal is
+    recorded by a Python handler rather than blocked: blocking covers the main thread only, and a
+    process signal that another thread (tqdm's monitor) takes still runs the handler in the main
+    thread."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, TERMINATING)
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in TERMINATING}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if caught:
+            signal.raise_signal(caught[0])  # the restored handler acts on it now
 
 
 @contextlib.contextmanager
