@@ -30,6 +30,7 @@ from reward_forcing.models.causal_wan import CausalWanModel
 from reward_forcing.models.loading import load_causal_wan
 from reward_forcing.models.pixel_codec import PixelCodec
 from reward_forcing.models.text_encoder import MiniLMTextEncoder
+from reward_forcing.models.wan_config import WanConfig
 from reward_forcing.train.config import TrainConfig
 from reward_forcing.train.run import load_model
 from reward_forcing.train.teacher import TeacherTrainer
@@ -265,6 +266,33 @@ ARMS = {
         "right 0.06), v10-layout2 0.38 after 20",
         {**V3_COSINE, "init": str(ROOT / "runs" / "init" / "v10-layout2-35min.safetensors"), "places": 1.0},
     ),
+    "v12-snap2": (
+        "the committed layout teacher (v11-layout8-from2 at 60 CPU-minutes) on 2-latent-frame clips from frame 0 "
+        "whose placed objects start at their cell's one start (world.placed_start): given a 3x3 cell, the x0 of "
+        "pure noise is the mean over the cell's starts, a blob the sampler keeps (shape right 0.17); snapped, "
+        "the prompt fixes the clip's first frames",
+        {
+            **V3_COSINE,
+            "places": 1.0,
+            "snap_places": True,
+            "latent_frames": 2,
+            "start_at_zero": 1.0,
+            "lr_decay_steps": 4000,
+        },
+    ),
+    "v12-snap8": (
+        "v12-snap2 on the teacher's clips (8 latent frames, half from frame 0, those placed and snapped)",
+        {**V3_COSINE, "places": 1.0, "snap_places": True},
+    ),
+    "v13-snap8-from2": (
+        "v12-snap2 after 35 CPU-minutes (exported to runs/init/v12-snap2-35min.safetensors), then v12-snap8's clips",
+        {
+            **V3_COSINE,
+            "init": str(ROOT / "runs" / "init" / "v12-snap2-35min.safetensors"),
+            "places": 1.0,
+            "snap_places": True,
+        },
+    ),
     "overfit": (
         "diagnostic: today's design on 16 fixed clips (must reach the gate on their prompts)",
         {"fixed_clips": 16},
@@ -328,16 +356,19 @@ def _trainer(arm: str, out: Path) -> TeacherTrainer:
         cfg.latent_frames,
         start_at_zero=cfg.start_at_zero,
         places=cfg.places,
+        snap_places=cfg.snap_places,
         fixed=cfg.fixed_clips,
         fixed_seed=cfg.seed,
     )
-    return TeacherTrainer(cfg, model, _text_encoder(model.config.text_len, model.config.layout), data)
+    return TeacherTrainer(cfg, model, _text_encoder(model.config), data)
 
 
 @functools.cache
-def _text_encoder(text_len: int, layout: bool = False):
-    text = MiniLMTextEncoder.from_pretrained(text_len=text_len)
-    return LayoutTextEncoder(text, 8, 8) if layout else text
+def _text_encoder(config: WanConfig):
+    text = MiniLMTextEncoder.from_pretrained(text_len=config.text_len)
+    if not config.layout:
+        return text
+    return LayoutTextEncoder(text, *config.token_grid(BASE["latent_height"], BASE["latent_width"]))
 
 
 def _chunk_frames(arm: str) -> int | None:
@@ -458,7 +489,7 @@ def table(root: Path, results: Path) -> None:
             model = load_causal_wan(ckpt, dtype=torch.float32).eval() if ckpt is not None else None
             arms[arm] = {"what": ARMS[arm][0], "rows": rows}
             if model is not None:
-                chunk, text = _chunk_frames(arm), _text_encoder(model.config.text_len, model.config.layout)
+                chunk, text = _chunk_frames(arm), _text_encoder(model.config)
                 arms[arm]["colour_binding"] = colour_binding(model, text, PixelCodec(), chunk_frames=chunk)
                 arms[arm]["direction_binding"] = direction_binding(model, text, PixelCodec(), chunk_frames=chunk)
                 if ARMS[arm][1].get("places"):

@@ -65,10 +65,8 @@ def main() -> None:
     text, codec = MiniLMTextEncoder.from_pretrained(text_len=model.config.text_len), PixelCodec()
     places = 0.0
     if model.config.layout:  # as the default pipeline streams it: unplaced gate prompts get their places
-        _, ph, pw = model.config.patch_size
-        text = LayoutTextEncoder(
-            text, 64 // codec.spatial_scale // ph, 64 // codec.spatial_scale // pw, place_unplaced=True
-        )
+        grid = model.config.token_grid(64 // codec.spatial_scale, 64 // codec.spatial_scale)
+        text = LayoutTextEncoder(text, *grid, place_unplaced=True)
         places = 1.0  # held clips whose prompts say where their objects are
     held = WorldClips(codec, 8, start_at_zero=1.0, places=places).sample(16, np.random.default_rng(12345))
     with torch.no_grad():

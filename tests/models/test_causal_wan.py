@@ -47,6 +47,9 @@ def test_configs_match_published_shapes():
     assert 1.40e9 < n < 1.45e9  # Wan2.1-T2V-1.3B has 1.42 B parameters
     with pytest.raises(ValueError, match="divisible"):
         dataclasses.replace(WAN_TINY, num_heads=3)
+    assert WAN_1_3B.token_grid(60, 104) == (30, 52)  # 480x832 video: Wan's 1,560 tokens per latent frame
+    with pytest.raises(ValueError, match="tile"):
+        WAN_1_3B.token_grid(15, 16)
 
 
 @pytest.mark.parametrize(

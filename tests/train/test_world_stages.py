@@ -397,6 +397,10 @@ def test_places_state_the_start_cells_of_clips_from_frame_0():
     assert WorldClips(codec, 2, start_at_zero=0.5, places=0.0).sample(8, np.random.default_rng(3)).prompts == drawn
     later = WorldClips(codec, 2, start_at_zero=0.0, places=1.0).sample(8, np.random.default_rng(3))
     assert all(o.place is None for p in later.prompts for o in parse_prompt(p).objects)
+    snapped = WorldClips(codec, 2, start_at_zero=1.0, places=1.0, snap_places=True).sample(8, np.random.default_rng(3))
+    assert snapped.prompts == placed.prompts and not torch.equal(snapped.latents, placed.latents)
+    again = WorldClips(codec, 2, start_at_zero=1.0, places=1.0, snap_places=True).sample(8, np.random.default_rng(3))
+    assert torch.equal(again.latents, snapped.latents)
     with pytest.raises(ValueError, match="places"):
         TrainConfig(places=-0.1)
 

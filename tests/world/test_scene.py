@@ -18,6 +18,7 @@ from reward_forcing.world import (
     half_extent,
     parse_prompt,
     place_at,
+    placed_start,
     radius_px,
     render,
     sample_scene,
@@ -189,6 +190,34 @@ def test_places_state_where_each_object_starts_and_change_nothing_else():
     assert np.array_equal(render(placed, 8)[0], render(scene, 8)[0])
     assert parse_prompt("a red ball in the top left moving right on a black background").objects[0].place == "top-left"
     assert parse_prompt("a red ball moving right on a black background").objects[0].place is None
+
+
+def test_snapped_places_fix_the_start_and_keep_the_cell_and_the_lead():
+    """with_places(snap=True) moves each object to its cell's one start: the same objects and cells,
+    the same start for every scene that places an object alike, the area centroid still in the
+    stated cell, and LEAD_SECONDS of travel before the first bounce."""
+    rng = np.random.default_rng(8)
+    starts: dict[ObjectSpec, set] = {}
+    for i in range(400):
+        scene = sample_scene(rng)
+        placed, snapped = with_places(scene, i), with_places(scene, i, snap=True)
+        assert snapped.objects == placed.objects and snapped.prompt == placed.prompt
+        lead = int(LEAD_SECONDS * snapped.fps)
+        _, truth = render(snapped, lead + 1)
+        for k, obj in enumerate(snapped.objects):
+            starts.setdefault(obj, set()).add(snapped.starts[k])
+            dy = 0.866 * radius_px(obj.size, 64, 64) / 3 if obj.shape == "triangle" else 0.0
+            x, y = truth.position[0, k]
+            assert obj.place == place_at(x / 64, (y + dy) / 64)
+            assert np.allclose(np.diff(truth.position[:, k], axis=0), truth.velocity[0, k], atol=1e-4)  # no bounce
+    assert all(len(s) == 1 for s in starts.values())
+    centre = ObjectSpec("circle", "red", "small", "up", "slow", place="centre")
+    assert placed_start(centre) == pytest.approx((0.5, 0.5))  # the cell's centre when it leaves the lead
+    cornered = ObjectSpec("square", "red", "large", "right", "fast", place="right")  # no lead from there
+    x, _ = placed_start(cornered)
+    assert x * 64 == pytest.approx(64 - half_extent("square", radius_px("large", 64, 64))[0] - 32)
+    with pytest.raises(ValueError, match="place"):
+        placed_start(dataclasses.replace(centre, place=None))
 
 
 def test_start_place_is_where_the_world_starts_objects_of_that_direction():

@@ -91,6 +91,13 @@ class WanConfig:
     def patch_volume(self) -> int:
         return math.prod(self.patch_size)
 
+    def token_grid(self, latent_height: int, latent_width: int) -> tuple[int, int]:
+        """Rows and columns of tokens in a latent frame of ``latent_height x latent_width``."""
+        _, ph, pw = self.patch_size
+        if latent_height % ph or latent_width % pw:
+            raise ValueError(f"a {latent_height}x{latent_width} latent frame does not tile into {ph}x{pw} patches")
+        return latent_height // ph, latent_width // pw
+
 
 WAN_1_3B = WanConfig()
 WAN_14B = WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)

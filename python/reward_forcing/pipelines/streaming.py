@@ -178,9 +178,9 @@ class StreamingPipeline:
         kwargs = default_model.pipeline_kwargs(settings) | {"vocabulary": VOCABULARY} | kwargs
         codec = PixelCodec()
         if model.config.layout:  # objects the prompt does not place start where they have room to move
-            _, ph, pw = model.config.patch_size
-            rows, cols = kwargs["height"] // codec.spatial_scale // ph, kwargs["width"] // codec.spatial_scale // pw
-            text = LayoutTextEncoder(text, rows, cols, place_unplaced=True)
+            scale = codec.spatial_scale
+            grid = model.config.token_grid(kwargs["height"] // scale, kwargs["width"] // scale)
+            text = LayoutTextEncoder(text, *grid, place_unplaced=True)
         return cls(model, codec, text, **kwargs)
 
     @classmethod

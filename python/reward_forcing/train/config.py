@@ -79,6 +79,9 @@ class TrainConfig:
     # ("a red ball on the left moving right"; world.with_places); stages ode-init and dmd with world
     # prompts: > 0 makes every prompt say it (always so for a layout model, WanConfig.layout)
     places: float = 0.0
+    # stage teacher: placed objects start at their cell's one start (world.placed_start), so a placed
+    # prompt fixes its clip's first frames; false: anywhere in the cell the scene drew
+    snap_places: bool = False
     # stage teacher: every this many steps, log the EMA's x0 error on object and background pixels
     # per noise level, its colour binding and an 8-step sample probe (train/world_probe.py); 0: never
     probe_every: int = 0

@@ -75,8 +75,7 @@ def _text_encoder(cfg: TrainConfig, model, device):
     text = _prompt_encoder(cfg, model, device)
     if not model.config.layout:
         return text
-    _, ph, pw = model.config.patch_size
-    return LayoutTextEncoder(text, cfg.latent_height // ph, cfg.latent_width // pw)
+    return LayoutTextEncoder(text, *model.config.token_grid(cfg.latent_height, cfg.latent_width))
 
 
 def _prompt_encoder(cfg: TrainConfig, model, device):
@@ -145,6 +144,7 @@ def _trainer(cfg: TrainConfig, stage: str, device: torch.device):
             cfg.latent_width * codec.spatial_scale,
             start_at_zero=cfg.start_at_zero,
             places=cfg.places,
+            snap_places=cfg.snap_places,
             workers=cfg.data_workers,
             render_device=device if device.type == "cuda" else None,
             fixed=cfg.fixed_clips,

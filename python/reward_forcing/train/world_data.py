@@ -29,7 +29,8 @@ class WorldClips:
     probability ``start_at_zero`` (the prompt's direction is what the first frames show) and
     otherwise at a random frame of the first ``max_start`` (after bounces: what a stream must
     continue). Of the clips from frame 0, a share ``places`` have prompts that also say where each
-    object starts (:func:`world.with_places`; a later start has left that place). ``fixed > 0``
+    object starts (:func:`world.with_places`; a later start has left that place), and with
+    ``snap_places`` they start exactly at their cell's one start. ``fixed > 0``
     draws the clips from a pool of that many, made once from ``fixed_seed`` (the overfit
     diagnostic: a model that cannot learn 16 clips is broken, not under-trained). Rendering: with
     numpy in this process, or in ``workers`` processes, or with torch on ``render_device`` (a GPU
@@ -45,6 +46,7 @@ class WorldClips:
         split: str = "train",
         start_at_zero: float = 0.5,
         places: float = 0.0,
+        snap_places: bool = False,
         max_start: int = 160,
         workers: int = 0,
         render_device=None,
@@ -56,6 +58,7 @@ class WorldClips:
         self.codec, self.frames = codec, latent_frames * codec.temporal_scale
         self.height, self.width, self.fps, self.split = height, width, fps, split
         self.start_at_zero, self.places, self.max_start = start_at_zero, places, max_start
+        self.snap_places = snap_places
         self.render_device = render_device
         self._pool = None
         if workers > 0:  # rendering (~5 ms a clip) would otherwise starve a GPU
@@ -84,7 +87,7 @@ class WorldClips:
             scene = sample_scene(rng, height=self.height, width=self.width, fps=self.fps, split=self.split)
             start = 0 if rng.random() < self.start_at_zero else int(rng.integers(0, self.max_start))
             if self.places and start == 0 and rng.random() < self.places:  # no draw at places=0
-                scene = with_places(scene, rng)
+                scene = with_places(scene, rng, snap=self.snap_places)
             jobs.append((scene, self.frames, start))
         prompts = [job[0].prompt for job in jobs]
         if self.render_device is not None:

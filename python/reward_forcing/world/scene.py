@@ -343,16 +343,18 @@ def start_place(direction: str) -> str:
     return place_at(behind(dx), behind(dy))
 
 
-def with_places(scene: Scene, rng: np.random.Generator | int | None = None) -> Scene:
+def with_places(scene: Scene, rng: np.random.Generator | int | None = None, *, snap: bool = False) -> Scene:
     """The same scene (same starts, same frames) with the cell of each object's area centroid at
-    frame 0 (what world_scores measures) stated in a prompt worded anew from ``rng``."""
+    frame 0 (what world_scores measures) stated in a prompt worded anew from ``rng``; ``snap``: each
+    object moved to its cell's one start (:func:`placed_start`), so the prompt fixes the frames."""
     h, w = scene.height, scene.width
     objects = tuple(
         replace(o, place=place_at(x, y + centroid_below_centre(o.shape, radius_px(o.size, h, w)) / h))
         for o, (x, y) in zip(scene.objects, scene.starts)
     )
+    starts = tuple(placed_start(o, h, w, scene.fps) for o in objects) if snap else scene.starts
     prompt = describe(PromptSpec(objects, scene.background), rng)
-    return replace(scene, objects=objects, prompt=prompt)
+    return replace(scene, objects=objects, starts=starts, prompt=prompt)
 
 
 # ------------------------------------------------------------------------------- held-out split
@@ -406,22 +408,48 @@ def sample_scene(
     return Scene(spec.objects, background, starts, describe(spec, rng), height, width, fps)
 
 
+def _start_intervals(obj: ObjectSpec, height: int, width: int, fps: float) -> list[tuple[float, float]]:
+    """Per axis (x, y), the pixel interval of bounding-box centres from which ``obj`` travels
+    LEAD_SECONDS before its first bounce."""
+    r = radius_px(obj.size, height, width)
+    travel = speed_px(obj.speed, height, width, fps) * LEAD_SECONDS * fps
+    intervals = []
+    for axis, (dim, ext) in enumerate(zip((width, height), half_extent(obj.shape, r))):
+        d = travel * DIRECTIONS[obj.direction][axis]
+        lo, hi = ext + max(0.0, -d), dim - ext - max(0.0, d)
+        if lo > hi:
+            raise ValueError(f"{height}x{width} is too small for a {obj} to move {LEAD_SECONDS} s before bouncing")
+        intervals.append((lo, hi))
+    return intervals
+
+
+def placed_start(obj: ObjectSpec, height: int = 64, width: int = 64, fps: float = 16.0) -> tuple[float, float]:
+    """The one start (bounding-box centre, fractions of width and height) of an object with a place:
+    its area centroid as near its cell's centre as leaves LEAD_SECONDS before the first bounce (a
+    cell it cannot start in with that lead: the nearest start that can). A prompt's place then pins
+    the start exactly, so what a model draws from noise is the prompt's, not the mean over a cell."""
+    if obj.place is None:
+        raise ValueError(f"placed_start needs an object with a place, got {obj}")
+    dy0 = centroid_below_centre(obj.shape, radius_px(obj.size, height, width))
+    start = []
+    for axis, (dim, (lo, hi)) in enumerate(zip((width, height), _start_intervals(obj, height, width, fps))):
+        offset = dy0 if axis == 1 else 0.0  # bounding-box centre = area centroid - offset
+        cell = PLACES[obj.place][axis]
+        cell_lo, cell_hi = cell * dim / 3 - offset, (cell + 1) * dim / 3 - offset
+        target = (cell + 0.5) * dim / 3 - offset
+        if max(lo, cell_lo) <= min(hi, cell_hi):
+            lo, hi = max(lo, cell_lo), min(hi, cell_hi)
+        start.append(min(max(target, lo), hi) / dim)
+    return start[0], start[1]
+
+
 def _sample_starts(rng, objects, height, width, fps, tries: int = 20):
     """Start centres that leave LEAD_SECONDS before the first bounce; objects apart when possible."""
     starts: list[tuple[float, float]] = []
     for obj in objects:
         r = radius_px(obj.size, height, width)
-        travel = speed_px(obj.speed, height, width, fps) * LEAD_SECONDS * fps
         for _ in range(tries):
-            centre = []
-            for axis, (dim, ext) in enumerate(zip((width, height), half_extent(obj.shape, r))):
-                d = travel * DIRECTIONS[obj.direction][axis]
-                lo, hi = ext + max(0.0, -d), dim - ext - max(0.0, d)
-                if lo > hi:
-                    raise ValueError(
-                        f"{height}x{width} is too small for a {obj} to move {LEAD_SECONDS} s before bouncing"
-                    )
-                centre.append(float(rng.uniform(lo, hi)))
+            centre = [float(rng.uniform(lo, hi)) for lo, hi in _start_intervals(obj, height, width, fps)]
             apart = all(math.hypot(centre[0] - x * width, centre[1] - y * height) >= 2.2 * r for x, y in starts)
             if apart:
                 break
