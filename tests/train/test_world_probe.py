@@ -17,9 +17,9 @@ from reward_forcing.world import (
     MAX_OBJECTS,
     SHAPES,
     ObjectSpec,
-    PromptSpec,
     parse_prompt,
     scene_split,
+    fill_places,
     start_place,
 )
 
@@ -59,7 +59,7 @@ class _DirectionText:
 
 def _circle(direction: str, latent_frames: int) -> torch.Tensor:
     """The latents of a small red circle starting in the middle, moving in ``direction``."""
-    from reward_forcing.world import ObjectSpec, Scene, render
+    from reward_forcing.world import Scene, render
 
     scene = Scene((ObjectSpec("circle", "red", "small", direction),), "black", ((0.5, 0.5),), "", 64, 64)
     return CODEC.encode(torch.from_numpy(render(scene, 4 * latent_frames)[0])[None])
@@ -118,13 +118,17 @@ def test_gate_prompts_cover_every_attribute_and_both_splits():
 
 
 def test_gate_prompts_with_places_start_each_object_where_it_has_room():
-    """The same objects and backgrounds, each also placed at world.start_place of its direction."""
+    """The same objects and backgrounds, each also placed where the default pipeline would place it
+    (world.fill_places: its direction's start_place, or the nearest free cell): never two in one cell."""
     plain, placed = map(lambda p: [parse_prompt(x) for x in gate_prompts(16, places=p)], (False, True))
+    shared = 0
     for a, b in zip(plain, placed):
         assert [o.place for o in a.objects] == [None] * len(a.objects)
-        assert b == PromptSpec(
-            tuple(ObjectSpec(**{**o.__dict__, "place": start_place(o.direction)}) for o in a.objects), a.background
-        )
+        assert b == fill_places(a)
+        assert b.objects[0].place == start_place(b.objects[0].direction)
+        assert len({o.place for o in b.objects}) == len(b.objects)
+        shared += len({start_place(o.direction) for o in a.objects}) < len(a.objects)
+    assert shared  # a prompt whose objects head the same way: the second one moves to a free cell
 
 
 def test_summarize_reports_intervals_and_the_gate():

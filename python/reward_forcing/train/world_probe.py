@@ -26,7 +26,7 @@ from ..world import (
     PromptSpec,
     combo_split,
     describe,
-    start_place,
+    fill_places,
 )
 from . import dmd
 from .world_data import Clips
@@ -164,7 +164,8 @@ def gate_prompts(n: int = 16, seed: int = 0, places: bool = False) -> list[str]:
     """``n`` (even, >= 16) fixed prompts: the first half of held-out colour x shape x direction
     combinations (``combo_split`` "test"), the second half of training ones; every colour, shape,
     direction and background appears, every fourth prompt has a second object, sizes cycle.
-    ``places``: each object also starts where it has room to move (:func:`world.start_place`)."""
+    ``places``: each object also starts where it has room to move, in a cell of its own
+    (:func:`world.fill_places`, as the default pipeline places objects a prompt leaves open)."""
     if n < 16 or n % 2:
         raise ValueError(f"n must be an even number >= 16, got {n}")
     colours, directions, sizes = list(COLOURS), list(DIRECTIONS), list(SIZES)
@@ -186,14 +187,14 @@ def gate_prompts(n: int = 16, seed: int = 0, places: bool = False) -> list[str]:
                         and not (fresh and direction in used)
                     ):
                         used.add(direction)
-                        place = start_place(direction) if places else None
-                        return ObjectSpec(shape, colour, sizes[j % len(sizes)], direction, place=place)
+                        return ObjectSpec(shape, colour, sizes[j % len(sizes)], direction)
             raise AssertionError("unreachable: every colour x shape pair has both splits")
 
         objects = [obj(i)]
         if i % 4 == 3:
             objects.append(obj(i + 5, avoid=objects[0].colour))
-        prompts.append(describe(PromptSpec(tuple(objects), backgrounds[i % 3]), rng))
+        spec = PromptSpec(tuple(objects), backgrounds[i % 3])
+        prompts.append(describe(fill_places(spec) if places else spec, rng))
     return prompts
 
 
