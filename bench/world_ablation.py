@@ -293,6 +293,25 @@ ARMS = {
             "snap_places": True,
         },
     ),
+    "v14-sketch2": (
+        "v12-snap2 with the layout drawn (world.sketch_states): each token's word one-hots weighted by the share "
+        "of it each object covers where it starts, and its 8x8 pixels' object coverage - the first frame's "
+        "geometry without its colours. v12-snap2 kept shape right at 0.15-0.19 for 20 CPU-minutes: from a cell "
+        "and words the model does not learn to draw a shape's edges",
+        {
+            **V3_COSINE,
+            "places": 1.0,
+            "snap_places": True,
+            "latent_frames": 2,
+            "start_at_zero": 1.0,
+            "lr_decay_steps": 4000,
+            "sketch_pixels": 8,
+        },
+    ),
+    "v14-sketch8": (
+        "v14-sketch2 on the teacher's clips (8 latent frames, half from frame 0, those placed, snapped, sketched)",
+        {**V3_COSINE, "places": 1.0, "snap_places": True, "sketch_pixels": 8},
+    ),
     "overfit": (
         "diagnostic: today's design on 16 fixed clips (must reach the gate on their prompts)",
         {"fixed_clips": 16},
@@ -343,6 +362,7 @@ def _trainer(arm: str, out: Path) -> TeacherTrainer:
         k: overrides.pop(k) for k in ("text_pooled", "absolute_position", "layout", "text_len") if k in overrides
     }
     position_std = overrides.pop("position_init_std", 0.0)
+    sketch = overrides.pop("sketch_pixels", 0)
     cfg = TrainConfig.from_dict({**BASE, **overrides, "out_dir": str(out)})
     model = load_model(init or cfg.teacher, "teacher", cfg.seed + 1, torch.device("cpu"))
     if hidden:
@@ -360,15 +380,16 @@ def _trainer(arm: str, out: Path) -> TeacherTrainer:
         fixed=cfg.fixed_clips,
         fixed_seed=cfg.seed,
     )
-    return TeacherTrainer(cfg, model, _text_encoder(model.config), data)
+    return TeacherTrainer(cfg, model, _text_encoder(model.config, sketch), data)
 
 
 @functools.cache
-def _text_encoder(config: WanConfig):
+def _text_encoder(config: WanConfig, sketch_pixels: int = 0):
     text = MiniLMTextEncoder.from_pretrained(text_len=config.text_len)
     if not config.layout:
         return text
-    return LayoutTextEncoder(text, *config.token_grid(BASE["latent_height"], BASE["latent_width"]))
+    grid = config.token_grid(BASE["latent_height"], BASE["latent_width"])
+    return LayoutTextEncoder(text, *grid, sketch_pixels=sketch_pixels)
 
 
 def _chunk_frames(arm: str) -> int | None:
@@ -489,7 +510,7 @@ def table(root: Path, results: Path) -> None:
             model = load_causal_wan(ckpt, dtype=torch.float32).eval() if ckpt is not None else None
             arms[arm] = {"what": ARMS[arm][0], "rows": rows}
             if model is not None:
-                chunk, text = _chunk_frames(arm), _text_encoder(model.config)
+                chunk, text = _chunk_frames(arm), _text_encoder(model.config, ARMS[arm][1].get("sketch_pixels", 0))
                 arms[arm]["colour_binding"] = colour_binding(model, text, PixelCodec(), chunk_frames=chunk)
                 arms[arm]["direction_binding"] = direction_binding(model, text, PixelCodec(), chunk_frames=chunk)
                 if ARMS[arm][1].get("places"):

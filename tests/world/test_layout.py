@@ -19,6 +19,10 @@ from reward_forcing.world import (
     fill_places,
     layout_states,
     parse_prompt,
+    render,
+    sample_scene,
+    sketch_states,
+    with_places,
 )
 
 RED = ObjectSpec("triangle", "red", "large", "up-left", "fast", place="bottom-right")
@@ -68,6 +72,32 @@ def test_layout_text_encoder_appends_the_layout_after_the_text():
         LayoutTextEncoder(HashedTextEncoder(16, 40), 8, 8)([prompt])
     with pytest.raises(ValueError, match="at least 1x1"):
         LayoutTextEncoder(text, 0, 8)
+
+
+def test_a_sketch_draws_the_first_frame_of_the_snapped_scene_without_its_colours():
+    """sketch_states: the pixels' coverage is the rendered first frame's object mask of the scene the
+    prompt fixes (with_places(snap=True)); each token's words are weighted by the share of it the
+    object covers and leaves visible; the encoder appends them after the text when asked to."""
+    for i in range(20):
+        scene = with_places(sample_scene(i), i, snap=True)
+        _, truth = render(scene, 1)
+        states = sketch_states(scene.spec, 8, 8, 8)
+        assert states.shape == (64, LAYOUT_FEATURES + 64)
+        mask = states[:, LAYOUT_FEATURES:].reshape(8, 8, 8, 8).transpose(0, 2, 1, 3).reshape(64, 64)
+        np.testing.assert_allclose(mask, truth.mask[0], atol=1e-5)
+        token_cover = truth.mask[0].reshape(8, 8, 8, 8).mean(axis=(1, 3)).reshape(-1)
+        np.testing.assert_allclose(states[:, 0], token_cover, atol=1e-5)  # objects' visible shares add up
+        np.testing.assert_allclose(states[:, 1:LAYOUT_FEATURES].sum(-1), 5 * states[:, 0], atol=1e-5)
+    alone = sketch_states(PromptSpec((dataclasses.replace(BLUE, place=None),), "white"), 8, 8, 8)
+    assert alone.max() == 0  # an unplaced object is not drawn
+    text = HashedTextEncoder(96, 40)
+    prompt = describe(PromptSpec((RED, BLUE), "gray"), 0)
+    out = LayoutTextEncoder(text, 8, 8, sketch_pixels=8)([prompt])
+    torch.testing.assert_close(
+        out[0, 40:, : LAYOUT_FEATURES + 64], torch.from_numpy(sketch_states(parse_prompt(prompt), 8, 8, 8))
+    )
+    with pytest.raises(ValueError, match="cannot hold"):
+        LayoutTextEncoder(HashedTextEncoder(64, 40), 8, 8, sketch_pixels=8)([prompt])
 
 
 def test_fill_places_starts_unplaced_objects_where_they_have_room_in_free_cells():

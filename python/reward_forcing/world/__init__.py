@@ -1,7 +1,7 @@
 """The procedural video world: shapes, prompts, rendering with ground truth, held-out split, and the
 layout a layout model conditions on."""
 
-from .layout import LAYOUT_FEATURES, LayoutTextEncoder, fill_places, layout_states
+from .layout import LAYOUT_FEATURES, LayoutTextEncoder, fill_places, layout_states, sketch_states
 
 from .scene import (
     BACKGROUNDS,
@@ -71,6 +71,7 @@ __all__ = [
     "scene_split",
     "shape_area",
     "shape_coverage",
+    "sketch_states",
     "speed_px",
     "start_place",
     "stream_scene",

@@ -13,7 +13,22 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .scene import COLOURS, DIRECTIONS, PLACES, SHAPES, SIZES, SPEEDS, PromptSpec, describe, parse_prompt, start_place
+from .scene import (
+    COLOURS,
+    DIRECTIONS,
+    PLACES,
+    SHAPES,
+    SIZES,
+    SPEEDS,
+    PromptSpec,
+    centroid_below_centre,
+    describe,
+    parse_prompt,
+    placed_start,
+    radius_px,
+    shape_coverage,
+    start_place,
+)
 
 # The feature columns of a layout state: an object's presence, then its words.
 _WORDS = (("colour", tuple(COLOURS)), ("shape", SHAPES), ("size", tuple(SIZES)), ("direction", tuple(DIRECTIONS)),
@@ -35,14 +50,40 @@ def layout_states(spec: PromptSpec, rows: int, cols: int) -> np.ndarray:
     for obj in spec.objects:
         if obj.place is None:
             continue
-        features, offset = np.zeros(LAYOUT_FEATURES, np.float32), 1
-        features[0] = 1
-        for field, words in _WORDS:
-            features[offset + words.index(getattr(obj, field))] = 1
-            offset += len(words)
         col, row = PLACES[obj.place]
-        out += _cover(rows, row)[:, None, None] * _cover(cols, col)[None, :, None] * features
+        out += _cover(rows, row)[:, None, None] * _cover(cols, col)[None, :, None] * _words(obj)
     return out.reshape(rows * cols, LAYOUT_FEATURES)
+
+
+def _words(obj) -> np.ndarray:
+    features, offset = np.zeros(LAYOUT_FEATURES, np.float32), 1
+    features[0] = 1
+    for field, words in _WORDS:
+        features[offset + words.index(getattr(obj, field))] = 1
+        offset += len(words)
+    return features
+
+
+def sketch_states(spec: PromptSpec, rows: int, cols: int, pixels: int) -> np.ndarray:
+    """``float32 [rows * cols, LAYOUT_FEATURES + pixels**2]``: the placed objects drawn where they
+    start (:func:`placed_start`) on a frame of ``rows x cols`` tokens of ``pixels x pixels``: each
+    token's word one-hots times the share of it each object covers (the part later objects leave
+    visible), then its pixels' coverage by any object, row-major. Only the geometry: colour and
+    background stay the model's to draw from the words."""
+    h, w = rows * pixels, cols * pixels
+    uncovered, words = np.ones((h, w), np.float32), np.zeros((rows * cols, LAYOUT_FEATURES), np.float32)
+    placed = [o for o in spec.objects if o.place is not None]
+    covers = []
+    for obj in placed:
+        x, y = placed_start(obj, h, w)
+        r = radius_px(obj.size, h, w)
+        covers.append(shape_coverage(obj.shape, r, (x * w, y * h + centroid_below_centre(obj.shape, r)), h, w))
+    for obj, cover in reversed(list(zip(placed, covers))):
+        share = (cover * uncovered).reshape(rows, pixels, cols, pixels).mean(axis=(1, 3)).reshape(-1, 1)
+        words += share * _words(obj)
+        uncovered *= 1 - cover
+    mask = (1 - uncovered).reshape(rows, pixels, cols, pixels).transpose(0, 2, 1, 3).reshape(rows * cols, -1)
+    return np.concatenate([words, mask], 1)
 
 
 def fill_places(spec: PromptSpec) -> PromptSpec:
@@ -73,12 +114,20 @@ class LayoutTextEncoder(nn.Module):
     does not start at frame 0 has no layout."""
 
     def __init__(
-        self, encoder: Callable[[Sequence[str]], torch.Tensor], rows: int, cols: int, *, place_unplaced: bool = False
+        self,
+        encoder: Callable[[Sequence[str]], torch.Tensor],
+        rows: int,
+        cols: int,
+        *,
+        place_unplaced: bool = False,
+        sketch_pixels: int = 0,
     ):
         super().__init__()
         if rows < 1 or cols < 1:
             raise ValueError(f"a layout needs a token frame of at least 1x1, got {rows}x{cols}")
         self.encoder, self.rows, self.cols, self.place_unplaced = encoder, rows, cols, place_unplaced
+        self.sketch_pixels = sketch_pixels
+        self.features = LAYOUT_FEATURES + sketch_pixels**2
 
     @property
     def tokens(self) -> int:
@@ -100,10 +149,15 @@ class LayoutTextEncoder(nn.Module):
                 prompts[i] = describe(spec, 0)
             specs.append(spec)
         states = self.encoder(prompts)
-        if states.shape[-1] < LAYOUT_FEATURES:
-            raise ValueError(f"text states of width {states.shape[-1]} cannot hold {LAYOUT_FEATURES} layout features")
+        if states.shape[-1] < self.features:
+            raise ValueError(f"text states of width {states.shape[-1]} cannot hold {self.features} layout features")
         layout = torch.zeros(len(prompts), self.tokens, states.shape[-1], dtype=states.dtype)
         for i, placed in enumerate(specs):
-            if placed is not None:
-                layout[i, :, :LAYOUT_FEATURES] = torch.from_numpy(layout_states(placed, self.rows, self.cols))
+            if placed is None:
+                continue
+            if self.sketch_pixels:
+                drawn = sketch_states(placed, self.rows, self.cols, self.sketch_pixels)
+            else:
+                drawn = layout_states(placed, self.rows, self.cols)
+            layout[i, :, : self.features] = torch.from_numpy(drawn)
         return torch.cat([states, layout.to(states.device)], 1)
