@@ -305,12 +305,23 @@ ARMS = {
             "latent_frames": 2,
             "start_at_zero": 1.0,
             "lr_decay_steps": 4000,
-            "sketch_pixels": 8,
+            "layout_sketch": 8,
         },
     ),
     "v14-sketch8": (
         "v14-sketch2 on the teacher's clips (8 latent frames, half from frame 0, those placed, snapped, sketched)",
-        {**V3_COSINE, "places": 1.0, "snap_places": True, "sketch_pixels": 8},
+        {**V3_COSINE, "places": 1.0, "snap_places": True, "layout_sketch": 8},
+    ),
+    "v15-sketch8-from2": (
+        "v14-sketch2 after 30 CPU-minutes (exported to runs/init/v14-sketch2-30min.safetensors), then v14-sketch8's "
+        "clips: the recipe of v11-layout8-from2 with the drawn layout",
+        {
+            **V3_COSINE,
+            "init": str(ROOT / "runs" / "init" / "v14-sketch2-30min.safetensors"),
+            "places": 1.0,
+            "snap_places": True,
+            "layout_sketch": 8,
+        },
     ),
     "overfit": (
         "diagnostic: today's design on 16 fixed clips (must reach the gate on their prompts)",
@@ -359,10 +370,11 @@ def _trainer(arm: str, out: Path) -> TeacherTrainer:
     overrides = dict(ARMS[arm][1])
     init, hidden = overrides.pop("init", None), overrides.pop("grow_head", 0)
     options = {
-        k: overrides.pop(k) for k in ("text_pooled", "absolute_position", "layout", "text_len") if k in overrides
+        k: overrides.pop(k)
+        for k in ("text_pooled", "absolute_position", "layout", "layout_sketch", "text_len")
+        if k in overrides
     }
     position_std = overrides.pop("position_init_std", 0.0)
-    sketch = overrides.pop("sketch_pixels", 0)
     cfg = TrainConfig.from_dict({**BASE, **overrides, "out_dir": str(out)})
     model = load_model(init or cfg.teacher, "teacher", cfg.seed + 1, torch.device("cpu"))
     if hidden:
@@ -380,16 +392,16 @@ def _trainer(arm: str, out: Path) -> TeacherTrainer:
         fixed=cfg.fixed_clips,
         fixed_seed=cfg.seed,
     )
-    return TeacherTrainer(cfg, model, _text_encoder(model.config, sketch), data)
+    return TeacherTrainer(cfg, model, _text_encoder(model.config), data)
 
 
 @functools.cache
-def _text_encoder(config: WanConfig, sketch_pixels: int = 0):
+def _text_encoder(config: WanConfig):
     text = MiniLMTextEncoder.from_pretrained(text_len=config.text_len)
     if not config.layout:
         return text
     grid = config.token_grid(BASE["latent_height"], BASE["latent_width"])
-    return LayoutTextEncoder(text, *grid, sketch_pixels=sketch_pixels)
+    return LayoutTextEncoder(text, *grid, sketch_pixels=config.layout_sketch)
 
 
 def _chunk_frames(arm: str) -> int | None:
@@ -508,9 +520,12 @@ def table(root: Path, results: Path) -> None:
             rows = [json.loads(line) for line in log.read_text().splitlines()]
             ckpt = latest_checkpoint(root / arm)  # bindings of its newest checkpoint (EMA weights)
             model = load_causal_wan(ckpt, dtype=torch.float32).eval() if ckpt is not None else None
+            sketch = ARMS[arm][1].get("layout_sketch", 0)
+            if model is not None and sketch != model.config.layout_sketch:  # run before the config recorded it
+                model = extend(model, layout_sketch=sketch).eval()
             arms[arm] = {"what": ARMS[arm][0], "rows": rows}
             if model is not None:
-                chunk, text = _chunk_frames(arm), _text_encoder(model.config, ARMS[arm][1].get("sketch_pixels", 0))
+                chunk, text = _chunk_frames(arm), _text_encoder(model.config)
                 arms[arm]["colour_binding"] = colour_binding(model, text, PixelCodec(), chunk_frames=chunk)
                 arms[arm]["direction_binding"] = direction_binding(model, text, PixelCodec(), chunk_frames=chunk)
                 if ARMS[arm][1].get("places"):

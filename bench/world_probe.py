@@ -66,7 +66,7 @@ def main() -> None:
     places = 0.0
     if model.config.layout:  # as the default pipeline streams it: unplaced gate prompts get their places
         grid = model.config.token_grid(64 // codec.spatial_scale, 64 // codec.spatial_scale)
-        text = LayoutTextEncoder(text, *grid, place_unplaced=True)
+        text = LayoutTextEncoder(text, *grid, place_unplaced=True, sketch_pixels=model.config.layout_sketch)
         places = 1.0  # held clips whose prompts say where their objects are
     held = WorldClips(codec, 8, start_at_zero=1.0, places=places).sample(16, np.random.default_rng(12345))
     with torch.no_grad():

@@ -50,6 +50,10 @@ def test_configs_match_published_shapes():
     assert WAN_1_3B.token_grid(60, 104) == (30, 52)  # 480x832 video: Wan's 1,560 tokens per latent frame
     with pytest.raises(ValueError, match="tile"):
         WAN_1_3B.token_grid(15, 16)
+    assert dataclasses.replace(WAN_TINY, layout=True, layout_sketch=8).layout_sketch == 8
+    for bad in (dict(layout_sketch=8), dict(layout=True, layout_sketch=-1), dict(layout=True, layout_sketch=True)):
+        with pytest.raises(ValueError, match="layout_sketch"):
+            dataclasses.replace(WAN_TINY, **bad)
 
 
 @pytest.mark.parametrize(

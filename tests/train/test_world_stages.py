@@ -246,6 +246,14 @@ def test_teacher_stage_errors(tmp_path, capsys):
     assert "data: world" in capsys.readouterr().err
     assert _train(tmp_path, "teacher", "novae", teacher="world", vae="tiny") == 2
     assert "pixel codec" in capsys.readouterr().err
+    from safetensors.torch import save_file
+
+    sketched = dataclasses.replace(WAN_WORLD, layout=True, layout_sketch=8)  # drawn where snapped clips start
+    path = tmp_path / "sketched.safetensors"
+    metadata = {"config": json.dumps(dataclasses.asdict(sketched))}
+    save_file(CausalWanModel(sketched).state_dict(), str(path), metadata=metadata)
+    assert _train(tmp_path, "teacher", "nosnap", teacher=str(path), places=1.0) == 2
+    assert "snap_places" in capsys.readouterr().err
 
 
 def test_worker_rendering_gives_the_same_clips():
@@ -418,6 +426,8 @@ def test_a_layout_teacher_learns_its_layout_from_placed_clips():
     text = _text_encoder(cfg, CausalWanModel(laid_out), torch.device("cpu"))
     assert isinstance(text, LayoutTextEncoder) and (text.rows, text.cols) == (4, 6)
     assert not isinstance(_text_encoder(cfg, CausalWanModel(SMALL), torch.device("cpu")), LayoutTextEncoder)
+    sketched = dataclasses.replace(laid_out, layout_sketch=2)
+    assert _text_encoder(cfg, CausalWanModel(sketched), torch.device("cpu")).sketch_pixels == 2
     placed = _prompts(dataclasses.replace(cfg, places=1.0))
     assert all(o.place is not None for p in placed[:50] for o in parse_prompt(p).objects)
     assert _prompts(cfg, layout=True) == placed

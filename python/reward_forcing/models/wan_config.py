@@ -48,6 +48,9 @@ class WanConfig:
     # starts (world.layout: the prompt's place words, with the object's words on its cell), which a model
     # otherwise has to learn to read from text and draw from pure noise (docs/design.md §10).
     layout: bool = False
+    # > 0: the layout is drawn, not given per cell: the objects where the prompt starts them, with each
+    # token's pixels' coverage at this many pixels per token side (world.sketch_states); 0: the 3x3 cells.
+    layout_sketch: int = 0
 
     def __post_init__(self):
         for name in (
@@ -78,6 +81,9 @@ class WanConfig:
         for name in ("text_pooled", "absolute_position", "layout"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"WanConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        sketch = self.layout_sketch
+        if not isinstance(sketch, int) or isinstance(sketch, bool) or sketch < 0 or (sketch and not self.layout):
+            raise ValueError(f"WanConfig.layout_sketch must be an int >= 0, and 0 without a layout, got {sketch!r}")
         if self.prediction not in ("velocity", "x0"):
             raise ValueError(f"WanConfig.prediction must be 'velocity' or 'x0', got {self.prediction!r}")
         if self.freq_dim % 2:

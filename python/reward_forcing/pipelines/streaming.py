@@ -180,7 +180,7 @@ class StreamingPipeline:
         if model.config.layout:  # objects the prompt does not place start where they have room to move
             scale = codec.spatial_scale
             grid = model.config.token_grid(kwargs["height"] // scale, kwargs["width"] // scale)
-            text = LayoutTextEncoder(text, *grid, place_unplaced=True)
+            text = LayoutTextEncoder(text, *grid, place_unplaced=True, sketch_pixels=model.config.layout_sketch)
         return cls(model, codec, text, **kwargs)
 
     @classmethod

@@ -75,7 +75,8 @@ def _text_encoder(cfg: TrainConfig, model, device):
     text = _prompt_encoder(cfg, model, device)
     if not model.config.layout:
         return text
-    return LayoutTextEncoder(text, *model.config.token_grid(cfg.latent_height, cfg.latent_width))
+    grid = model.config.token_grid(cfg.latent_height, cfg.latent_width)
+    return LayoutTextEncoder(text, *grid, sketch_pixels=model.config.layout_sketch)
 
 
 def _prompt_encoder(cfg: TrainConfig, model, device):
@@ -137,6 +138,11 @@ def _trainer(cfg: TrainConfig, stage: str, device: torch.device):
         if not isinstance(codec, PixelCodec):
             raise ValueError("stage teacher encodes world clips with the pixel codec: set vae: pixel")
         model = load_model(cfg.teacher, "teacher checkpoint", cfg.seed + 1, device)
+        if model.config.layout_sketch and not cfg.snap_places:
+            raise ValueError(
+                "the teacher's layout is drawn where placed objects start (WanConfig.layout_sketch): "
+                "set snap_places: true so its clips start them there"
+            )
         data = WorldClips(
             codec,
             cfg.latent_frames,
