@@ -323,6 +323,24 @@ ARMS = {
             "layout_sketch": 8,
         },
     ),
+    "v16-sketch2-weighted": (
+        "v14-sketch2 after 30 CPU-minutes (runs/init/v14-sketch2-30min.safetensors) continued with the object "
+        "weight (1 + 20 x mask) kept up to noise 1: it fell to 1x above 0.7 because a weight that depends on "
+        "the clean clip biases the optimum where the clip is uncertain given the input, but a snapped clip "
+        "from frame 0 is fixed by its prompt and layout (v14-sketch2's x0 from pure noise still missed most "
+        "object pixels after 30 CPU-minutes)",
+        {
+            **V3_COSINE,
+            "init": str(ROOT / "runs" / "init" / "v14-sketch2-30min.safetensors"),
+            "places": 1.0,
+            "snap_places": True,
+            "latent_frames": 2,
+            "start_at_zero": 1.0,
+            "lr_decay_steps": 4000,
+            "layout_sketch": 8,
+            "object_weight_until": 1.0,
+        },
+    ),
     "overfit": (
         "diagnostic: today's design on 16 fixed clips (must reach the gate on their prompts)",
         {"fixed_clips": 16},

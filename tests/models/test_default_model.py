@@ -134,6 +134,9 @@ def test_default_pipeline_of_a_layout_model_places_the_prompt(tmp_path):
     layouts.clear()
     pipe.set_prompt("a blue square moving up on a white background", recache=True)
     assert layouts and not any(layouts)
+    sketched = CausalWanModel(dataclasses.replace(WAN_WORLD, layout=True, layout_sketch=8))
+    path = default_model.export(sketched, SETTINGS, tmp_path / "sketched.safetensors")
+    assert StreamingPipeline.default(path=path).text_encoder.encoder.sketch_pixels == 8  # from the file's config
 
 
 @shipped
