@@ -281,17 +281,9 @@ ARMS = {
         },
     ),
     "v12-snap8": (
-        "v12-snap2 on the teacher's clips (8 latent frames, half from frame 0, those placed and snapped)",
+        "v12-snap2 on the teacher's clips (8 latent frames, half from frame 0, those placed and snapped). "
+        "Stopped by hand after 33 CPU-minutes to free its core for v14-sketch2",
         {**V3_COSINE, "places": 1.0, "snap_places": True},
-    ),
-    "v13-snap8-from2": (
-        "v12-snap2 after 35 CPU-minutes (exported to runs/init/v12-snap2-35min.safetensors), then v12-snap8's clips",
-        {
-            **V3_COSINE,
-            "init": str(ROOT / "runs" / "init" / "v12-snap2-35min.safetensors"),
-            "places": 1.0,
-            "snap_places": True,
-        },
     ),
     "v14-sketch2": (
         "v12-snap2 with the layout drawn (world.sketch_states): each token's word one-hots weighted by the share "
@@ -309,7 +301,8 @@ ARMS = {
         },
     ),
     "v14-sketch8": (
-        "v14-sketch2 on the teacher's clips (8 latent frames, half from frame 0, those placed, snapped, sketched)",
+        "v14-sketch2 on the teacher's clips (8 latent frames, half from frame 0, those placed, snapped, sketched). "
+        "Stopped by hand after 25 CPU-minutes to free its core for v16-sketch2-weighted",
         {**V3_COSINE, "places": 1.0, "snap_places": True, "layout_sketch": 8},
     ),
     "v15-sketch8-from2": (
@@ -328,7 +321,8 @@ ARMS = {
         "weight (1 + 20 x mask) kept up to noise 1: it fell to 1x above 0.7 because a weight that depends on "
         "the clean clip biases the optimum where the clip is uncertain given the input, but a snapped clip "
         "from frame 0 is fixed by its prompt and layout (v14-sketch2's x0 from pure noise still missed most "
-        "object pixels after 30 CPU-minutes)",
+        "object pixels after 30 CPU-minutes). Stopped by hand after 12 CPU-minutes: colour right 0.55 and still "
+        "moving 0.06 at 10 (v14-sketch2 at 30: 0.95 and 0.75)",
         {
             **V3_COSINE,
             "init": str(ROOT / "runs" / "init" / "v14-sketch2-30min.safetensors"),

@@ -68,7 +68,10 @@ def main() -> None:
         grid = model.config.token_grid(64 // codec.spatial_scale, 64 // codec.spatial_scale)
         text = LayoutTextEncoder(text, *grid, place_unplaced=True, sketch_pixels=model.config.layout_sketch)
         places = 1.0  # held clips whose prompts say where their objects are
-    held = WorldClips(codec, 8, start_at_zero=1.0, places=places).sample(16, np.random.default_rng(12345))
+    snap = bool(model.config.layout_sketch)  # a drawn layout shows objects where snapped clips start them
+    held = WorldClips(codec, 8, start_at_zero=1.0, places=places, snap_places=snap).sample(
+        16, np.random.default_rng(12345)
+    )
     with torch.no_grad():
         errors = x0_errors(model, text(held.prompts), held, chunk_frames=chunk)
     prompts, seeds = gate_prompts(args.prompts), tuple(range(args.seeds))

@@ -2,7 +2,11 @@
 prompt places (its place words, :data:`PLACES`) drawn on the tokens of its 3x3 cell as the object's
 words in one-hots. From pure noise a model must otherwise learn to read *where* from the text, a
 conjunction of token position and place word that no model tried left after tens of thousands of
-clips (docs/design.md §10); on its own tokens the object is a local, per-token fact."""
+clips (docs/design.md §10); on its own tokens the object is a local, per-token fact.
+
+A drawn layout (``WanConfig.layout_sketch``, :func:`sketch_states`) goes further: the objects drawn
+where the prompt starts them (:func:`placed_start`, the start its training clips were snapped to),
+each token carrying its pixels' coverage, so the shape need not be drawn from a cell's blur."""
 
 from __future__ import annotations
 
