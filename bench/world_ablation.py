@@ -335,6 +335,22 @@ ARMS = {
             "object_weight_until": 1.0,
         },
     ),
+    "v17-sketch2-high": (
+        "diagnostic: v14-sketch2 after 30 CPU-minutes trained only near noise 1 (shift 100: 90 % of noise levels "
+        "above 0.92), where the layout and the words are all there is to draw from: its x0 from pure noise "
+        "missed most object pixels (error 0.47 at noise 1, 0.14 at 0.95) - can it learn to draw there at all?",
+        {
+            **V3_COSINE,
+            "init": str(ROOT / "runs" / "init" / "v14-sketch2-30min.safetensors"),
+            "places": 1.0,
+            "snap_places": True,
+            "latent_frames": 2,
+            "start_at_zero": 1.0,
+            "lr_decay_steps": 4000,
+            "layout_sketch": 8,
+            "shift": 100.0,
+        },
+    ),
     "overfit": (
         "diagnostic: today's design on 16 fixed clips (must reach the gate on their prompts)",
         {"fixed_clips": 16},
@@ -486,7 +502,13 @@ def run(arm: str, cpu_minutes: float, eval_minutes: float, probe_minutes: float,
     bar.close()
 
 
-DIAGNOSTICS = ("committed", "overfit", "v2-overfit", "v9-places2-high")  # not subject to the kill rule
+DIAGNOSTICS = (
+    "committed",
+    "overfit",
+    "v2-overfit",
+    "v9-places2-high",
+    "v17-sketch2-high",
+)  # not subject to the kill rule
 
 
 def _round(arm: str) -> tuple[int, int]:
