@@ -95,6 +95,12 @@ V9 = {
     "places": 1.0,
     "text_len": 48,
 }
+# rounds 12-17: from the committed layout teacher (v11-layout8-from2), placed clips snapped to one start
+# per cell (world.placed_start); 8 latent frames, or 2 from frame 0; a layout drawn there (layout_sketch)
+V12 = {**V3_COSINE, "places": 1.0, "snap_places": True}
+V12_2 = {**V12, "latent_frames": 2, "start_at_zero": 1.0, "lr_decay_steps": 4000}
+SKETCH = {"layout_sketch": 8}
+FROM_SKETCH2 = {"init": str(ROOT / "runs" / "init" / "v14-sketch2-30min.safetensors")}
 # name -> (what it tests, TrainConfig overrides); "init" starts from a weights file. COMMITTED_TEACHER
 # is the file as it is when an arm runs: round 1 ran from the 17,385-step teacher, round 2 (v2-*)
 # from the 19,039-step one, rounds 3 and 4 (v3-*, v4-*) from the 20,202-step one; rerunning an arm
@@ -271,50 +277,29 @@ ARMS = {
         "whose placed objects start at their cell's one start (world.placed_start): given a 3x3 cell, the x0 of "
         "pure noise is the mean over the cell's starts, a blob the sampler keeps (shape right 0.17); snapped, "
         "the prompt fixes the clip's first frames",
-        {
-            **V3_COSINE,
-            "places": 1.0,
-            "snap_places": True,
-            "latent_frames": 2,
-            "start_at_zero": 1.0,
-            "lr_decay_steps": 4000,
-        },
+        V12_2,
     ),
     "v12-snap8": (
         "v12-snap2 on the teacher's clips (8 latent frames, half from frame 0, those placed and snapped). "
         "Stopped by hand after 33 CPU-minutes to free its core for v14-sketch2",
-        {**V3_COSINE, "places": 1.0, "snap_places": True},
+        V12,
     ),
     "v14-sketch2": (
         "v12-snap2 with the layout drawn (world.sketch_states): each token's word one-hots weighted by the share "
         "of it each object covers where it starts, and its 8x8 pixels' object coverage - the first frame's "
         "geometry without its colours. v12-snap2 kept shape right at 0.15-0.19 for 20 CPU-minutes: from a cell "
         "and words the model does not learn to draw a shape's edges",
-        {
-            **V3_COSINE,
-            "places": 1.0,
-            "snap_places": True,
-            "latent_frames": 2,
-            "start_at_zero": 1.0,
-            "lr_decay_steps": 4000,
-            "layout_sketch": 8,
-        },
+        {**V12_2, **SKETCH},
     ),
     "v14-sketch8": (
         "v14-sketch2 on the teacher's clips (8 latent frames, half from frame 0, those placed, snapped, sketched). "
         "Stopped by hand after 25 CPU-minutes to free its core for v16-sketch2-weighted",
-        {**V3_COSINE, "places": 1.0, "snap_places": True, "layout_sketch": 8},
+        {**V12, **SKETCH},
     ),
     "v15-sketch8-from2": (
         "v14-sketch2 after 30 CPU-minutes (exported to runs/init/v14-sketch2-30min.safetensors), then v14-sketch8's "
         "clips: the recipe of v11-layout8-from2 with the drawn layout",
-        {
-            **V3_COSINE,
-            "init": str(ROOT / "runs" / "init" / "v14-sketch2-30min.safetensors"),
-            "places": 1.0,
-            "snap_places": True,
-            "layout_sketch": 8,
-        },
+        {**V12, **SKETCH, **FROM_SKETCH2},
     ),
     "v16-sketch2-weighted": (
         "v14-sketch2 after 30 CPU-minutes (runs/init/v14-sketch2-30min.safetensors) continued with the object "
@@ -323,33 +308,13 @@ ARMS = {
         "from frame 0 is fixed by its prompt and layout (v14-sketch2's x0 from pure noise still missed most "
         "object pixels after 30 CPU-minutes). Stopped by hand after 12 CPU-minutes: colour right 0.55 and still "
         "moving 0.06 at 10 (v14-sketch2 at 30: 0.95 and 0.75)",
-        {
-            **V3_COSINE,
-            "init": str(ROOT / "runs" / "init" / "v14-sketch2-30min.safetensors"),
-            "places": 1.0,
-            "snap_places": True,
-            "latent_frames": 2,
-            "start_at_zero": 1.0,
-            "lr_decay_steps": 4000,
-            "layout_sketch": 8,
-            "object_weight_until": 1.0,
-        },
+        {**V12_2, **SKETCH, **FROM_SKETCH2, "object_weight_until": 1.0},
     ),
     "v17-sketch2-high": (
         "diagnostic: v14-sketch2 after 30 CPU-minutes trained only near noise 1 (shift 100: 90 % of noise levels "
         "above 0.92), where the layout and the words are all there is to draw from: its x0 from pure noise "
         "missed most object pixels (error 0.47 at noise 1, 0.14 at 0.95) - can it learn to draw there at all?",
-        {
-            **V3_COSINE,
-            "init": str(ROOT / "runs" / "init" / "v14-sketch2-30min.safetensors"),
-            "places": 1.0,
-            "snap_places": True,
-            "latent_frames": 2,
-            "start_at_zero": 1.0,
-            "lr_decay_steps": 4000,
-            "layout_sketch": 8,
-            "shift": 100.0,
-        },
+        {**V12_2, **SKETCH, **FROM_SKETCH2, "shift": 100.0},
     ),
     "overfit": (
         "diagnostic: today's design on 16 fixed clips (must reach the gate on their prompts)",

@@ -98,6 +98,8 @@ def test_a_sketch_draws_the_first_frame_of_the_snapped_scene_without_its_colours
     )
     with pytest.raises(ValueError, match="cannot hold"):
         LayoutTextEncoder(HashedTextEncoder(64, 40), 8, 8, sketch_pixels=8)([prompt])
+    with pytest.raises(ValueError, match="sketch_pixels"):
+        LayoutTextEncoder(text, 8, 8, sketch_pixels=-1)
 
 
 def test_fill_places_starts_unplaced_objects_where_they_have_room_in_free_cells():

@@ -110,7 +110,9 @@ def fill_places(spec: PromptSpec) -> PromptSpec:
 class LayoutTextEncoder(nn.Module):
     """A text encoder for a layout model: ``encoder(prompts) [B, text_len, text_dim]`` followed by
     each prompt's :func:`layout_states` on a ``rows x cols`` token frame, zero-padded to ``text_dim``
-    (a prompt that is not a world prompt, such as a negative prompt, has an empty layout).
+    (a prompt that is not a world prompt, such as a negative prompt, has an empty layout); with
+    ``sketch_pixels`` > 0 (``WanConfig.layout_sketch``) its :func:`sketch_states` at that many pixels
+    per token side instead.
 
     ``place_unplaced`` (streaming a model trained on placed prompts): a world prompt that leaves an
     object's start open gets one (:func:`fill_places`) and is reworded to say so
@@ -129,6 +131,8 @@ class LayoutTextEncoder(nn.Module):
         super().__init__()
         if rows < 1 or cols < 1:
             raise ValueError(f"a layout needs a token frame of at least 1x1, got {rows}x{cols}")
+        if sketch_pixels < 0:
+            raise ValueError(f"sketch_pixels must be >= 0, got {sketch_pixels}")
         self.encoder, self.rows, self.cols, self.place_unplaced = encoder, rows, cols, place_unplaced
         self.sketch_pixels = sketch_pixels
         self.features = LAYOUT_FEATURES + sketch_pixels**2
