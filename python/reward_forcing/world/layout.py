@@ -135,7 +135,11 @@ class LayoutTextEncoder(nn.Module):
             raise ValueError(f"sketch_pixels must be >= 0, got {sketch_pixels}")
         self.encoder, self.rows, self.cols, self.place_unplaced = encoder, rows, cols, place_unplaced
         self.sketch_pixels = sketch_pixels
-        self.features = LAYOUT_FEATURES + sketch_pixels**2
+
+    @property
+    def features(self) -> int:
+        """Layout features per token: the words, then a drawn layout's pixels."""
+        return LAYOUT_FEATURES + self.sketch_pixels**2
 
     @property
     def tokens(self) -> int:

@@ -447,9 +447,9 @@ def _sample_starts(rng, objects, height, width, fps, tries: int = 20):
     """Start centres that leave LEAD_SECONDS before the first bounce; objects apart when possible."""
     starts: list[tuple[float, float]] = []
     for obj in objects:
-        r = radius_px(obj.size, height, width)
+        r, intervals = radius_px(obj.size, height, width), _start_intervals(obj, height, width, fps)
         for _ in range(tries):
-            centre = [float(rng.uniform(lo, hi)) for lo, hi in _start_intervals(obj, height, width, fps)]
+            centre = [float(rng.uniform(lo, hi)) for lo, hi in intervals]
             apart = all(math.hypot(centre[0] - x * width, centre[1] - y * height) >= 2.2 * r for x, y in starts)
             if apart:
                 break
